@@ -1,0 +1,1 @@
+//! What the LogPipeline api and worker share.
