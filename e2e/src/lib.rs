@@ -1,1 +1,9 @@
-//! End-to-end test harness.
+//! Test harness and tools for LogPipeline's end-to-end tests.
+//!
+//! Tests start real servers — Redis, PostgreSQL, the LogPipeline binaries — on free ports
+//! in temporary directories, and every server stops when its handle is dropped or the
+//! test process exits.
+
+pub mod postgres;
+pub mod process;
+pub mod redis;

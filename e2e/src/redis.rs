@@ -1,0 +1,120 @@
+//! A real `redis-server` on a free port in a temporary directory.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nix::sys::signal::Signal;
+use tempfile::TempDir;
+
+use crate::process::{ChildProcess, find_on_path, free_port, scratch_dir, wait_until};
+
+/// A running Redis server, stopped when dropped.
+#[derive(Debug)]
+pub struct RedisServer {
+    dir: TempDir,
+    port: u16,
+    options: RedisOptions,
+    process: Option<ChildProcess>,
+}
+
+/// How to configure a [`RedisServer`].
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    /// Persist with an append-only file (`appendfsync everysec`), as the docs recommend.
+    pub append_only: bool,
+    /// Extra `redis-server` arguments, e.g. `["--maxmemory-policy", "allkeys-lru"]`.
+    pub extra_args: Vec<String>,
+}
+
+impl RedisServer {
+    /// Starts a Redis server with default options (no persistence).
+    pub fn start() -> Result<Self> {
+        Self::start_with(RedisOptions::default())
+    }
+
+    /// Starts a Redis server with `options`.
+    pub fn start_with(options: RedisOptions) -> Result<Self> {
+        let dir = scratch_dir("logpipeline-redis-")?;
+        let mut server = Self {
+            port: free_port()?,
+            dir,
+            options,
+            process: None,
+        };
+        server.start_again()?;
+        Ok(server)
+    }
+
+    /// Starts the server again after [`stop`](Self::stop), on the same port and data.
+    pub fn start_again(&mut self) -> Result<()> {
+        let binary = find_on_path("redis-server").context(
+            "redis-server is not installed (apt-get install redis-server, or run .ci/run)",
+        )?;
+        let mut command = Command::new(binary);
+        command.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            &self.dir.path().to_string_lossy(),
+            "--save",
+            "",
+            "--appendonly",
+            if self.options.append_only {
+                "yes"
+            } else {
+                "no"
+            },
+            "--protected-mode",
+            "no",
+        ]);
+        command.args(&self.options.extra_args);
+        let log = self.dir.path().join("redis.log");
+        let mut process = ChildProcess::spawn("redis-server", command, &log)?;
+        let port = self.port;
+        wait_until("redis-server answers PING", Duration::from_secs(20), || {
+            process.ensure_running()?;
+            Ok(ping(port).is_ok())
+        })?;
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// Stops the server (SIGTERM; with an append-only file, everything written is kept).
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut process) = self.process.take() {
+            process.stop_with(Signal::SIGTERM, Duration::from_secs(20))?;
+        }
+        Ok(())
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its working directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+fn ping(port: u16) -> Result<()> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    stream.write_all(b"PING\r\n")?;
+    let mut answer = [0u8; 7];
+    stream.read_exact(&mut answer)?;
+    anyhow::ensure!(&answer == b"+PONG\r\n", "unexpected answer to PING");
+    Ok(())
+}
