@@ -1,1 +1,10 @@
-//! What the LogPipeline api and worker share.
+//! What the LogPipeline api and worker share: the log record and its rules, the stream
+//! codec, the schema, configuration, and the process plumbing (telemetry, shutdown).
+
+pub mod codec;
+pub mod config;
+pub mod db;
+pub mod record;
+pub mod shutdown;
+pub mod stream;
+pub mod telemetry;

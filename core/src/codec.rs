@@ -1,0 +1,225 @@
+//! How accepted logs travel through the Redis Stream, and the stable id of each log.
+//!
+//! One accepted request is one stream entry, whatever the number of logs it carries:
+//! a single round trip to Redis per request, and one entry id that makes every log's id
+//! stable across re-deliveries. An entry has three fields:
+//!
+//! | field  | value                                                    |
+//! | ------ | -------------------------------------------------------- |
+//! | `v`    | codec version, `1`                                       |
+//! | `t`    | when the API received the request, µs since the epoch    |
+//! | `logs` | a JSON array of [`LogRecord`]s                           |
+
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use crate::record::LogRecord;
+
+/// The codec version this build writes and reads.
+pub const VERSION: &str = "1";
+/// Field names of a stream entry.
+pub const FIELD_VERSION: &str = "v";
+/// Field holding the receive time.
+pub const FIELD_RECEIVED_AT: &str = "t";
+/// Field holding the JSON array of logs.
+pub const FIELD_LOGS: &str = "logs";
+
+/// The id of log `index` of the `count` logs in stream entry `entry_id`: the entry id
+/// itself when the entry holds one log (as in the seed, where every log was an entry),
+/// else `<entry id>.<index>`.
+pub fn log_id(entry_id: &str, index: usize, count: usize) -> String {
+    if count == 1 {
+        entry_id.to_owned()
+    } else {
+        format!("{entry_id}.{index}")
+    }
+}
+
+/// The ids of all logs in an entry, in order.
+pub fn log_ids(entry_id: &str, count: usize) -> Vec<String> {
+    (0..count).map(|i| log_id(entry_id, i, count)).collect()
+}
+
+/// Microseconds since the Unix epoch, the precision the stream and PostgreSQL keep.
+pub fn unix_micros(at: OffsetDateTime) -> i64 {
+    (at.unix_timestamp_nanos() / 1000) as i64
+}
+
+/// The fields to `XADD` for logs received at `received_at`, given as the JSON text of
+/// an array of valid [`LogRecord`]s.
+pub fn encode<'a>(
+    received_at: OffsetDateTime,
+    logs_json: &'a [u8],
+) -> [(&'static str, Field<'a>); 3] {
+    [
+        (FIELD_VERSION, Field::Text(VERSION.into())),
+        (
+            FIELD_RECEIVED_AT,
+            Field::Text(unix_micros(received_at).to_string()),
+        ),
+        (FIELD_LOGS, Field::Bytes(logs_json)),
+    ]
+}
+
+/// A field value of an encoded entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Field<'a> {
+    /// Short text.
+    Text(String),
+    /// The logs, borrowed from the request body.
+    Bytes(&'a [u8]),
+}
+
+impl Field<'_> {
+    /// The value's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Text(text) => text.as_bytes(),
+            Self::Bytes(bytes) => bytes,
+        }
+    }
+}
+
+/// A stream entry, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// When the API received the request.
+    pub received_at: OffsetDateTime,
+    /// Its logs, at least one.
+    pub logs: Vec<LogRecord>,
+}
+
+/// Why an entry could not be decoded. Decoding is deterministic, so such an entry can
+/// never succeed and goes to the dead-letter stream at once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// A field is missing.
+    #[error("the entry has no `{0}` field")]
+    MissingField(&'static str),
+    /// Written by a codec version this build does not read.
+    #[error("the entry has codec version {0:?}; this build reads version {VERSION}")]
+    UnknownVersion(String),
+    /// The receive time is not a number of microseconds.
+    #[error("the entry's receive time is not a valid timestamp")]
+    BadTimestamp,
+    /// The logs are not a JSON array of valid logs.
+    #[error("the entry's logs are invalid: {0}")]
+    BadLogs(String),
+    /// The logs array is empty.
+    #[error("the entry holds no logs")]
+    NoLogs,
+}
+
+/// Decodes an entry from its `(field, value)` pairs as Redis returns them.
+pub fn decode<K: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(K, V)]) -> Result<Entry, DecodeError> {
+    let field = |name: &'static str| {
+        fields
+            .iter()
+            .find(|(key, _)| key.as_ref() == name.as_bytes())
+            .map(|(_, value)| value.as_ref())
+            .ok_or(DecodeError::MissingField(name))
+    };
+    let version = field(FIELD_VERSION)?;
+    if version != VERSION.as_bytes() {
+        return Err(DecodeError::UnknownVersion(
+            String::from_utf8_lossy(version).into_owned(),
+        ));
+    }
+    let received_at = std::str::from_utf8(field(FIELD_RECEIVED_AT)?)
+        .ok()
+        .and_then(|micros| micros.parse::<i64>().ok())
+        .and_then(|micros| {
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000).ok()
+        })
+        .ok_or(DecodeError::BadTimestamp)?;
+    let logs = Vec::<LogRecord>::deserialize(&mut serde_json::Deserializer::from_slice(field(
+        FIELD_LOGS,
+    )?))
+    .map_err(|error| DecodeError::BadLogs(error.to_string()))?;
+    if logs.is_empty() {
+        return Err(DecodeError::NoLogs);
+    }
+    Ok(Entry { received_at, logs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::LogLevel;
+
+    const LOGS: &str = r#"[{"device_id":"a","log_level":"INFO","message":"one"},
+        {"device_id":"b","log_level":"ERROR","message":"two","log_data":{"k":1}}]"#;
+
+    fn as_pairs(fields: &[(&'static str, Field<'_>)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        fields
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn an_entry_round_trips() {
+        let at = OffsetDateTime::from_unix_timestamp_nanos(1_732_233_914_123_456_000).unwrap();
+        let entry = decode(&as_pairs(&encode(at, LOGS.as_bytes()))).unwrap();
+        assert_eq!(entry.received_at, at);
+        assert_eq!(entry.logs.len(), 2);
+        assert_eq!(entry.logs[1].log_level, LogLevel::Error);
+        assert_eq!(
+            entry.logs[1].log_data.as_ref().unwrap().as_json(),
+            r#"{"k":1}"#
+        );
+    }
+
+    #[test]
+    fn receive_times_keep_microseconds() {
+        let at = OffsetDateTime::from_unix_timestamp_nanos(1_732_233_914_123_456_789).unwrap();
+        let entry = decode(&as_pairs(&encode(at, LOGS.as_bytes()))).unwrap();
+        assert_eq!(unix_micros(entry.received_at), 1_732_233_914_123_456);
+    }
+
+    #[test]
+    fn log_ids_are_the_entry_id_for_one_log_and_indexed_for_many() {
+        assert_eq!(log_ids("1-0", 1), ["1-0"]);
+        assert_eq!(
+            log_ids("1732233914123-7", 3),
+            [
+                "1732233914123-7.0",
+                "1732233914123-7.1",
+                "1732233914123-7.2"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_entries_say_why() {
+        let ok = as_pairs(&encode(OffsetDateTime::UNIX_EPOCH, LOGS.as_bytes()));
+        let without = |name: &str| -> Vec<(Vec<u8>, Vec<u8>)> {
+            ok.iter()
+                .filter(|(k, _)| k != name.as_bytes())
+                .cloned()
+                .collect()
+        };
+        let with = |name: &str, value: &str| -> Vec<(Vec<u8>, Vec<u8>)> {
+            let mut fields = without(name);
+            fields.push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
+            fields
+        };
+        assert_eq!(
+            decode(&without("logs")),
+            Err(DecodeError::MissingField("logs"))
+        );
+        assert_eq!(
+            decode(&with("v", "2")),
+            Err(DecodeError::UnknownVersion("2".into()))
+        );
+        assert_eq!(decode(&with("t", "soon")), Err(DecodeError::BadTimestamp));
+        assert_eq!(decode(&with("logs", "[]")), Err(DecodeError::NoLogs));
+        let invalid = with(
+            "logs",
+            r#"[{"device_id":"","log_level":"INFO","message":"m"}]"#,
+        );
+        assert!(
+            matches!(decode(&invalid), Err(DecodeError::BadLogs(m)) if m.contains("device_id must be"))
+        );
+    }
+}

@@ -1,0 +1,363 @@
+//! The log record devices send, with the seed's field rules enforced while parsing.
+//!
+//! Every field type checks its own rule in `TryFrom`, so a [`LogRecord`] that exists is
+//! valid: the API rejects bad input with the field's path in the message, and the worker,
+//! which decodes the same types from the stream, can never insert a record that breaks a
+//! rule. Besides the seed's rules, text that PostgreSQL cannot store (NUL characters,
+//! unpaired UTF-16 surrogate escapes in JSON) is refused up front rather than failing
+//! later in the worker.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Most logs one batch request may carry.
+pub const MAX_BATCH_LOGS: usize = 1000;
+/// Longest `device_id`, in characters.
+pub const MAX_DEVICE_ID_CHARS: usize = 50;
+/// Longest `message`, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 5000;
+
+/// One log as devices send it and as it travels through the stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// The device or service that wrote the log.
+    pub device_id: DeviceId,
+    /// Its severity.
+    pub log_level: LogLevel,
+    /// The text of the log.
+    pub message: Message,
+    /// Structured data attached to the log: a JSON object, kept byte for byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_data: Option<LogData>,
+}
+
+/// The body of `POST /api/logs/batch`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogBatch {
+    /// 1 to [`MAX_BATCH_LOGS`] logs.
+    pub logs: Vec<LogRecord>,
+}
+
+/// Why a field was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FieldError(String);
+
+/// Severity of a log, as the seed accepts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum LogLevel {
+    /// Detailed diagnostics.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something unexpected that was handled.
+    Warning,
+    /// A failure.
+    Error,
+    /// A failure that needs attention now.
+    Critical,
+}
+
+impl LogLevel {
+    /// Every level, least severe first.
+    pub const ALL: [Self; 5] = [
+        Self::Debug,
+        Self::Info,
+        Self::Warning,
+        Self::Error,
+        Self::Critical,
+    ];
+
+    /// The level as stored and sent: `DEBUG`, `INFO`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Debug => "DEBUG",
+            Self::Info => "INFO",
+            Self::Warning => "WARNING",
+            Self::Error => "ERROR",
+            Self::Critical => "CRITICAL",
+        }
+    }
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A device id: 1 to [`MAX_DEVICE_ID_CHARS`] characters, no NUL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DeviceId(String);
+
+impl DeviceId {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for DeviceId {
+    type Error = FieldError;
+
+    fn try_from(value: String) -> Result<Self, FieldError> {
+        check_text("device_id", &value, MAX_DEVICE_ID_CHARS)?;
+        Ok(Self(value))
+    }
+}
+
+impl From<DeviceId> for String {
+    fn from(value: DeviceId) -> Self {
+        value.0
+    }
+}
+
+/// A log message: 1 to [`MAX_MESSAGE_CHARS`] characters, no NUL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Message(String);
+
+impl Message {
+    /// The message as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Message {
+    type Error = FieldError;
+
+    fn try_from(value: String) -> Result<Self, FieldError> {
+        check_text("message", &value, MAX_MESSAGE_CHARS)?;
+        Ok(Self(value))
+    }
+}
+
+impl From<Message> for String {
+    fn from(value: Message) -> Self {
+        value.0
+    }
+}
+
+fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), FieldError> {
+    // The byte length bounds the character count: only long text needs counting.
+    let too_long = value.len() > max_chars && value.chars().nth(max_chars).is_some();
+    if value.is_empty() || too_long {
+        return Err(FieldError(format!(
+            "{field} must be 1 to {max_chars} characters long"
+        )));
+    }
+    if value.contains('\0') {
+        return Err(FieldError(format!(
+            "{field} must not contain NUL characters"
+        )));
+    }
+    Ok(())
+}
+
+/// `log_data`: a JSON object, kept as the exact text the device sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "Box<RawValue>", into = "Box<RawValue>")]
+pub struct LogData(Box<RawValue>);
+
+impl LogData {
+    /// The object as JSON text.
+    pub fn as_json(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for LogData {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_json() == other.as_json()
+    }
+}
+
+impl TryFrom<Box<RawValue>> for LogData {
+    type Error = FieldError;
+
+    fn try_from(value: Box<RawValue>) -> Result<Self, FieldError> {
+        if !value.get().starts_with('{') {
+            return Err(FieldError("log_data must be a JSON object".into()));
+        }
+        check_json_escapes(value.get())?;
+        Ok(Self(value))
+    }
+}
+
+impl From<LogData> for Box<RawValue> {
+    fn from(value: LogData) -> Self {
+        value.0
+    }
+}
+
+/// Refuses the `\u` escapes of valid JSON text that PostgreSQL's `jsonb` cannot store:
+/// `\u0000`, and UTF-16 surrogates that are not a high-low pair.
+fn check_json_escapes(json: &str) -> Result<(), FieldError> {
+    let bytes = json.as_bytes();
+    let mut i = 0;
+    // Where the last high surrogate escape ended, while it waits for its low half.
+    let mut high_surrogate_end = None;
+    while let Some(offset) = bytes[i..].iter().position(|&b| b == b'\\') {
+        i += offset;
+        let unicode = if bytes.get(i + 1) == Some(&b'u') {
+            let hex = json.get(i + 2..i + 6);
+            let code = hex.and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            Some(code.ok_or_else(|| FieldError("log_data has a malformed \\u escape".into()))?)
+        } else {
+            None
+        };
+        let pending_high = high_surrogate_end.take();
+        match unicode {
+            Some(0xDC00..=0xDFFF) if pending_high == Some(i) => {}
+            _ if pending_high.is_some() => return Err(unpaired_surrogate()),
+            Some(0) => {
+                return Err(FieldError(
+                    "log_data must not contain \\u0000 (PostgreSQL cannot store it)".into(),
+                ));
+            }
+            Some(0xD800..=0xDBFF) => high_surrogate_end = Some(i + 6),
+            Some(0xDC00..=0xDFFF) => return Err(unpaired_surrogate()),
+            _ => {}
+        }
+        i += if unicode.is_some() { 6 } else { 2 };
+    }
+    if high_surrogate_end.is_some() {
+        return Err(unpaired_surrogate());
+    }
+    Ok(())
+}
+
+fn unpaired_surrogate() -> FieldError {
+    FieldError(
+        "log_data has an unpaired UTF-16 surrogate escape (PostgreSQL cannot store it)".into(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<LogRecord, String> {
+        serde_json::from_str(json).map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn a_seed_log_parses() {
+        let log = parse(
+            r#"{"device_id":"device-001","log_level":"INFO","message":"hi","log_data":{"v": "1.0"}}"#,
+        )
+        .unwrap();
+        assert_eq!(log.device_id.as_str(), "device-001");
+        assert_eq!(log.log_level, LogLevel::Info);
+        assert_eq!(log.log_data.unwrap().as_json(), r#"{"v": "1.0"}"#);
+    }
+
+    #[test]
+    fn log_data_is_optional_and_may_be_null() {
+        let absent = parse(r#"{"device_id":"d","log_level":"DEBUG","message":"m"}"#).unwrap();
+        let null = parse(r#"{"device_id":"d","log_level":"DEBUG","message":"m","log_data":null}"#)
+            .unwrap();
+        assert_eq!(absent.log_data, None);
+        assert_eq!(null.log_data, None);
+    }
+
+    #[test]
+    fn field_rules_are_enforced() {
+        let long_id = "x".repeat(51);
+        let cases = [
+            (
+                r#"{"device_id":"","log_level":"INFO","message":"m"}"#.to_owned(),
+                "device_id must be 1 to 50",
+            ),
+            (
+                format!(r#"{{"device_id":"{long_id}","log_level":"INFO","message":"m"}}"#),
+                "device_id must be 1 to 50",
+            ),
+            (
+                r#"{"device_id":"d","log_level":"TRACE","message":"m"}"#.to_owned(),
+                "unknown variant `TRACE`",
+            ),
+            (
+                r#"{"device_id":"d","log_level":"info","message":"m"}"#.to_owned(),
+                "unknown variant `info`",
+            ),
+            (
+                r#"{"device_id":"d","log_level":"INFO","message":""}"#.to_owned(),
+                "message must be 1 to 5000",
+            ),
+            (
+                format!(
+                    r#"{{"device_id":"d","log_level":"INFO","message":"{}"}}"#,
+                    "é".repeat(5001)
+                ),
+                "message must be 1 to 5000",
+            ),
+            (
+                r#"{"device_id":"d\u0000","log_level":"INFO","message":"m"}"#.to_owned(),
+                "must not contain NUL",
+            ),
+            (
+                r#"{"device_id":"d","log_level":"INFO","message":"m","log_data":[1]}"#.to_owned(),
+                "log_data must be a JSON object",
+            ),
+            (
+                r#"{"device_id":"d","log_level":"INFO","message":"m","log_data":"x"}"#.to_owned(),
+                "log_data must be a JSON object",
+            ),
+            (
+                r#"{"device_id":"d","log_level":"INFO"}"#.to_owned(),
+                "missing field `message`",
+            ),
+        ];
+        for (json, expected) in cases {
+            let error = parse(&json).unwrap_err();
+            assert!(error.contains(expected), "{json}: {error}");
+        }
+    }
+
+    #[test]
+    fn limits_count_characters_not_bytes() {
+        let id = "é".repeat(50);
+        let message = "日".repeat(5000);
+        let json = format!(r#"{{"device_id":"{id}","log_level":"INFO","message":"{message}"}}"#);
+        assert!(parse(&json).is_ok());
+    }
+
+    #[test]
+    fn json_escapes_postgres_cannot_store_are_refused() {
+        let refused = [
+            r#"{"a":"\u0000"}"#,
+            r#"{"a":"\ud800"}"#,
+            r#"{"a":"\udc00"}"#,
+            r#"{"a":"\ud800x"}"#,
+            r#"{"a":"\ud800\n"}"#,
+            r#"{"a":"\ud800\ud800"}"#,
+            r#"{"\u0000":1}"#,
+        ];
+        for json in refused {
+            assert!(check_json_escapes(json).is_err(), "{json}");
+        }
+        let accepted = [
+            r#"{"a":"\ud83d\ude00"}"#,
+            r#"{"a":"\\u0000"}"#,
+            r#"{"a":"\u00e9\n\"\\"}"#,
+            r#"{"a":"plain"}"#,
+        ];
+        for json in accepted {
+            assert!(check_json_escapes(json).is_ok(), "{json}");
+        }
+    }
+
+    #[test]
+    fn a_record_round_trips_through_json() {
+        let json =
+            r#"{"device_id":"d","log_level":"CRITICAL","message":"m","log_data":{"k":[1,2]}}"#;
+        let log = parse(json).unwrap();
+        assert_eq!(serde_json::to_string(&log).unwrap(), json);
+    }
+}
