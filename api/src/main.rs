@@ -1,1 +1,17 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+use logpipeline_api::config::Config;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    logpipeline_core::telemetry::init(config.telemetry.log_format);
+    match logpipeline_api::run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %error, "logpipeline-api failed");
+            ExitCode::FAILURE
+        }
+    }
+}

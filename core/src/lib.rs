@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod config;
 pub mod db;
+pub mod metrics;
 pub mod record;
 pub mod shutdown;
 pub mod stream;

@@ -1,1 +1,17 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+use logpipeline_worker::config::Config;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    logpipeline_core::telemetry::init(config.telemetry.log_format);
+    match logpipeline_worker::run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "logpipeline-worker failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Every way a request (or start-up) fails, each with one HTTP status and one JSON shape:
+//! `{"error": "<code>", "detail": "<what went wrong>"}`. Internal details are logged,
+//! never sent to the client.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tracing::{error, warn};
+
+/// The api's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The body is not JSON, or not JSON of the expected shape at its top level.
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+
+    /// The body could not be read.
+    #[error("the request body could not be read")]
+    UnreadableBody,
+
+    /// The body exceeds the configured limit.
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+
+    /// The body is not declared as JSON.
+    #[error("the request body must be JSON, sent with `Content-Type: application/json`")]
+    UnsupportedMediaType,
+
+    /// The JSON breaks a field rule.
+    #[error("{0}")]
+    InvalidLog(String),
+
+    /// No such route.
+    #[error("there is no such endpoint")]
+    NotFound,
+
+    /// The route exists, not with this method.
+    #[error("this endpoint does not accept this method")]
+    MethodNotAllowed,
+
+    /// The stream's backlog has reached its capacity.
+    #[error("the queue holds {capacity} unprocessed requests, its capacity; retry later")]
+    Backpressure {
+        /// The stream capacity, in entries.
+        capacity: u64,
+    },
+
+    /// Redis failed or did not answer.
+    #[error("the log queue is unavailable; retry later")]
+    QueueUnavailable(#[source] redis::RedisError),
+
+    /// Start-up: the listen address cannot be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+
+    /// Start-up or serving: an I/O error of the server itself.
+    #[error("the HTTP server failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Seconds a client should wait before retrying after a 503.
+const RETRY_AFTER_SECS: &str = "1";
+
+impl Error {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MalformedJson(_) | Self::UnreadableBody => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::InvalidLog(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Backpressure { .. } | Self::QueueUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Bind { .. } | Self::Serve(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A stable, machine-readable name for the error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MalformedJson(_) => "malformed_json",
+            Self::UnreadableBody => "unreadable_body",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::InvalidLog(_) => "invalid_log",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Backpressure { .. } => "backpressure",
+            Self::QueueUnavailable(_) => "queue_unavailable",
+            Self::Bind { .. } | Self::Serve(_) => "internal",
+        }
+    }
+}
+
+/// The `error` code of an error answer, kept in the response's extensions for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
+/// The JSON body of every error answer.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    /// Machine-readable name, e.g. `invalid_log`.
+    pub error: &'static str,
+    /// What went wrong, for people.
+    pub detail: String,
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            Self::QueueUnavailable(source) => warn!(error = %source, "Redis call failed"),
+            Self::Bind { .. } | Self::Serve(_) => error!(error = %self, "internal error"),
+            _ => {}
+        }
+        let body = ErrorBody {
+            error: self.code(),
+            detail: self.to_string(),
+        };
+        let code = self.code();
+        let mut response = (status, Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(code));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,122 @@
+//! Reading a JSON request body: the content type, the size limit, and parse errors that
+//! name the offending field.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::Deserialize;
+use serde_json::error::Category;
+
+use crate::error::{Error, Result};
+use crate::state::AppState;
+
+/// A request body declared as JSON and no larger than the limit, not parsed yet.
+#[derive(Debug)]
+pub struct JsonBody(pub Bytes);
+
+impl FromRequest<AppState> for JsonBody {
+    type Rejection = Error;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self> {
+        if !is_json(request.headers()) {
+            return Err(Error::UnsupportedMediaType);
+        }
+        match Bytes::from_request(request, state).await {
+            Ok(bytes) => Ok(Self(bytes)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(Error::PayloadTooLarge {
+                    limit: state.max_body_bytes,
+                })
+            }
+            Err(_) => Err(Error::UnreadableBody),
+        }
+    }
+}
+
+/// `application/json`, or an `application/*+json` type, with any parameters.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(content_type) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Parses `bytes` as a `T`: 400 when it is not JSON, 422 with the field's path when it is
+/// JSON that breaks a rule of `T`.
+pub fn parse<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        match inner.classify() {
+            Category::Data if path == "." => Error::InvalidLog(inner.to_string()),
+            Category::Data => Error::InvalidLog(format!("{path}: {inner}")),
+            Category::Syntax | Category::Eof | Category::Io => {
+                Error::MalformedJson(inner.to_string())
+            }
+        }
+    })?;
+    deserializer
+        .end()
+        .map_err(|error| Error::MalformedJson(error.to_string()))?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+    use logpipeline_core::record::LogRecord;
+
+    fn with_content_type(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn json_content_types_are_recognised() {
+        assert!(is_json(&with_content_type("application/json")));
+        assert!(is_json(&with_content_type(
+            "Application/JSON; charset=utf-8"
+        )));
+        assert!(is_json(&with_content_type("application/vnd.api+json")));
+        assert!(!is_json(&with_content_type("text/plain")));
+        assert!(!is_json(&with_content_type(
+            "application/x-www-form-urlencoded"
+        )));
+        assert!(!is_json(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn syntax_errors_are_malformed_and_rule_errors_are_invalid() {
+        let malformed = parse::<LogRecord>(b"{\"device_id\": ").unwrap_err();
+        assert!(
+            matches!(malformed, Error::MalformedJson(_)),
+            "{malformed:?}"
+        );
+        let trailing =
+            parse::<LogRecord>(br#"{"device_id":"d","log_level":"INFO","message":"m"} x"#)
+                .unwrap_err();
+        assert!(matches!(trailing, Error::MalformedJson(_)), "{trailing:?}");
+        let invalid = parse::<LogRecord>(br#"{"device_id":"d","log_level":"LOUD","message":"m"}"#)
+            .unwrap_err();
+        let Error::InvalidLog(detail) = invalid else {
+            panic!("{invalid:?}")
+        };
+        assert!(
+            detail.starts_with("log_level: unknown variant `LOUD`"),
+            "{detail}"
+        );
+    }
+}

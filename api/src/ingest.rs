@@ -1,0 +1,108 @@
+//! `POST /api/log` and `POST /api/logs/batch`: validate, put on the stream, answer.
+//!
+//! The answer comes once Redis holds the entry, never waiting for PostgreSQL. The logs
+//! are stored in the stream as the JSON text the device sent (after validation), so the
+//! hot path parses each body once to check it and never re-serialises it.
+
+use axum::Json;
+use axum::extract::State;
+use logpipeline_core::codec;
+use logpipeline_core::record::{LogBatch, LogRecord, MAX_BATCH_LOGS};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+
+use crate::error::{Error, Result};
+use crate::extract::{JsonBody, parse};
+use crate::state::AppState;
+
+/// The answer to `POST /api/log`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LogAccepted {
+    /// Always `received`.
+    pub status: String,
+    /// The log's stable id.
+    pub message_id: String,
+    /// When the API received it (RFC 3339, UTC); stored as the log's `created_at`.
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+}
+
+/// The answer to `POST /api/logs/batch`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BatchAccepted {
+    /// Always `received`.
+    pub status: String,
+    /// How many logs were accepted: all of them.
+    pub count: usize,
+    /// The logs' stable ids, in the order sent.
+    pub message_ids: Vec<String>,
+    /// When the API received them (RFC 3339, UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+}
+
+const RECEIVED: &str = "received";
+
+/// Accepts one log.
+pub async fn create_log(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<LogAccepted>> {
+    let received_at = now();
+    let log: LogRecord = parse(&body)?;
+    let mut logs_json = Vec::with_capacity(body.len() + 2);
+    logs_json.push(b'[');
+    logs_json.extend_from_slice(&body);
+    logs_json.push(b']');
+    let entry_id = state.queue.publish(received_at, &logs_json).await?;
+    state.metrics.log_accepted(log.log_level);
+    Ok(Json(LogAccepted {
+        status: RECEIVED.into(),
+        message_id: codec::log_id(&entry_id, 0, 1),
+        received_at,
+    }))
+}
+
+/// The batch body with its logs left as text, to store them as sent.
+#[derive(Deserialize)]
+struct RawBatch<'a> {
+    #[serde(borrow)]
+    logs: &'a RawValue,
+}
+
+/// Accepts 1 to 1000 logs, all or none.
+pub async fn create_batch(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<BatchAccepted>> {
+    let received_at = now();
+    let batch: LogBatch = parse(&body)?;
+    let count = batch.logs.len();
+    if !(1..=MAX_BATCH_LOGS).contains(&count) {
+        return Err(Error::InvalidLog(format!(
+            "logs: must hold 1 to {MAX_BATCH_LOGS} logs, got {count}"
+        )));
+    }
+    let raw: RawBatch<'_> = parse(&body)?;
+    let entry_id = state
+        .queue
+        .publish(received_at, raw.logs.get().as_bytes())
+        .await?;
+    for log in &batch.logs {
+        state.metrics.log_accepted(log.log_level);
+    }
+    Ok(Json(BatchAccepted {
+        status: RECEIVED.into(),
+        count,
+        message_ids: codec::log_ids(&entry_id, count),
+        received_at,
+    }))
+}
+
+/// The current time at the precision the pipeline keeps (microseconds).
+fn now() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.nanosecond() / 1000 * 1000)
+        .unwrap_or(now)
+}

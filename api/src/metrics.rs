@@ -1,0 +1,121 @@
+//! The api's Prometheus metrics and the middleware that records HTTP requests.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use logpipeline_core::record::LogLevel;
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+
+use crate::error::ErrorCode;
+
+/// Latency buckets, in seconds: 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// The api's metrics, registered in their own registry.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    logs_accepted: Vec<IntCounter>,
+    rejected: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "logpipeline_api_http_requests_total",
+                "HTTP requests answered, by route, method and status",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "logpipeline_api_http_request_duration_seconds",
+                "Time to answer HTTP requests, by route and method",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route", "method"],
+        )?;
+        let accepted = IntCounterVec::new(
+            Opts::new(
+                "logpipeline_api_logs_accepted_total",
+                "Logs accepted onto the stream, by level",
+            ),
+            &["level"],
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "logpipeline_api_requests_rejected_total",
+                "Requests refused, by reason (the `error` code of the answer)",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(http_duration.clone()))?;
+        registry.register(Box::new(accepted.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        let logs_accepted = LogLevel::ALL
+            .iter()
+            .map(|level| accepted.with_label_values(&[level.as_str()]))
+            .collect();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                registry,
+                http_requests,
+                http_duration,
+                logs_accepted,
+                rejected,
+            }),
+        })
+    }
+
+    /// Counts one accepted log of `level`.
+    pub fn log_accepted(&self, level: LogLevel) {
+        if let Some(counter) = self.inner.logs_accepted.get(level as usize) {
+            counter.inc();
+        }
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn render(&self) -> String {
+        logpipeline_core::metrics::render(&self.inner.registry)
+    }
+}
+
+/// Records every request's route, method, status and duration, and refusals by reason.
+pub async fn track(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let inner = &metrics.inner;
+    inner
+        .http_duration
+        .with_label_values(&[route.as_str(), method.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    inner
+        .http_requests
+        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
+        .inc();
+    if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
+        inner.rejected.with_label_values(&[*code]).inc();
+    }
+    response
+}

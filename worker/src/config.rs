@@ -1,0 +1,109 @@
+//! The worker's settings: flags with environment-variable fallbacks (`--help` lists them).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use logpipeline_core::config::{DatabaseArgs, RedisArgs, StreamArgs, TelemetryArgs};
+
+/// LogPipeline's stream consumer: stores accepted logs in PostgreSQL exactly once.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "logpipeline-worker", version)]
+pub struct Config {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+
+    #[command(flatten)]
+    pub stream: StreamArgs,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Most stream entries one consumer reads and stores per batch. An entry is one
+    /// accepted request, of 1 to 1000 logs.
+    #[arg(long, env = "LOGPIPELINE_BATCH_SIZE", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_size: u32,
+
+    /// Milliseconds a consumer waits for new entries per read. Also bounds how long a
+    /// shutdown waits for a read in progress.
+    #[arg(long, env = "LOGPIPELINE_BLOCK_MS", default_value_t = 2000)]
+    pub block_ms: u64,
+
+    /// Consumers this process runs concurrently, each reading and storing its own batches.
+    #[arg(long, env = "LOGPIPELINE_CONCURRENCY", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub concurrency: u32,
+
+    /// Name of this process in the consumer group; consumer `i` is `<name>-<i>`. Must be
+    /// unique among running workers (in Kubernetes: the pod name). Defaults to
+    /// `<hostname>-<pid>`.
+    #[arg(long, env = "LOGPIPELINE_CONSUMER_NAME")]
+    pub consumer_name: Option<String>,
+
+    /// Milliseconds an entry may stay unacknowledged on a consumer before another
+    /// consumer claims it (its consumer is presumed dead).
+    #[arg(long, env = "LOGPIPELINE_CLAIM_IDLE_MS", default_value_t = 30_000)]
+    pub claim_idle_ms: u64,
+
+    /// Deliveries after which an entry that still fails goes to the dead-letter stream.
+    #[arg(long, env = "LOGPIPELINE_MAX_DELIVERIES", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_deliveries: u32,
+
+    /// The stream failed entries go to. Defaults to `<stream>:dead`.
+    #[arg(long, env = "LOGPIPELINE_DEAD_LETTER_STREAM")]
+    pub dead_letter_stream: Option<String>,
+
+    /// Milliseconds between trims of acknowledged entries from the stream, and updates
+    /// of the stream gauges.
+    #[arg(
+        long,
+        env = "LOGPIPELINE_MAINTENANCE_INTERVAL_MS",
+        default_value_t = 200
+    )]
+    pub maintenance_interval_ms: u64,
+
+    /// Address serving `/metrics`, `/livez` and `/readyz`.
+    #[arg(
+        long,
+        env = "LOGPIPELINE_METRICS_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
+    pub metrics_listen: SocketAddr,
+
+    /// Seconds a shutdown waits for batches in progress to be stored and acknowledged.
+    /// Entries still unacknowledged then stay pending and are claimed by another worker.
+    #[arg(long, env = "LOGPIPELINE_SHUTDOWN_TIMEOUT_SECS", default_value_t = 20)]
+    pub shutdown_timeout_secs: u64,
+
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+impl Config {
+    /// The dead-letter stream's name.
+    pub fn dead_letter_stream(&self) -> String {
+        self.dead_letter_stream
+            .clone()
+            .unwrap_or_else(|| format!("{}:dead", self.stream.stream))
+    }
+
+    /// This process's name in the consumer group.
+    pub fn consumer_name(&self) -> String {
+        self.consumer_name.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+                .map(|name| name.trim().to_owned())
+                .filter(|name| !name.is_empty())
+                .unwrap_or_else(|| "worker".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+
+    /// How long an entry may stay unacknowledged before it is claimed.
+    pub fn claim_idle(&self) -> Duration {
+        Duration::from_millis(self.claim_idle_ms)
+    }
+}

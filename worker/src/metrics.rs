@@ -1,0 +1,164 @@
+//! The worker's Prometheus metrics.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Why an entry went to the dead-letter stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    /// It could not be decoded.
+    Undecodable,
+    /// PostgreSQL rejected it on every delivery.
+    Rejected,
+    /// It was delivered too often without being stored (its consumers kept dying).
+    TooManyDeliveries,
+}
+
+impl DeadLetterReason {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Undecodable => "undecodable",
+            Self::Rejected => "rejected",
+            Self::TooManyDeliveries => "too_many_deliveries",
+        }
+    }
+}
+
+/// The worker's metrics, registered in their own registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Batches stored.
+    pub batches: IntCounter,
+    /// Entries per stored batch.
+    pub batch_entries: Histogram,
+    /// Logs per stored batch.
+    pub batch_logs: Histogram,
+    /// Logs inserted.
+    pub logs_inserted: IntCounter,
+    /// Logs skipped because they were stored already (re-deliveries).
+    pub logs_duplicate: IntCounter,
+    /// Time of each batch insert.
+    pub insert_duration: Histogram,
+    /// Batch inserts that failed and were retried (PostgreSQL unavailable).
+    pub insert_retries: IntCounter,
+    /// Entries acknowledged.
+    pub entries_acked: IntCounter,
+    /// Entries claimed from consumers that stopped acknowledging.
+    pub entries_claimed: IntCounter,
+    dead_lettered: IntCounterVec,
+    /// Failed Redis calls.
+    pub redis_errors: IntCounter,
+    /// Entries trimmed from the stream after acknowledgement.
+    pub entries_trimmed: IntCounter,
+    /// Entries in the stream.
+    pub stream_length: IntGauge,
+    /// Entries not yet delivered to any consumer.
+    pub group_lag: IntGauge,
+    /// Entries delivered and not yet acknowledged.
+    pub group_pending: IntGauge,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let counter = IntCounter::new(name, help)?;
+            registry.register(Box::new(counter.clone()))?;
+            Ok(counter)
+        };
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let gauge = IntGauge::new(name, help)?;
+            registry.register(Box::new(gauge.clone()))?;
+            Ok(gauge)
+        };
+        let histogram =
+            |name: &str, help: &str, buckets: Vec<f64>| -> Result<Histogram, prometheus::Error> {
+                let histogram =
+                    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+                registry.register(Box::new(histogram.clone()))?;
+                Ok(histogram)
+            };
+        let sizes = prometheus::exponential_buckets(1.0, 2.0, 17)?;
+        let dead_lettered = IntCounterVec::new(
+            Opts::new(
+                "logpipeline_worker_entries_dead_lettered_total",
+                "Entries moved to the dead-letter stream, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(dead_lettered.clone()))?;
+        Ok(Self {
+            batches: counter(
+                "logpipeline_worker_batches_total",
+                "Batches stored in PostgreSQL",
+            )?,
+            batch_entries: histogram(
+                "logpipeline_worker_batch_entries",
+                "Stream entries per stored batch",
+                sizes.clone(),
+            )?,
+            batch_logs: histogram(
+                "logpipeline_worker_batch_logs",
+                "Logs per stored batch",
+                sizes,
+            )?,
+            logs_inserted: counter(
+                "logpipeline_worker_logs_inserted_total",
+                "Logs inserted into PostgreSQL",
+            )?,
+            logs_duplicate: counter(
+                "logpipeline_worker_logs_duplicate_total",
+                "Logs skipped because they were stored already (re-delivered entries)",
+            )?,
+            insert_duration: histogram(
+                "logpipeline_worker_insert_duration_seconds",
+                "Time to insert one batch",
+                prometheus::exponential_buckets(0.0005, 2.0, 16)?,
+            )?,
+            insert_retries: counter(
+                "logpipeline_worker_insert_retries_total",
+                "Batch inserts that failed for a reason other than the data and were retried",
+            )?,
+            entries_acked: counter(
+                "logpipeline_worker_entries_acked_total",
+                "Stream entries acknowledged after commit",
+            )?,
+            entries_claimed: counter(
+                "logpipeline_worker_entries_claimed_total",
+                "Stream entries claimed from consumers that stopped acknowledging",
+            )?,
+            dead_lettered,
+            redis_errors: counter(
+                "logpipeline_worker_redis_errors_total",
+                "Failed Redis calls",
+            )?,
+            entries_trimmed: counter(
+                "logpipeline_worker_entries_trimmed_total",
+                "Acknowledged entries trimmed from the stream",
+            )?,
+            stream_length: gauge("logpipeline_worker_stream_length", "Entries in the stream")?,
+            group_lag: gauge(
+                "logpipeline_worker_group_lag",
+                "Stream entries not yet delivered to any consumer",
+            )?,
+            group_pending: gauge(
+                "logpipeline_worker_group_pending",
+                "Stream entries delivered and not yet acknowledged",
+            )?,
+            registry,
+        })
+    }
+
+    /// Counts one dead-lettered entry.
+    pub fn dead_lettered(&self, reason: DeadLetterReason) {
+        self.dead_lettered
+            .with_label_values(&[reason.label()])
+            .inc();
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn render(&self) -> String {
+        logpipeline_core::metrics::render(&self.registry)
+    }
+}

@@ -1,0 +1,183 @@
+//! Storing logs in PostgreSQL: one statement per batch, idempotent on each log's id,
+//! and isolating the entries PostgreSQL rejects so they do not hold back the rest.
+
+use std::ops::Range;
+
+use logpipeline_core::codec::{self, Entry};
+use sqlx::PgPool;
+use time::OffsetDateTime;
+
+use crate::stream::StreamEntry;
+
+/// Stores a batch of logs given as one array per column. A log whose `message_id` is
+/// stored already (its entry was delivered again after a crash) is skipped, so each log
+/// is stored exactly once however often its entry is delivered.
+const INSERT: &str = "
+insert into logs (message_id, device_id, log_level, message, log_data, created_at)
+select message_id, device_id, log_level, message, log_data::jsonb, created_at
+from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+    as batch (message_id, device_id, log_level, message, log_data, created_at)
+on conflict (message_id) do nothing
+";
+
+/// An entry read from the stream and decoded.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    /// The entry as read, kept for acknowledging and dead-lettering.
+    pub raw: StreamEntry,
+    /// Its logs.
+    pub entry: Entry,
+}
+
+/// What became of a batch.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Indices of the entries now stored (inserted now or before).
+    pub stored: Vec<usize>,
+    /// Logs of those entries.
+    pub logs: u64,
+    /// Of those logs, how many were inserted now; the rest were stored already.
+    pub inserted: u64,
+    /// Entries PostgreSQL rejects, with its reason.
+    pub rejected: Vec<(usize, String)>,
+}
+
+/// The `logs` table.
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// The table behind `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Stores `entries`. When PostgreSQL rejects the batch for its data, the batch is split
+    /// in halves until the rejected entries are alone; all others are stored. Fails only
+    /// for errors that are not about the data (PostgreSQL down, a timeout), which are
+    /// worth retrying as a whole.
+    pub async fn store(&self, entries: &[Decoded]) -> Result<Outcome, sqlx::Error> {
+        let mut outcome = Outcome::default();
+        // Ranges of `entries` still to store, the next one last.
+        let mut work: Vec<Range<usize>> = Vec::new();
+        work.push(0..entries.len());
+        while let Some(range) = work.pop() {
+            if range.is_empty() {
+                continue;
+            }
+            match self.insert(&entries[range.clone()]).await {
+                Ok(inserted) => {
+                    outcome.inserted += inserted;
+                    outcome.logs += entries[range.clone()]
+                        .iter()
+                        .map(|decoded| decoded.entry.logs.len() as u64)
+                        .sum::<u64>();
+                    outcome.stored.extend(range);
+                }
+                Err(error) if is_rejection(&error) && range.len() == 1 => {
+                    outcome
+                        .rejected
+                        .push((range.start, rejection_reason(&error)));
+                }
+                Err(error) if is_rejection(&error) => {
+                    let middle = range.start + range.len() / 2;
+                    work.push(middle..range.end);
+                    work.push(range.start..middle);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        outcome.stored.sort_unstable();
+        Ok(outcome)
+    }
+
+    /// Inserts the logs of `entries` in one statement; returns how many were new.
+    async fn insert(&self, entries: &[Decoded]) -> Result<u64, sqlx::Error> {
+        let columns = Columns::of(entries);
+        let result = sqlx::query(INSERT)
+            .bind(columns.message_id)
+            .bind(columns.device_id)
+            .bind(columns.log_level)
+            .bind(columns.message)
+            .bind(columns.log_data)
+            .bind(columns.created_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected())
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Whether PostgreSQL answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("select 1").execute(&self.pool).await.is_ok()
+    }
+}
+
+/// The batch's logs, one vector per column.
+#[derive(Default)]
+struct Columns<'a> {
+    message_id: Vec<String>,
+    device_id: Vec<&'a str>,
+    log_level: Vec<&'static str>,
+    message: Vec<&'a str>,
+    log_data: Vec<&'a str>,
+    created_at: Vec<OffsetDateTime>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(entries: &'a [Decoded]) -> Self {
+        let logs = entries.iter().map(|decoded| decoded.entry.logs.len()).sum();
+        let mut columns = Columns {
+            message_id: Vec::with_capacity(logs),
+            device_id: Vec::with_capacity(logs),
+            log_level: Vec::with_capacity(logs),
+            message: Vec::with_capacity(logs),
+            log_data: Vec::with_capacity(logs),
+            created_at: Vec::with_capacity(logs),
+        };
+        for decoded in entries {
+            let count = decoded.entry.logs.len();
+            for (index, log) in decoded.entry.logs.iter().enumerate() {
+                columns
+                    .message_id
+                    .push(codec::log_id(&decoded.raw.id, index, count));
+                columns.device_id.push(log.device_id.as_str());
+                columns.log_level.push(log.log_level.as_str());
+                columns.message.push(log.message.as_str());
+                columns
+                    .log_data
+                    .push(log.log_data.as_ref().map_or("{}", |data| data.as_json()));
+                columns.created_at.push(decoded.entry.received_at);
+            }
+        }
+        columns
+    }
+}
+
+/// Whether PostgreSQL refused the data itself (SQLSTATE class 22, data exception, or 23,
+/// integrity constraint violation) rather than failing to run the statement.
+pub fn is_rejection(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(error) => error
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        _ => false,
+    }
+}
+
+fn rejection_reason(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(error) => format!(
+            "PostgreSQL rejected the entry ({}): {}",
+            error.code().unwrap_or_default(),
+            error.message()
+        ),
+        other => other.to_string(),
+    }
+}
