@@ -1,0 +1,514 @@
+//! The `LogPipeline` custom resource (`logpipeline.io/v1alpha1`).
+//!
+//! The `///` docs on these types become the descriptions in the generated CRD, so
+//! `kubectl explain logpipeline.spec.worker` shows them. Defaults and bounds live in the
+//! schema; cross-field rules are CEL `x-kubernetes-validations`, so the API server
+//! refuses an invalid spec before the operator ever sees it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A log pipeline: the HTTP API that accepts logs into a Redis Stream, and the workers
+/// that persist the stream into PostgreSQL, scaled on the consumer group's lag.
+// The printer columns repeat `type_` and `json_path`, which clippy takes for duplicates.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "logpipeline.io",
+    version = "v1alpha1",
+    kind = "LogPipeline",
+    plural = "logpipelines",
+    shortname = "lp",
+    category = "logpipeline",
+    namespaced,
+    status = "LogPipelineStatus",
+    derive = "PartialEq",
+    doc = "A log pipeline: an HTTP API that accepts logs into a Redis Stream, and workers that persist them into PostgreSQL, scaled on stream lag.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether every part of the pipeline is rolled out and healthy"
+    ),
+    printcolumn(
+        name = "Workers",
+        type_ = "integer",
+        json_path = ".status.workerReplicas",
+        description = "Worker replicas the operator asks for"
+    ),
+    printcolumn(
+        name = "Lag",
+        type_ = "integer",
+        json_path = ".status.lag",
+        description = "Stream entries not yet delivered to the consumer group"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct LogPipelineSpec {
+    /// The Secret key that holds the Redis URL (for example `redis://redis:6379`).
+    /// The API, the workers and the operator (to read the stream lag) use it.
+    pub redis_secret_ref: SecretKeyRef,
+    /// The Secret key that holds the PostgreSQL URL (`postgres://user:password@host/db`).
+    pub database_secret_ref: SecretKeyRef,
+    /// The Redis Stream the API writes to and the workers read from.
+    #[serde(default)]
+    pub stream: StreamSpec,
+    /// The HTTP API that accepts and serves logs.
+    pub api: ApiSpec,
+    /// The workers that move logs from the stream into PostgreSQL.
+    pub worker: WorkerSpec,
+    /// Log filter of both services, in `RUST_LOG` syntax (for example `info` or
+    /// `info,logpipeline_worker=debug`).
+    #[serde(default = "default_log_level")]
+    #[schemars(length(min = 1, max = 256))]
+    pub log_level: String,
+}
+
+/// A key of a Secret in the LogPipeline's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret.
+    #[serde(default = "default_secret_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// The Redis Stream that buffers logs between the API and the workers.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamSpec {
+    /// Key of the stream.
+    #[serde(default = "default_stream_name")]
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// Consumer group the workers read with.
+    #[serde(default = "default_stream_group")]
+    #[schemars(length(min = 1, max = 256))]
+    pub group: String,
+    /// Most unprocessed entries the stream may hold; beyond it the API answers 503 with
+    /// Retry-After instead of accepting more (one entry is one accepted request).
+    #[serde(default = "default_stream_capacity")]
+    #[schemars(range(min = 1, max = 100_000_000))]
+    pub capacity: i64,
+}
+
+/// The HTTP API: ingest, queries, health and metrics on one port.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiSpec {
+    /// Container image of the API (`logpipeline-api`).
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// When the kubelet pulls the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+    /// Fixed number of API pods; ignored when `autoscaling` is set.
+    #[serde(default = "default_api_replicas")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: i32,
+    /// Scale the API on CPU with a HorizontalPodAutoscaler instead of fixed replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<ApiAutoscaling>,
+    /// CPU and memory requests and limits of each API container.
+    #[serde(default = "default_api_resources")]
+    pub resources: ResourceRequirements,
+    /// Expose the API outside the cluster through an Ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+    /// Longest time a stopping API pod drains in-flight requests after SIGTERM.
+    #[serde(default = "default_shutdown_timeout_secs")]
+    #[schemars(range(min = 1, max = 600))]
+    pub shutdown_timeout_secs: i64,
+}
+
+/// CPU-based autoscaling of the API (an autoscaling/v2 HorizontalPodAutoscaler).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("api.autoscaling.minReplicas must not exceed api.autoscaling.maxReplicas"))]
+pub struct ApiAutoscaling {
+    /// Fewest API pods.
+    #[serde(default = "default_api_min_replicas")]
+    #[schemars(range(min = 1, max = 100))]
+    pub min_replicas: i32,
+    /// Most API pods.
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas: i32,
+    /// Average CPU use, in percent of the request, that the autoscaler aims for.
+    #[serde(default = "default_cpu_target")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: i32,
+}
+
+/// An Ingress in front of the API Service.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// IngressClass that serves this Ingress; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// Host name devices send logs to.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// Secret holding the TLS certificate and key for `host`; plain HTTP when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_name: Option<String>,
+    /// Extra annotations for the Ingress (for example body-size limits of the controller).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The workers: stream consumers that write batches into PostgreSQL.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("worker.minReplicas must not exceed worker.maxReplicas"))]
+pub struct WorkerSpec {
+    /// Container image of the worker (`logpipeline-worker`).
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// When the kubelet pulls the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+    /// Stream entries each consumer reads at once (XREADGROUP COUNT).
+    #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 10_000))]
+    pub batch_size: i32,
+    /// How long a read waits for new entries, in milliseconds (XREADGROUP BLOCK).
+    #[serde(default = "default_block_ms")]
+    #[schemars(range(min = 1, max = 60_000))]
+    pub block_ms: i32,
+    /// Consumers per worker pod.
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = 64))]
+    pub concurrency: i32,
+    /// Idle time after which entries pending on a dead consumer are claimed, in milliseconds.
+    #[serde(default = "default_claim_idle_ms")]
+    #[schemars(range(min = 1000, max = 3_600_000))]
+    pub claim_idle_ms: i64,
+    /// Deliveries after which an entry goes to the dead-letter stream.
+    #[serde(default = "default_max_deliveries")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_deliveries: i32,
+    /// Fewest worker pods.
+    #[serde(default = "default_worker_min_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    /// Most worker pods.
+    #[serde(default = "default_worker_max_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Backlog (lag plus pending entries) one worker pod is expected to clear; the
+    /// operator runs `ceil(backlog / lagTargetPerReplica)` pods within the bounds.
+    #[serde(default = "default_lag_target")]
+    #[schemars(range(min = 1))]
+    pub lag_target_per_replica: i64,
+    /// Seconds since the last scaling change before the operator scales down.
+    #[serde(default = "default_stabilization_secs")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_down_stabilization_secs: i64,
+    /// How often the operator reads the stream lag, in seconds.
+    #[serde(default = "default_lag_poll_secs")]
+    #[schemars(range(min = 1, max = 300))]
+    pub lag_poll_secs: i64,
+    /// CPU and memory requests and limits of each worker container.
+    #[serde(default = "default_worker_resources")]
+    pub resources: ResourceRequirements,
+    /// Longest time a stopping worker takes to commit and acknowledge its batch after SIGTERM.
+    #[serde(default = "default_shutdown_timeout_secs")]
+    #[schemars(range(min = 1, max = 600))]
+    pub shutdown_timeout_secs: i64,
+}
+
+/// Image pull policy of a container.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    /// Pull on every pod start.
+    Always,
+    /// Pull when the node does not have the image.
+    IfNotPresent,
+    /// Never pull; the image must be on the node.
+    Never,
+}
+
+impl PullPolicy {
+    /// The value Kubernetes expects in `imagePullPolicy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// What the operator last saw and did.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogPipelineStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing` and `Degraded`, with reasons and messages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// API pods the Deployment asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_replicas: Option<i32>,
+    /// API pods that are ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_ready_replicas: Option<i32>,
+    /// Worker pods the operator asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_replicas: Option<i32>,
+    /// Worker pods that are ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_ready_replicas: Option<i32>,
+    /// Stream entries not yet delivered to the consumer group, at the last reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+    /// Entries delivered to a consumer and not yet acknowledged, at the last reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<i64>,
+    /// When the operator last changed the number of worker pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
+}
+
+impl LogPipelineStatus {
+    /// The condition of the given type, if present.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+}
+
+impl Default for StreamSpec {
+    fn default() -> Self {
+        Self {
+            name: default_stream_name(),
+            group: default_stream_group(),
+            capacity: default_stream_capacity(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_secret_key() -> String {
+    "url".into()
+}
+fn default_stream_name() -> String {
+    "logs:stream".into()
+}
+fn default_stream_group() -> String {
+    "log_workers".into()
+}
+fn default_stream_capacity() -> i64 {
+    1_000_000
+}
+fn default_api_replicas() -> i32 {
+    2
+}
+fn default_api_min_replicas() -> i32 {
+    2
+}
+fn default_cpu_target() -> i32 {
+    70
+}
+fn default_shutdown_timeout_secs() -> i64 {
+    20
+}
+fn default_batch_size() -> i32 {
+    100
+}
+fn default_block_ms() -> i32 {
+    2000
+}
+fn default_concurrency() -> i32 {
+    4
+}
+fn default_claim_idle_ms() -> i64 {
+    30_000
+}
+fn default_max_deliveries() -> i32 {
+    10
+}
+fn default_worker_min_replicas() -> i32 {
+    1
+}
+fn default_worker_max_replicas() -> i32 {
+    10
+}
+fn default_lag_target() -> i64 {
+    10_000
+}
+fn default_stabilization_secs() -> i64 {
+    300
+}
+fn default_lag_poll_secs() -> i64 {
+    15
+}
+
+fn resources(cpu_request: &str, memory_request: &str, memory_limit: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu_request.to_owned())),
+            ("memory".to_owned(), Quantity(memory_request.to_owned())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity(memory_limit.to_owned()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn default_api_resources() -> ResourceRequirements {
+    resources("250m", "128Mi", "512Mi")
+}
+
+fn default_worker_resources() -> ResourceRequirements {
+    resources("250m", "128Mi", "512Mi")
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Builders for test pipelines: `LogPipeline::test().with_autoscaling(2, 10)`.
+
+    use super::*;
+
+    impl LogPipeline {
+        /// A valid pipeline named `logs` in namespace `default`, with defaults everywhere.
+        pub fn test() -> Self {
+            let spec: LogPipelineSpec = serde_json::from_value(serde_json::json!({
+                "redisSecretRef": {"name": "redis"},
+                "databaseSecretRef": {"name": "postgres"},
+                "api": {"image": "logpipeline-api:1.0.0"},
+                "worker": {"image": "logpipeline-worker:1.0.0"},
+            }))
+            .unwrap();
+            let mut lp = LogPipeline::new("logs", spec);
+            lp.metadata.namespace = Some("default".into());
+            lp.metadata.uid = Some("8f6c1d2e-0000-4000-8000-000000000001".into());
+            lp.metadata.generation = Some(1);
+            lp
+        }
+
+        pub fn with_autoscaling(mut self, min: i32, max: i32) -> Self {
+            self.spec.api.autoscaling = Some(ApiAutoscaling {
+                min_replicas: min,
+                max_replicas: max,
+                target_cpu_utilization_percentage: 70,
+            });
+            self
+        }
+
+        pub fn with_ingress(mut self, host: &str, tls_secret: Option<&str>) -> Self {
+            self.spec.api.ingress = Some(IngressSpec {
+                class_name: Some("nginx".into()),
+                host: host.into(),
+                tls_secret_name: tls_secret.map(Into::into),
+                annotations: BTreeMap::new(),
+            });
+            self
+        }
+
+        pub fn with_worker_bounds(mut self, min: i32, max: i32, lag_target: i64) -> Self {
+            self.spec.worker.min_replicas = min;
+            self.spec.worker.max_replicas = max;
+            self.spec.worker.lag_target_per_replica = lag_target;
+            self
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+
+    use super::*;
+
+    #[test]
+    fn defaults_fill_a_minimal_spec() {
+        let lp = LogPipeline::test();
+        assert_eq!(lp.spec.stream.name, "logs:stream");
+        assert_eq!(lp.spec.stream.group, "log_workers");
+        assert_eq!(lp.spec.redis_secret_ref.key, "url");
+        assert_eq!(lp.spec.worker.batch_size, 100);
+        assert_eq!(lp.spec.worker.concurrency, 4);
+        assert_eq!(lp.spec.api.replicas, 2);
+        assert_eq!(lp.spec.log_level, "info");
+    }
+
+    #[test]
+    fn crd_has_names_columns_and_cel_rules() {
+        let crd = LogPipeline::crd();
+        assert_eq!(
+            crd.metadata.name.as_deref(),
+            Some("logpipelines.logpipeline.io")
+        );
+        assert_eq!(crd.spec.names.short_names, Some(vec!["lp".to_owned()]));
+        assert_eq!(crd.spec.scope, "Namespaced");
+        let version = &crd.spec.versions[0];
+        let columns: Vec<_> = version
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(columns, ["Ready", "Workers", "Lag", "Age"]);
+        assert!(
+            version
+                .subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some()
+        );
+        let yaml = serde_yaml::to_string(&crd).unwrap();
+        assert!(yaml.contains("worker.minReplicas must not exceed worker.maxReplicas"));
+        assert!(yaml.contains("api.autoscaling.minReplicas must not exceed"));
+    }
+
+    #[test]
+    fn every_schema_property_has_a_description() {
+        fn walk(path: &str, schema: &serde_json::Value, missing: &mut Vec<String>) {
+            let Some(props) = schema.get("properties").and_then(|p| p.as_object()) else {
+                if let Some(items) = schema.get("items") {
+                    walk(path, items, missing);
+                }
+                return;
+            };
+            for (name, prop) in props {
+                let here = format!("{path}.{name}");
+                if prop.get("description").is_none()
+                    && !["apiVersion", "kind", "metadata"].contains(&here.trim_start_matches('.'))
+                {
+                    missing.push(here.clone());
+                }
+                walk(&here, prop, missing);
+            }
+        }
+        let crd = serde_json::to_value(LogPipeline::crd()).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let mut missing = Vec::new();
+        walk("", schema, &mut missing);
+        assert!(
+            missing.is_empty(),
+            "fields without a description: {missing:?}"
+        );
+    }
+}

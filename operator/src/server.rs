@@ -1,0 +1,33 @@
+//! The operator's own HTTP listener: Prometheus metrics and health probes.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::metrics::Metrics;
+
+/// `/metrics`, `/livez` and `/readyz`.
+pub fn app(metrics: Metrics) -> Router {
+    Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .with_state(metrics)
+}
+
+async fn render_metrics(State(metrics): State<Metrics>) -> impl IntoResponse {
+    match metrics.render() {
+        Ok(text) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            text,
+        )
+            .into_response(),
+        Err(error) => {
+            tracing::error!(%error, "cannot render metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
