@@ -1,0 +1,194 @@
+//! A whole LogPipeline on this machine for a test: Redis, a PostgreSQL database, the api
+//! and workers, each a real process, plus clients to look inside.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::postgres::{self, PostgresServer};
+use crate::redis::{RedisOptions, RedisServer};
+use crate::services::{ApiProcess, Env, WorkerProcess};
+
+/// A running stack. Everything stops when it is dropped.
+pub struct Stack {
+    /// The api, if started.
+    pub api: Option<ApiProcess>,
+    /// The workers started, in order.
+    pub workers: Vec<WorkerProcess>,
+    /// Its own PostgreSQL server, when the test needs to stop it.
+    pub postgres: Option<PostgresServer>,
+    /// Its Redis server.
+    pub redis: RedisServer,
+    database_url: String,
+    api_env: Env,
+    worker_env: Env,
+}
+
+/// How to start a [`Stack`].
+#[derive(Debug, Clone, Default)]
+pub struct StackBuilder {
+    own_postgres: bool,
+    redis: RedisOptions,
+    api: bool,
+    workers: usize,
+    api_env: Env,
+    worker_env: Env,
+}
+
+impl StackBuilder {
+    /// Runs a PostgreSQL server of its own (to stop and start it) instead of a database
+    /// on the shared one.
+    pub fn own_postgres(mut self) -> Self {
+        self.own_postgres = true;
+        self
+    }
+
+    /// Starts Redis with these options.
+    pub fn redis(mut self, options: RedisOptions) -> Self {
+        self.redis = options;
+        self
+    }
+
+    /// Starts the api.
+    pub fn api(mut self) -> Self {
+        self.api = true;
+        self
+    }
+
+    /// Starts `count` workers.
+    pub fn workers(mut self, count: usize) -> Self {
+        self.workers = count;
+        self
+    }
+
+    /// Sets an environment variable of the api.
+    pub fn api_env(mut self, name: &str, value: impl ToString) -> Self {
+        self.api_env.insert(name.into(), value.to_string());
+        self
+    }
+
+    /// Sets an environment variable of every worker.
+    pub fn worker_env(mut self, name: &str, value: impl ToString) -> Self {
+        self.worker_env.insert(name.into(), value.to_string());
+        self
+    }
+
+    /// Starts it all.
+    pub fn start(self) -> Result<Stack> {
+        let redis = RedisServer::start_with(self.redis)?;
+        let (postgres, database_url) = if self.own_postgres {
+            let server = PostgresServer::start()?;
+            let url = server.create_database()?;
+            (Some(server), url)
+        } else {
+            (None, postgres::fresh_database()?)
+        };
+        let mut stack = Stack {
+            api: None,
+            workers: Vec::new(),
+            postgres,
+            redis,
+            database_url,
+            api_env: self.api_env,
+            worker_env: self.worker_env,
+        };
+        if self.api {
+            stack.start_api()?;
+        }
+        for _ in 0..self.workers {
+            stack.start_worker(&Env::new())?;
+        }
+        Ok(stack)
+    }
+}
+
+impl Stack {
+    /// How to start one.
+    pub fn builder() -> StackBuilder {
+        StackBuilder::default()
+    }
+
+    /// Starts (or restarts) the api.
+    pub fn start_api(&mut self) -> Result<&mut ApiProcess> {
+        let api = ApiProcess::start(&self.redis.url(), &self.database_url, &self.api_env)?;
+        Ok(self.api.insert(api))
+    }
+
+    /// Starts one more worker, with `env` over the stack's worker settings. Each worker
+    /// gets a distinct consumer name unless `env` names one.
+    pub fn start_worker(&mut self, env: &Env) -> Result<&mut WorkerProcess> {
+        let mut settings = self.worker_env.clone();
+        settings
+            .entry("LOGPIPELINE_CONSUMER_NAME".into())
+            .or_insert_with(|| format!("worker{}", self.workers.len()));
+        settings.extend(env.clone());
+        let worker = WorkerProcess::start(&self.redis.url(), &self.database_url, &settings)?;
+        self.workers.push(worker);
+        self.workers.last_mut().context("no worker")
+    }
+
+    /// The api's base URL.
+    pub fn api_url(&self) -> Result<String> {
+        Ok(self.api.as_ref().context("the api is not running")?.url())
+    }
+
+    /// The database's URL.
+    pub fn database_url(&self) -> &str {
+        &self.database_url
+    }
+
+    /// A small pool on the database, for assertions.
+    pub async fn pool(&self) -> Result<PgPool> {
+        Ok(PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.database_url)
+            .await?)
+    }
+
+    /// A connection to Redis, for assertions.
+    pub async fn redis(&self) -> Result<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(self.redis.url())?;
+        Ok(client.get_multiplexed_async_connection().await?)
+    }
+}
+
+/// Waits until `query` (a single `bigint`) returns `expected`, up to `timeout`; returns
+/// how long it took.
+pub async fn wait_for_count(pool: &PgPool, query: &str, expected: i64, timeout: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    let mut last = None;
+    while started.elapsed() < timeout {
+        match sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(query)).fetch_one(pool).await {
+            Ok(count) if count == expected => return Ok(started.elapsed()),
+            Ok(count) => last = Some(count),
+            // The worker may not have created the table yet.
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("after {timeout:?}, `{query}` gives {last:?}, not {expected}")
+}
+
+/// Polls `check` every 50 ms until it is true, failing after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let started = Instant::now();
+    let mut last_error = None;
+    while started.elapsed() < timeout {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(error) => last_error = Some(error),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    match last_error {
+        Some(error) => Err(error.context(format!("timed out after {timeout:?}: {what}"))),
+        None => bail!("timed out after {timeout:?}: {what}"),
+    }
+}
