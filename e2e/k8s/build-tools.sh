@@ -14,7 +14,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=versions.env
 source "$here/versions.env"
 
-tools_dir=${LOGPIPELINE_TOOLS_DIR:-$HOME/.cache/logpipeline/tools/kubernetes-$KUBERNETES_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION}
+tools_dir=${LOGPIPELINE_TOOLS_DIR:-$HOME/.cache/logpipeline/tools/kubernetes-$KUBERNETES_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION-r$TOOLS_REVISION}
 if [[ ${1:-} == --print-dir ]]; then
     echo "$tools_dir"
     exit 0
@@ -79,9 +79,13 @@ fi
 
 if [[ ! -x $tools_dir/helm ]]; then
     log "building helm $HELM_VERSION"
-    GOBIN="$work/helm-bin" go install -trimpath \
-        -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
-        "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+    # As helm's Makefile does: its version, and the Kubernetes version that `helm
+    # template` and `helm lint` assume without a cluster (that of its client-go).
+    helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+    for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+        helm_ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$HELM_KUBERNETES_MINOR"
+    done
+    GOBIN="$work/helm-bin" go install -trimpath -ldflags "$helm_ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
     mv "$work/helm-bin/helm" "$tools_dir/helm"
 fi
 

@@ -4,6 +4,7 @@
 //! in temporary directories, and every server stops when its handle is dropped or the
 //! test process exits.
 
+pub mod kube;
 pub mod postgres;
 pub mod process;
 pub mod redis;

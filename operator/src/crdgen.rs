@@ -10,6 +10,8 @@ use crate::crd::LogPipeline;
 
 /// Where the plain CRD goes, relative to the repository root.
 pub const CRD_PATH: &str = "crds/logpipeline.yaml";
+/// Where the copy for `kubectl apply -f manifests/install/` goes.
+pub const MANIFEST_CRD_PATH: &str = "manifests/install/01-crd.yaml";
 /// Where the Helm chart's copy goes, relative to the repository root.
 pub const CHART_CRD_PATH: &str = "charts/logpipeline/templates/crds/logpipeline.yaml";
 
@@ -36,11 +38,12 @@ pub fn chart_crd_template() -> Result<String> {
     ))
 }
 
-/// Writes both files under the repository `root` and returns their paths.
+/// Writes the three files under the repository `root` and returns their paths.
 pub fn write_all(root: &Path) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     for (relative, content) in [
         (CRD_PATH, crd_yaml()?),
+        (MANIFEST_CRD_PATH, crd_yaml()?),
         (CHART_CRD_PATH, chart_crd_template()?),
     ] {
         let path = root.join(relative);
@@ -69,6 +72,14 @@ mod tests {
         assert!(
             committed(CRD_PATH) == crd_yaml().unwrap(),
             "{CRD_PATH} is stale: run `cargo run -p logpipeline-operator --bin crdgen`"
+        );
+    }
+
+    #[test]
+    fn manifest_crd_matches_the_types() {
+        assert!(
+            committed(MANIFEST_CRD_PATH) == crd_yaml().unwrap(),
+            "{MANIFEST_CRD_PATH} is stale: run `cargo run -p logpipeline-operator --bin crdgen`"
         );
     }
 
