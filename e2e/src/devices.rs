@@ -65,7 +65,12 @@ pub async fn send(client: &reqwest::Client, base_url: &str, plan: &Plan) -> Resu
     Ok(sent)
 }
 
-async fn send_as(client: &reqwest::Client, base_url: &str, plan: &Plan, device: usize) -> Result<Sent> {
+async fn send_as(
+    client: &reqwest::Client,
+    base_url: &str,
+    plan: &Plan,
+    device: usize,
+) -> Result<Sent> {
     let mut sent = Sent::default();
     let mut seq = 0;
     // Alternate single logs and batches, so both endpoints are busy throughout.
@@ -76,14 +81,23 @@ async fn send_as(client: &reqwest::Client, base_url: &str, plan: &Plan, device: 
             ("/api/log", log(&plan.run, device, seq), 1)
         } else {
             batches -= 1;
-            let logs: Vec<Value> = (seq..seq + plan.batch_size).map(|s| log(&plan.run, device, s)).collect();
+            let logs: Vec<Value> = (seq..seq + plan.batch_size)
+                .map(|s| log(&plan.run, device, s))
+                .collect();
             ("/api/logs/batch", json!({ "logs": logs }), plan.batch_size)
         };
         seq += count;
-        let response = client.post(format!("{base_url}{path}")).json(&body).send().await?;
+        let response = client
+            .post(format!("{base_url}{path}"))
+            .json(&body)
+            .send()
+            .await?;
         let status = response.status();
         if !status.is_success() {
-            bail!("{path} answered {status}: {}", response.text().await.unwrap_or_default());
+            bail!(
+                "{path} answered {status}: {}",
+                response.text().await.unwrap_or_default()
+            );
         }
         let accepted: Accepted = response.json().await?;
         match (accepted.message_id, accepted.message_ids) {

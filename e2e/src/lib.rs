@@ -4,7 +4,10 @@
 //! in temporary directories, and every server stops when its handle is dropped or the
 //! test process exits.
 
+pub mod devices;
 pub mod kube;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod services;
+pub mod stack;

@@ -46,7 +46,14 @@ fn build_binaries() -> Result<PathBuf> {
     let mut build = Command::new(cargo);
     build
         .current_dir(workspace)
-        .args(["build", "--quiet", "-p", "logpipeline-api", "-p", "logpipeline-worker"])
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "logpipeline-api",
+            "-p",
+            "logpipeline-worker",
+        ])
         .arg("--target-dir")
         .arg(target);
     match profile.as_str() {
@@ -238,7 +245,8 @@ mod tests {
 
     #[test]
     fn metric_values_are_found_by_sample_name() {
-        let text = "# HELP x_total help\n# TYPE x_total counter\nx_total 3\ny{reason=\"a b\"} 2.5\n";
+        let text =
+            "# HELP x_total help\n# TYPE x_total counter\nx_total 3\ny{reason=\"a b\"} 2.5\n";
         assert_eq!(metric_value(text, "x_total"), Some(3.0));
         assert_eq!(metric_value(text, "y{reason=\"a b\"}"), Some(2.5));
         assert_eq!(metric_value(text, "z"), None);

@@ -156,11 +156,19 @@ impl Stack {
 
 /// Waits until `query` (a single `bigint`) returns `expected`, up to `timeout`; returns
 /// how long it took.
-pub async fn wait_for_count(pool: &PgPool, query: &str, expected: i64, timeout: Duration) -> Result<Duration> {
+pub async fn wait_for_count(
+    pool: &PgPool,
+    query: &str,
+    expected: i64,
+    timeout: Duration,
+) -> Result<Duration> {
     let started = Instant::now();
     let mut last = None;
     while started.elapsed() < timeout {
-        match sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(query)).fetch_one(pool).await {
+        match sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(query))
+            .fetch_one(pool)
+            .await
+        {
             Ok(count) if count == expected => return Ok(started.elapsed()),
             Ok(count) => last = Some(count),
             // The worker may not have created the table yet.

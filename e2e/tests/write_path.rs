@@ -37,7 +37,11 @@ async fn assert_exactly_once(pool: &PgPool, run: &str, accepted: &[String]) {
     let ids: HashSet<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
     let messages: HashSet<&str> = rows.iter().map(|(_, message)| message.as_str()).collect();
     let accepted_ids: HashSet<&str> = accepted.iter().map(String::as_str).collect();
-    assert_eq!(accepted_ids.len(), accepted.len(), "the api gave an id twice");
+    assert_eq!(
+        accepted_ids.len(),
+        accepted.len(),
+        "the api gave an id twice"
+    );
     assert_eq!(rows.len(), accepted.len(), "rows stored vs logs accepted");
     assert_eq!(ids.len(), rows.len(), "duplicate message ids");
     assert_eq!(messages.len(), rows.len(), "a log was stored twice");
@@ -59,18 +63,743 @@ async fn every_accepted_log_is_stored_exactly_once() {
     let plan = hundred_thousand_logs("exactly-once");
     let client = reqwest::Client::new();
     let started = Instant::now();
-    let sent = devices::send(&client, &stack.api_url().unwrap(), &plan).await.unwrap();
+    let sent = devices::send(&client, &stack.api_url().unwrap(), &plan)
+        .await
+        .unwrap();
     let sending = started.elapsed();
     assert_eq!(sent.message_ids.len(), plan.total_logs());
 
     let pool = stack.pool().await.unwrap();
-    let drain = wait_for_count(&pool, &run_count_query(&plan.run), 100_000, Duration::from_secs(180))
-        .await
-        .unwrap();
+    let drain = wait_for_count(
+        &pool,
+        &run_count_query(&plan.run),
+        100_000,
+        Duration::from_secs(180),
+    )
+    .await
+    .unwrap();
     assert_exactly_once(&pool, &plan.run, &sent.message_ids).await;
     println!(
         "sent {} logs in {} requests in {sending:?}; all 100000 stored, no duplicates, {drain:?} after the last was accepted",
         sent.message_ids.len(),
         sent.requests
     );
+}
+
+/// Whether any consumer whose name starts with `prefix` holds unacknowledged entries.
+async fn holds_pending(redis: &mut redis::aio::MultiplexedConnection, prefix: &str) -> bool {
+    let summary: redis::Value = redis::cmd("XPENDING")
+        .arg("logs:stream")
+        .arg("log_workers")
+        .query_async(redis)
+        .await
+        .unwrap();
+    let redis::Value::Array(parts) = summary else {
+        return false;
+    };
+    let Some(redis::Value::Array(consumers)) = parts.get(3) else {
+        return false;
+    };
+    consumers.iter().any(|consumer| match consumer {
+        redis::Value::Array(pair) => matches!(pair.first(), Some(redis::Value::BulkString(name)) if name.starts_with(prefix.as_bytes())),
+        _ => false,
+    })
+}
+
+async fn pending_count(redis: &mut redis::aio::MultiplexedConnection) -> i64 {
+    let summary: (i64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+        .arg("logs:stream")
+        .arg("log_workers")
+        .query_async(redis)
+        .await
+        .unwrap();
+    summary.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_mid_batch_twice_loses_and_duplicates_nothing() {
+    let mut stack = Stack::builder()
+        .api()
+        .api_env("LOGPIPELINE_STREAM_CAPACITY", 1_000_000)
+        .worker_env("LOGPIPELINE_CLAIM_IDLE_MS", 1000)
+        .start()
+        .unwrap();
+    let crashy = Env::from([("LOGPIPELINE_CONSUMER_NAME".into(), "crashy".into())]);
+    stack.start_worker(&crashy).unwrap();
+    let plan = hundred_thousand_logs("killed-twice");
+    let url = stack.api_url().unwrap();
+    let sending = tokio::spawn({
+        let plan = plan.clone();
+        async move { devices::send(&reqwest::Client::new(), &url, &plan).await }
+    });
+    let mut redis = stack.redis().await.unwrap();
+
+    // First crash: SIGKILL while it holds unacknowledged entries; its successor of the
+    // same name picks them up from its own pending list at start.
+    let pool = stack.pool().await.unwrap();
+    let count = run_count_query(&plan.run);
+    wait_for_rows_above(&pool, &count, 10_000).await;
+    eventually(
+        "crashy holds pending entries",
+        Duration::from_secs(60),
+        || {
+            let mut redis = redis.clone();
+            async move { Ok(holds_pending(&mut redis, "crashy-").await) }
+        },
+    )
+    .await
+    .unwrap();
+    stack.workers[0].process().signal(Signal::SIGKILL).unwrap();
+    stack.workers[0]
+        .process()
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap()
+        .unwrap();
+    stack.start_worker(&crashy).unwrap();
+
+    // Second crash: its entries go to a worker of another name, which claims them once
+    // they have been idle for the claim timeout.
+    wait_for_rows_above(&pool, &count, 50_000).await;
+    eventually(
+        "crashy holds pending entries again",
+        Duration::from_secs(60),
+        || {
+            let mut redis = redis.clone();
+            async move { Ok(holds_pending(&mut redis, "crashy-").await) }
+        },
+    )
+    .await
+    .unwrap();
+    stack.workers[1].process().signal(Signal::SIGKILL).unwrap();
+    stack.workers[1]
+        .process()
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap()
+        .unwrap();
+    let successor = Env::from([("LOGPIPELINE_CONSUMER_NAME".into(), "successor".into())]);
+    stack.start_worker(&successor).unwrap();
+
+    let sent = sending.await.unwrap().unwrap();
+    let drain = wait_for_count(&pool, &count, 100_000, Duration::from_secs(180))
+        .await
+        .unwrap();
+    assert_exactly_once(&pool, &plan.run, &sent.message_ids).await;
+    assert_eq!(pending_count(&mut redis).await, 0);
+    let claimed = stack.workers[2]
+        .metric("logpipeline_worker_entries_claimed_total")
+        .unwrap();
+    let duplicates = stack.workers[2]
+        .metric("logpipeline_worker_logs_duplicate_total")
+        .unwrap();
+    assert!(
+        claimed > 0.0,
+        "the successor claimed nothing from the killed worker"
+    );
+    println!(
+        "100000 logs sent, worker killed twice: 100000 rows, no duplicates; {claimed} entries claimed, \
+         {duplicates} re-delivered logs skipped by the successor as already stored; drained {drain:?} after the last accept"
+    );
+}
+
+async fn wait_for_rows_above(pool: &PgPool, count_query: &str, rows: i64) {
+    eventually("rows arrive", Duration::from_secs(120), || async {
+        let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count_query))
+            .fetch_one(pool)
+            .await?;
+        Ok(count > rows)
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_pending_on_a_dead_consumer_are_claimed_after_the_idle_timeout() {
+    let mut stack = Stack::builder()
+        .api()
+        .worker_env("LOGPIPELINE_CLAIM_IDLE_MS", 2000)
+        .start()
+        .unwrap();
+    let client = reqwest::Client::new();
+    for seq in 0..10 {
+        let response = client
+            .post(format!("{}/api/log", stack.api_url().unwrap()))
+            .json(&devices::log("claimed", 1, seq))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    // A consumer reads the ten entries and dies without acknowledging them.
+    let mut redis = stack.redis().await.unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg(&[
+            "GROUP",
+            "log_workers",
+            "ghost",
+            "COUNT",
+            "100",
+            "STREAMS",
+            "logs:stream",
+            ">",
+        ])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let died = Instant::now();
+    assert_eq!(pending_count(&mut redis).await, 10);
+
+    stack.start_worker(&Env::new()).unwrap();
+    // While the entries are pending, trimming keeps them.
+    eventually(
+        "the worker has run its upkeep",
+        Duration::from_secs(10),
+        || async { Ok(stack.workers[0].metric("logpipeline_worker_stream_length")? == 10.0) },
+    )
+    .await
+    .unwrap();
+    let length: i64 = redis.xlen("logs:stream").await.unwrap();
+    assert_eq!(length, 10);
+
+    let pool = stack.pool().await.unwrap();
+    wait_for_count(
+        &pool,
+        &run_count_query("claimed"),
+        10,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    let waited = died.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2),
+        "claimed after {waited:?}, before the idle timeout"
+    );
+    assert_eq!(
+        stack.workers[0]
+            .metric("logpipeline_worker_entries_claimed_total")
+            .unwrap(),
+        10.0
+    );
+    eventually(
+        "the claimed entries are acknowledged and trimmed",
+        Duration::from_secs(10),
+        || {
+            let mut redis = redis.clone();
+            async move {
+                let length: i64 = redis.xlen("logs:stream").await?;
+                Ok(pending_count(&mut redis).await == 0 && length == 0)
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logs_accepted_while_postgres_is_down_are_stored_when_it_returns() {
+    let mut stack = Stack::builder()
+        .own_postgres()
+        .api()
+        .workers(1)
+        .start()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let url = stack.api_url().unwrap();
+    let plan = |run: &str| Plan {
+        run: run.into(),
+        devices: 20,
+        single_logs_per_device: 50,
+        batches_per_device: 10,
+        batch_size: 5,
+    };
+    let before = plan("before-outage");
+    devices::send(&client, &url, &before).await.unwrap();
+    let pool = stack.pool().await.unwrap();
+    wait_for_count(
+        &pool,
+        &run_count_query(&before.run),
+        2000,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    drop(pool);
+
+    stack.postgres.as_mut().unwrap().stop().unwrap();
+    let during = plan("during-outage");
+    let sent = devices::send(&client, &url, &during).await.unwrap();
+    assert_eq!(sent.message_ids.len(), 2000, "the api must keep accepting");
+    eventually("the worker retries", Duration::from_secs(30), || async {
+        Ok(stack.workers[0].metric("logpipeline_worker_insert_retries_total")? >= 2.0)
+    })
+    .await
+    .unwrap();
+    stack.workers[0].process().ensure_running().unwrap();
+
+    stack.postgres.as_mut().unwrap().start_again().unwrap();
+    let pool = stack.pool().await.unwrap();
+    let drain = wait_for_count(
+        &pool,
+        &run_count_query(&during.run),
+        2000,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_exactly_once(&pool, &during.run, &sent.message_ids).await;
+    println!(
+        "2000 logs accepted during a PostgreSQL outage, all stored {drain:?} after it returned"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn entries_that_keep_failing_are_dead_lettered_without_blocking_the_rest() {
+    let stack = Stack::builder()
+        .api()
+        .workers(1)
+        .worker_env("LOGPIPELINE_MAX_DELIVERIES", 3)
+        .start()
+        .unwrap();
+    let pool = stack.pool().await.unwrap();
+    wait_for_count(
+        &pool,
+        "select count(*) from pg_tables where tablename = 'logs'",
+        1,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    // A rule PostgreSQL enforces and the api does not know about.
+    sqlx::query("alter table logs add constraint no_poison check (device_id <> 'poison')")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let client = reqwest::Client::new();
+    let url = stack.api_url().unwrap();
+    let poison = |seq| {
+        let mut log = devices::log("poisoned", 0, seq);
+        log["device_id"] = "poison".into();
+        log
+    };
+    let mut poisoned_ids = HashSet::new();
+    for seq in 0..3 {
+        let response = client
+            .post(format!("{url}/api/log"))
+            .json(&poison(seq))
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value = response.json().await.unwrap();
+        poisoned_ids.insert(body["message_id"].as_str().unwrap().to_owned());
+    }
+    // One poisoned log spoils its whole request: an entry is stored all or nothing.
+    let mixed = serde_json::json!({"logs": [devices::log("poisoned", 1, 0), poison(3)]});
+    let response = client
+        .post(format!("{url}/api/logs/batch"))
+        .json(&mixed)
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = response.json().await.unwrap();
+    let mixed_entry = body["message_ids"][0]
+        .as_str()
+        .unwrap()
+        .trim_end_matches(".0")
+        .to_owned();
+    poisoned_ids.insert(mixed_entry);
+    // An entry no worker can decode, as a foreign producer might write.
+    let mut redis = stack.redis().await.unwrap();
+    let garbage: String = redis
+        .xadd(
+            "logs:stream",
+            "*",
+            &[("v", "1"), ("t", "0"), ("logs", "not json")],
+        )
+        .await
+        .unwrap();
+    // Healthy traffic behind and around them.
+    let healthy = Plan {
+        run: "healthy".into(),
+        devices: 10,
+        single_logs_per_device: 20,
+        batches_per_device: 4,
+        batch_size: 5,
+    };
+    let sent = devices::send(&client, &url, &healthy).await.unwrap();
+    wait_for_count(
+        &pool,
+        &run_count_query("healthy"),
+        400,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert_exactly_once(&pool, "healthy", &sent.message_ids).await;
+
+    eventually(
+        "five entries are dead-lettered",
+        Duration::from_secs(30),
+        || {
+            let mut redis = redis.clone();
+            async move { Ok(redis.xlen::<_, i64>("logs:stream:dead").await? == 5) }
+        },
+    )
+    .await
+    .unwrap();
+    let dead: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(&["logs:stream:dead", "-", "+"])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let field = |fields: &[(String, String)], name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let mut rejected = HashSet::new();
+    for (_, fields) in &dead {
+        let source = field(fields, "source_id");
+        if source == garbage {
+            assert!(field(fields, "reason").contains("invalid"), "{fields:?}");
+            assert_eq!(
+                field(fields, "logs"),
+                "not json",
+                "the entry is kept as it was"
+            );
+        } else {
+            assert!(field(fields, "reason").contains("no_poison"), "{fields:?}");
+            assert_eq!(field(fields, "deliveries"), "3", "{fields:?}");
+            rejected.insert(source);
+        }
+    }
+    assert_eq!(rejected, poisoned_ids);
+    let worker = &stack.workers[0];
+    assert_eq!(
+        worker
+            .metric("logpipeline_worker_entries_dead_lettered_total{reason=\"rejected\"}")
+            .unwrap(),
+        4.0
+    );
+    assert_eq!(
+        worker
+            .metric("logpipeline_worker_entries_dead_lettered_total{reason=\"undecodable\"}")
+            .unwrap(),
+        1.0
+    );
+    assert_eq!(pending_count(&mut redis).await, 0);
+    let poisoned_rows: i64 =
+        sqlx::query_scalar("select count(*) from logs where log_data->>'run' = 'poisoned'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        poisoned_rows, 0,
+        "a spoilt request is stored all or nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_stream_refuses_new_logs_and_loses_none_it_accepted() {
+    let mut stack = Stack::builder()
+        .api()
+        .api_env("LOGPIPELINE_STREAM_CAPACITY", 20)
+        .start()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let url = stack.api_url().unwrap();
+    let mut accepted = Vec::new();
+    for seq in 0..20 {
+        let response = client
+            .post(format!("{url}/api/log"))
+            .json(&devices::log("full", 0, seq))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        accepted.push(body["message_id"].as_str().unwrap().to_owned());
+    }
+    let refused = client
+        .post(format!("{url}/api/log"))
+        .json(&devices::log("full", 0, 20))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "backpressure");
+
+    // Nothing unread is trimmed to make room: a worker stores all twenty.
+    stack.start_worker(&Env::new()).unwrap();
+    let pool = stack.pool().await.unwrap();
+    wait_for_count(&pool, &run_count_query("full"), 20, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_exactly_once(&pool, "full", &accepted).await;
+    // Acknowledged entries are trimmed, which makes room again.
+    let mut redis = stack.redis().await.unwrap();
+    eventually(
+        "acknowledged entries are trimmed",
+        Duration::from_secs(10),
+        || {
+            let mut redis = redis.clone();
+            async move { Ok(redis.xlen::<_, i64>("logs:stream").await? == 0) }
+        },
+    )
+    .await
+    .unwrap();
+    let again = client
+        .post(format!("{url}/api/log"))
+        .json(&devices::log("full", 0, 21))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    let _ = &mut redis;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_api_finish_requests_in_flight() {
+    let mut stack = Stack::builder().api().start().unwrap();
+    let api = stack.api.as_mut().unwrap();
+    let url = api.url();
+    let port = api.port();
+    // A request whose body arrives in two parts, the second only after SIGTERM.
+    let (first_sent_tx, first_sent) = tokio::sync::oneshot::channel::<()>();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let body = devices::log("drained", 0, 0).to_string();
+    let (head, tail) = body.split_at(body.len() / 2);
+    let (head, tail) = (head.to_owned(), tail.to_owned());
+    let chunks = futures::stream::unfold(
+        (0, Some(first_sent_tx), Some(released)),
+        move |(step, sent, released)| {
+            let (head, tail) = (head.clone(), tail.clone());
+            async move {
+                match step {
+                    0 => {
+                        if let Some(sent) = sent {
+                            let _ = sent.send(());
+                        }
+                        Some((Ok::<_, std::io::Error>(head), (1, None, released)))
+                    }
+                    1 => {
+                        if let Some(released) = released {
+                            let _ = released.await;
+                        }
+                        Some((Ok(tail), (2, None, None)))
+                    }
+                    _ => None,
+                }
+            }
+        },
+    );
+    let request = tokio::spawn(
+        reqwest::Client::new()
+            .post(format!("{url}/api/log"))
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send(),
+    );
+    first_sent.await.unwrap();
+    api.process().signal(Signal::SIGTERM).unwrap();
+    // Once the signal is handled the api accepts no new connections.
+    eventually(
+        "the api stops accepting connections",
+        Duration::from_secs(10),
+        || async { Ok(std::net::TcpStream::connect(("127.0.0.1", port)).is_err()) },
+    )
+    .await
+    .unwrap();
+    api.process().ensure_running().unwrap();
+    release.send(()).unwrap();
+    let response = request.await.unwrap().unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "the request in flight was not finished"
+    );
+    let status = api
+        .process()
+        .wait_timeout(Duration::from_secs(30))
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "the api exited with {status}");
+    let mut redis = stack.redis().await.unwrap();
+    assert_eq!(redis.xlen::<_, i64>("logs:stream").await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_worker_store_and_acknowledge_its_batch() {
+    let mut stack = Stack::builder().api().workers(1).start().unwrap();
+    let pool = stack.pool().await.unwrap();
+    wait_for_count(
+        &pool,
+        "select count(*) from pg_tables where tablename = 'logs'",
+        1,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    // Hold inserts back so SIGTERM arrives while the worker is storing a batch.
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("lock table logs in exclusive mode")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let url = stack.api_url().unwrap();
+    for seq in 0..50 {
+        let response = client
+            .post(format!("{url}/api/log"))
+            .json(&devices::log("terminated", 0, seq))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let mut redis = stack.redis().await.unwrap();
+    eventually("the worker holds a batch", Duration::from_secs(10), || {
+        let mut redis = redis.clone();
+        async move { Ok(pending_count(&mut redis).await > 0) }
+    })
+    .await
+    .unwrap();
+    let in_hand = pending_count(&mut redis).await;
+    let worker = &mut stack.workers[0];
+    worker.process().signal(Signal::SIGTERM).unwrap();
+    worker.process().ensure_running().unwrap();
+    lock.rollback().await.unwrap();
+    let status = worker
+        .process()
+        .wait_timeout(Duration::from_secs(30))
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "the worker exited with {status}");
+    assert_eq!(
+        pending_count(&mut redis).await,
+        0,
+        "the batch in hand was not acknowledged"
+    );
+    let stored: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(run_count_query("terminated")))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(stored >= in_hand, "stored {stored}, held {in_hand}");
+    // What it had not read yet is there for the next worker.
+    stack.start_worker(&Env::new()).unwrap();
+    wait_for_count(
+        &pool,
+        &run_count_query("terminated"),
+        50,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_dying_between_commit_and_acknowledgement_causes_no_duplicate() {
+    let mut stack = Stack::builder()
+        .api()
+        .worker_env("LOGPIPELINE_CLAIM_IDLE_MS", 500)
+        .start()
+        .unwrap();
+    stack.start_worker(&Env::new()).unwrap();
+    let pool = stack.pool().await.unwrap();
+    wait_for_count(
+        &pool,
+        "select count(*) from pg_tables where tablename = 'logs'",
+        1,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    // Hold the insert until Redis refuses writes, so the commit lands and the XACK cannot.
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("lock table logs in exclusive mode")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let url = stack.api_url().unwrap();
+    let batch = serde_json::json!({"logs": (0..10).map(|seq| devices::log("commit-no-ack", 0, seq)).collect::<Vec<_>>()});
+    let response = client
+        .post(format!("{url}/api/logs/batch"))
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut redis = stack.redis().await.unwrap();
+    eventually(
+        "the worker holds the batch",
+        Duration::from_secs(10),
+        || {
+            let mut redis = redis.clone();
+            async move { Ok(pending_count(&mut redis).await == 1) }
+        },
+    )
+    .await
+    .unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "60000", "WRITE"])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    lock.rollback().await.unwrap();
+    let count = run_count_query("commit-no-ack");
+    wait_for_count(&pool, &count, 10, Duration::from_secs(10))
+        .await
+        .unwrap();
+    stack.workers[0].process().signal(Signal::SIGKILL).unwrap();
+    stack.workers[0]
+        .process()
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap()
+        .unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        pending_count(&mut redis).await,
+        1,
+        "the entry was acknowledged before the crash"
+    );
+
+    // A successor claims the entry, stores it again, and PostgreSQL keeps one copy.
+    stack.start_worker(&Env::new()).unwrap();
+    eventually(
+        "the successor acknowledges the entry",
+        Duration::from_secs(30),
+        || {
+            let mut redis = redis.clone();
+            async move { Ok(pending_count(&mut redis).await == 0) }
+        },
+    )
+    .await
+    .unwrap();
+    let successor = &stack.workers[1];
+    assert_eq!(
+        successor
+            .metric("logpipeline_worker_logs_duplicate_total")
+            .unwrap(),
+        10.0
+    );
+    assert_eq!(
+        successor
+            .metric("logpipeline_worker_logs_inserted_total")
+            .unwrap(),
+        0.0
+    );
+    let stored: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 10);
 }

@@ -1,0 +1,410 @@
+//! The ingest endpoints against a real Redis: answers, status codes and what lands on the
+//! stream.
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use logpipeline_api::{AppState, Metrics, Queue, app};
+use logpipeline_core::codec;
+use logpipeline_e2e::redis::RedisServer;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const STREAM: &str = "logs:stream";
+
+struct Fixture {
+    redis: RedisServer,
+    app: Router,
+    con: ConnectionManager,
+}
+
+impl Fixture {
+    async fn start() -> Self {
+        Self::with_capacity(1000).await
+    }
+
+    async fn with_capacity(capacity: u64) -> Self {
+        let redis = RedisServer::start().unwrap();
+        let client = redis::Client::open(redis.url()).unwrap();
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_connection_timeout(Some(std::time::Duration::from_secs(1)));
+        let con = ConnectionManager::new_with_config(client, config)
+            .await
+            .unwrap();
+        let state = AppState {
+            queue: Queue::new(con.clone(), STREAM, capacity),
+            metrics: Metrics::new().unwrap(),
+            max_body_bytes: 1024 * 1024,
+        };
+        Self {
+            redis,
+            app: app(state),
+            con,
+        }
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        body: impl Into<Body>,
+    ) -> (StatusCode, Value, Option<String>) {
+        let mut request = Request::post(path);
+        if let Some(content_type) = content_type {
+            request = request.header(header::CONTENT_TYPE, content_type);
+        }
+        let response = self
+            .app
+            .clone()
+            .oneshot(request.body(body.into()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|value| value.to_str().unwrap().to_owned());
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, body, retry_after)
+    }
+
+    async fn post_json(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let (status, body, _) = self
+            .post(path, Some("application/json"), body.to_string())
+            .await;
+        (status, body)
+    }
+
+    /// The stream's entries as (id, decoded entry).
+    async fn entries(&self) -> Vec<(String, codec::Entry)> {
+        let reply: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = redis::cmd("XRANGE")
+            .arg(STREAM)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut self.con.clone())
+            .await
+            .unwrap();
+        reply
+            .into_iter()
+            .map(|(id, fields)| (id, codec::decode(&fields).unwrap()))
+            .collect()
+    }
+}
+
+fn a_log(device: &str) -> Value {
+    json!({"device_id": device, "log_level": "WARNING", "message": "disk at 91%", "log_data": {"disk": "/", "used": 0.91}})
+}
+
+#[tokio::test]
+async fn a_single_log_is_on_the_stream_before_the_answer() {
+    let fixture = Fixture::start().await;
+    let (status, body) = fixture.post_json("/api/log", &a_log("device-001")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "received");
+    let received_at = time::OffsetDateTime::parse(
+        body["received_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+
+    let entries = fixture.entries().await;
+    assert_eq!(entries.len(), 1);
+    let (id, entry) = &entries[0];
+    assert_eq!(
+        body["message_id"], *id,
+        "a single log's id is its stream entry id"
+    );
+    assert_eq!(entry.received_at, received_at);
+    assert_eq!(entry.logs.len(), 1);
+    assert_eq!(entry.logs[0].device_id.as_str(), "device-001");
+    assert_eq!(
+        entry.logs[0].log_data.as_ref().unwrap().as_json(),
+        r#"{"disk":"/","used":0.91}"#
+    );
+}
+
+#[tokio::test]
+async fn a_batch_is_one_entry_with_an_id_per_log() {
+    let fixture = Fixture::start().await;
+    let logs: Vec<Value> = (0..5).map(|i| a_log(&format!("device-{i}"))).collect();
+    let (status, body) = fixture
+        .post_json("/api/logs/batch", &json!({ "logs": logs }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "received");
+    assert_eq!(body["count"], 5);
+    let entries = fixture.entries().await;
+    assert_eq!(entries.len(), 1);
+    let (id, entry) = &entries[0];
+    let expected: Vec<String> = (0..5).map(|i| format!("{id}.{i}")).collect();
+    assert_eq!(body["message_ids"], json!(expected));
+    let devices: Vec<&str> = entry
+        .logs
+        .iter()
+        .map(|log| log.device_id.as_str())
+        .collect();
+    assert_eq!(
+        devices,
+        ["device-0", "device-1", "device-2", "device-3", "device-4"]
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_right_status_and_a_clear_error() {
+    let fixture = Fixture::start().await;
+    let long_id = "d".repeat(51);
+    let too_many: Vec<Value> = (0..1001).map(|_| a_log("d")).collect();
+    let cases: Vec<(&str, Option<&str>, String, StatusCode, &str, &str)> = vec![
+        (
+            "/api/log",
+            Some("application/json"),
+            "{\"device_id\": ".into(),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            "EOF",
+        ),
+        (
+            "/api/log",
+            Some("application/json"),
+            "not json".into(),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            "expected",
+        ),
+        (
+            "/api/log",
+            Some("text/plain"),
+            a_log("d").to_string(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "application/json",
+        ),
+        (
+            "/api/log",
+            None,
+            a_log("d").to_string(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "application/json",
+        ),
+        (
+            "/api/log",
+            Some("application/json"),
+            json!({"device_id": "d", "log_level": "LOUD", "message": "m"}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_log",
+            "log_level: unknown variant `LOUD`",
+        ),
+        (
+            "/api/log",
+            Some("application/json"),
+            json!({"device_id": "", "log_level": "INFO", "message": "m"}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_log",
+            "device_id: device_id must be 1 to 50 characters",
+        ),
+        (
+            "/api/log",
+            Some("application/json"),
+            json!({"device_id": long_id, "log_level": "INFO", "message": "m"}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_log",
+            "device_id must be 1 to 50",
+        ),
+        (
+            "/api/log",
+            Some("application/json"),
+            json!({"device_id": "d", "log_level": "INFO"}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_log",
+            "missing field `message`",
+        ),
+        (
+            "/api/log",
+            Some("application/json"),
+            json!({"device_id": "d", "log_level": "INFO", "message": "m", "log_data": [1]})
+                .to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_log",
+            "log_data must be a JSON object",
+        ),
+        (
+            "/api/log",
+            Some("application/json"),
+            "[1, 2]".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_log",
+            "invalid type",
+        ),
+        (
+            "/api/logs/batch",
+            Some("application/json"),
+            json!({"logs": []}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_log",
+            "must hold 1 to 1000 logs, got 0",
+        ),
+        (
+            "/api/logs/batch",
+            Some("application/json"),
+            json!({"logs": too_many}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_log",
+            "must hold 1 to 1000 logs, got 1001",
+        ),
+        (
+            "/api/logs/batch",
+            Some("application/json"),
+            json!({"logs": [a_log("d"), {"device_id": "d", "log_level": "INFO", "message": ""}]})
+                .to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_log",
+            "logs[1].message: message must be 1 to 5000",
+        ),
+        (
+            "/api/logs/batch",
+            Some("application/json"),
+            json!({"entries": []}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_log",
+            "missing field `logs`",
+        ),
+        (
+            "/api/log",
+            Some("application/json"),
+            format!(
+                "{{\"device_id\":\"d\",\"log_level\":\"INFO\",\"message\":\"{}\"}}",
+                "x".repeat(1_100_000)
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "1048576 bytes",
+        ),
+    ];
+    for (path, content_type, body, status, code, detail) in cases {
+        let (got, answer, _) = fixture.post(path, content_type, body.clone()).await;
+        let shown = &body[..body.len().min(80)];
+        assert_eq!(got, status, "{path} {shown}: {answer}");
+        assert_eq!(answer["error"], code, "{path} {shown}: {answer}");
+        let text = answer["detail"].as_str().unwrap();
+        assert!(
+            text.contains(detail),
+            "{path} {shown}: {text:?} lacks {detail:?}"
+        );
+    }
+    assert!(
+        fixture.entries().await.is_empty(),
+        "a refused request reached the stream"
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_json() {
+    let fixture = Fixture::start().await;
+    let (status, body) = fixture.post_json("/api/nothing", &json!({})).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let response = fixture
+        .app
+        .clone()
+        .oneshot(Request::get("/api/log").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn a_full_stream_answers_503_with_retry_after() {
+    let fixture = Fixture::with_capacity(3).await;
+    for _ in 0..3 {
+        assert_eq!(
+            fixture.post_json("/api/log", &a_log("d")).await.0,
+            StatusCode::OK
+        );
+    }
+    let (status, body, retry_after) = fixture
+        .post("/api/log", Some("application/json"), a_log("d").to_string())
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"], "backpressure");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    let batch = json!({"logs": [a_log("d")]});
+    assert_eq!(
+        fixture.post_json("/api/logs/batch", &batch).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        fixture.entries().await.len(),
+        3,
+        "the stream holds exactly its capacity"
+    );
+}
+
+#[tokio::test]
+async fn redis_down_answers_503_and_recovers() {
+    let mut fixture = Fixture::start().await;
+    fixture.redis.stop().unwrap();
+    let (status, body, retry_after) = fixture
+        .post("/api/log", Some("application/json"), a_log("d").to_string())
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "queue_unavailable");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    fixture.redis.start_again().unwrap();
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..100 {
+        status = fixture.post_json("/api/log", &a_log("d")).await.0;
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, StatusCode::OK, "the api did not reconnect");
+}
+
+#[tokio::test]
+async fn accepted_logs_are_counted_by_level() {
+    let fixture = Fixture::start().await;
+    fixture.post_json("/api/log", &a_log("d")).await;
+    let batch =
+        json!({"logs": [a_log("d"), {"device_id": "d", "log_level": "ERROR", "message": "m"}]});
+    fixture.post_json("/api/logs/batch", &batch).await;
+    fixture
+        .post_json("/api/log", &json!({"device_id": "d"}))
+        .await;
+    let response = fixture
+        .app
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        text.contains("logpipeline_api_logs_accepted_total{level=\"WARNING\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("logpipeline_api_logs_accepted_total{level=\"ERROR\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("logpipeline_api_requests_rejected_total{reason=\"invalid_log\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("logpipeline_api_http_requests_total{method=\"POST\",route=\"/api/logs/batch\",status=\"200\"} 1"), "{text}");
+}
