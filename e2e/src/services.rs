@@ -87,7 +87,11 @@ impl ApiProcess {
     /// Starts the api against `redis_url` with extra settings `env` (e.g.
     /// `LOGPIPELINE_STREAM_CAPACITY`), and waits until it serves.
     pub fn start(redis_url: &str, database_url: &str, env: &Env) -> Result<Self> {
-        let port = free_port()?;
+        Self::start_on(free_port()?, redis_url, database_url, env)
+    }
+
+    /// Like [`start`](Self::start), serving on `port`.
+    pub fn start_on(port: u16, redis_url: &str, database_url: &str, env: &Env) -> Result<Self> {
         let mut settings = Env::from([
             ("REDIS_URL".into(), redis_url.into()),
             ("DATABASE_URL".into(), database_url.into()),
@@ -115,6 +119,11 @@ impl ApiProcess {
     /// The port it serves on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Where its output goes.
+    pub fn log_path(&self) -> &Path {
+        self.process.log_path()
     }
 
     /// The process.
@@ -173,6 +182,11 @@ impl WorkerProcess {
     /// The process.
     pub fn process(&mut self) -> &mut ChildProcess {
         &mut self.process
+    }
+
+    /// Where its output goes.
+    pub fn log_path(&self) -> &Path {
+        self.process.log_path()
     }
 
     /// Sends SIGTERM and waits for the exit.
