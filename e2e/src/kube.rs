@@ -49,13 +49,15 @@ pub fn tools_dir() -> Result<PathBuf> {
         return Ok(PathBuf::from(dir));
     }
     let home = std::env::var_os("HOME").context("HOME is not set")?;
-    Ok(PathBuf::from(home).join(".cache/logpipeline/tools").join(format!(
-        "kubernetes-{}-etcd-{}-helm-{}-r{}",
-        version("KUBERNETES_VERSION")?,
-        version("ETCD_VERSION")?,
-        version("HELM_VERSION")?,
-        version("TOOLS_REVISION")?
-    )))
+    Ok(PathBuf::from(home)
+        .join(".cache/logpipeline/tools")
+        .join(format!(
+            "kubernetes-{}-etcd-{}-helm-{}-r{}",
+            version("KUBERNETES_VERSION")?,
+            version("ETCD_VERSION")?,
+            version("HELM_VERSION")?,
+            version("TOOLS_REVISION")?
+        )))
 }
 
 /// The tools, or an error that says how to build them.
@@ -107,8 +109,18 @@ impl KubeCluster {
         let mut etcd = Command::new(&tools.etcd);
         etcd.args(["--name", "e2e", "--data-dir"])
             .arg(dir.path().join("etcd"))
-            .args(["--listen-client-urls", &etcd_url, "--advertise-client-urls", &etcd_url])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args([
+                "--listen-client-urls",
+                &etcd_url,
+                "--advertise-client-urls",
+                &etcd_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
             .args(["--initial-cluster", &format!("e2e={peer_url}")])
             .args(["--unsafe-no-fsync", "--log-level", "warn"]);
         let mut etcd = ChildProcess::spawn("etcd", etcd, &dir.path().join("etcd.log"))?;
@@ -120,7 +132,12 @@ impl KubeCluster {
         let mut apiserver = Command::new(&tools.kube_apiserver);
         apiserver
             .args(["--etcd-servers", &etcd_url])
-            .args(["--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1"])
+            .args([
+                "--bind-address",
+                "127.0.0.1",
+                "--advertise-address",
+                "127.0.0.1",
+            ])
             .args(["--secure-port", &port.to_string()])
             .arg("--cert-dir")
             .arg(dir.path().join("apiserver-certs"))
@@ -137,14 +154,28 @@ impl KubeCluster {
             .arg(&pki.service_account_public_key)
             .arg("--service-account-signing-key-file")
             .arg(&pki.service_account_key)
-            .args(["--service-account-issuer", "https://kubernetes.default.svc.cluster.local"])
+            .args([
+                "--service-account-issuer",
+                "https://kubernetes.default.svc.cluster.local",
+            ])
             .args(["--service-cluster-ip-range", "10.96.0.0/16"])
-            .args(["--enable-priority-and-fairness=false", "--profiling=false", "--v=1"]);
-        let apiserver = ChildProcess::spawn("kube-apiserver", apiserver, &dir.path().join("kube-apiserver.log"))?;
+            .args([
+                "--enable-priority-and-fairness=false",
+                "--profiling=false",
+                "--v=1",
+            ]);
+        let apiserver = ChildProcess::spawn(
+            "kube-apiserver",
+            apiserver,
+            &dir.path().join("kube-apiserver.log"),
+        )?;
 
         let server = format!("https://127.0.0.1:{port}");
         let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(&kubeconfig, kubeconfig_yaml(&server, &pki.ca_cert))?;
+        std::fs::write(
+            &kubeconfig,
+            kubeconfig_yaml(&server, &pki.ca_cert, ADMIN_TOKEN),
+        )?;
         let mut cluster = Self {
             apiserver,
             etcd,
@@ -166,15 +197,20 @@ impl KubeCluster {
             command.arg("--kubeconfig").arg(&kubeconfig).args(args);
             run(command, None)
         };
-        let waited = wait_while_running(apiserver, "kube-apiserver is ready", Duration::from_secs(120), || {
-            let output = kubectl(&["get", "--raw", "/readyz"])?;
-            last = String::from_utf8_lossy(&output.stderr).into_owned();
-            if !output.status.success() {
-                return Ok(false);
-            }
-            // The bootstrap controller creates the `default` namespace shortly after.
-            Ok(kubectl(&["get", "namespace", "default"])?.status.success())
-        });
+        let waited = wait_while_running(
+            apiserver,
+            "kube-apiserver is ready",
+            Duration::from_secs(120),
+            || {
+                let output = kubectl(&["get", "--raw", "/readyz"])?;
+                last = String::from_utf8_lossy(&output.stderr).into_owned();
+                if !output.status.success() {
+                    return Ok(false);
+                }
+                // The bootstrap controller creates the `default` namespace shortly after.
+                Ok(kubectl(&["get", "namespace", "default"])?.status.success())
+            },
+        );
         waited.with_context(|| {
             format!(
                 "kube-apiserver did not become ready; kubectl said: {last}\nkube-apiserver log:\n{}",
@@ -186,6 +222,19 @@ impl KubeCluster {
     /// The kubeconfig of a cluster-admin user.
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// A kubeconfig that authenticates as ServiceAccount `namespace/name`, with a token
+    /// from the TokenRequest API: a client with exactly the RBAC that account has.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf> {
+        let token = self.kubectl(&["create", "token", name, "-n", namespace, "--duration=1h"])?;
+        let path = self
+            .dir
+            .path()
+            .join(format!("kubeconfig-{namespace}-{name}"));
+        let ca = self.dir.path().join("pki/ca.crt");
+        std::fs::write(&path, kubeconfig_yaml(&self.server, &ca, token.trim()))?;
+        Ok(path)
     }
 
     /// `https://127.0.0.1:<port>`.
@@ -284,10 +333,16 @@ fn wait_while_running(
 
 fn run(mut command: Command, stdin: Option<&str>) -> Result<Output> {
     command
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = command.spawn().with_context(|| format!("running {command:?}"))?;
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("running {command:?}"))?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(input.as_bytes())?;
     }
@@ -307,7 +362,7 @@ fn succeeded(program: &str, args: &[&str], output: Output) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-fn kubeconfig_yaml(server: &str, ca_cert: &Path) -> String {
+fn kubeconfig_yaml(server: &str, ca_cert: &Path, token: &str) -> String {
     let ca = ca_cert.display();
     format!(
         "apiVersion: v1
@@ -320,7 +375,7 @@ clusters:
 users:
 - name: admin
   user:
-    token: {ADMIN_TOKEN}
+    token: {token}
 contexts:
 - name: e2e
   context:
@@ -348,7 +403,9 @@ impl Pki {
         std::fs::create_dir_all(&pki)?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "logpipeline-e2e-ca");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "logpipeline-e2e-ca");
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
 
         let mut server_params = CertificateParams::new(vec![
@@ -356,7 +413,9 @@ impl Pki {
             "localhost".to_owned(),
             "kubernetes.default.svc".to_owned(),
         ])?;
-        server_params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+        server_params
+            .distinguished_name
+            .push(DnType::CommonName, "kube-apiserver");
         let server_key = KeyPair::generate()?;
         let server_cert = server_params.signed_by(&server_key, &ca)?;
         let service_account_key = KeyPair::generate()?;
@@ -372,8 +431,14 @@ impl Pki {
         std::fs::write(&paths.ca_cert, ca.pem())?;
         std::fs::write(&paths.server_cert, server_cert.pem())?;
         std::fs::write(&paths.server_key, server_key.serialize_pem())?;
-        std::fs::write(&paths.service_account_key, service_account_key.serialize_pem())?;
-        std::fs::write(&paths.service_account_public_key, service_account_key.public_key_pem())?;
+        std::fs::write(
+            &paths.service_account_key,
+            service_account_key.serialize_pem(),
+        )?;
+        std::fs::write(
+            &paths.service_account_public_key,
+            service_account_key.public_key_pem(),
+        )?;
         std::fs::write(
             &paths.tokens,
             format!("{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n"),
@@ -402,7 +467,23 @@ pub fn shared() -> Result<&'static KubeCluster> {
 
 /// Path of a binary of this workspace, built on demand with the same profile and target
 /// directory as the running test.
-pub fn workspace_binary(package: &str, binary: &str) -> Result<PathBuf> {
+///
+/// It builds every target of the workspace: that resolves features exactly as
+/// `cargo test --workspace` does, so the build reuses what the test run compiled and
+/// only links the binary (building one package alone would unify features differently
+/// and compile its whole dependency tree again).
+pub fn workspace_binary(binary: &str) -> Result<PathBuf> {
+    static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    let profile_dir = BUILT
+        .get_or_init(|| build_workspace().map_err(|error| format!("{error:#}")))
+        .as_ref()
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    Ok(profile_dir.join(binary))
+}
+
+/// Builds the workspace into the running test's target directory; returns
+/// `<target>/<profile>`.
+fn build_workspace() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     // <target>/<profile>/deps/<test binary>
     let profile_dir = exe
@@ -410,23 +491,35 @@ pub fn workspace_binary(package: &str, binary: &str) -> Result<PathBuf> {
         .and_then(Path::parent)
         .context("the test binary is not in <target>/<profile>/deps")?;
     let target_dir = profile_dir.parent().context("no target directory")?;
-    let release = profile_dir.file_name().is_some_and(|name| name == "release");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
         .current_dir(repo_root())
-        .args(["build", "--quiet", "-p", package, "--bin", binary, "--target-dir"])
+        .args([
+            "build",
+            "--quiet",
+            "--workspace",
+            "--all-targets",
+            "--target-dir",
+        ])
         .arg(target_dir);
-    if release {
-        command.arg("--release");
+    match profile_dir.file_name().and_then(|name| name.to_str()) {
+        Some("debug") => {}
+        Some("release") => {
+            command.arg("--release");
+        }
+        Some(other) => {
+            command.args(["--profile", other]);
+        }
+        None => bail!("cannot tell the build profile from {}", exe.display()),
     }
     let output = run(command, None)?;
     ensure!(
         output.status.success(),
-        "building {binary} failed: {}",
+        "cargo build of the workspace failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    Ok(profile_dir.join(binary))
+    Ok(profile_dir.to_owned())
 }
 
 /// How to run an [`Operator`].
@@ -438,6 +531,8 @@ pub struct OperatorOptions {
     pub identity: String,
     /// Seconds the Lease stays valid without renewal.
     pub lease_duration_secs: u64,
+    /// The kubeconfig it uses; the cluster's admin when `None`.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl OperatorOptions {
@@ -447,6 +542,7 @@ impl OperatorOptions {
             namespace: namespace.to_owned(),
             identity: format!("operator-{namespace}"),
             lease_duration_secs: 15,
+            kubeconfig: None,
         }
     }
 }
@@ -461,24 +557,39 @@ pub struct Operator {
 impl Operator {
     /// Starts the operator and waits until it serves its health endpoint.
     pub fn start(cluster: &KubeCluster, options: &OperatorOptions) -> Result<Self> {
-        let binary = workspace_binary("logpipeline-operator", "logpipeline-operator")?;
+        let binary = workspace_binary("logpipeline-operator")?;
         let metrics_port = free_port()?;
         let mut command = Command::new(binary);
         command
-            .env("KUBECONFIG", cluster.kubeconfig())
+            .env(
+                "KUBECONFIG",
+                options
+                    .kubeconfig
+                    .as_deref()
+                    .unwrap_or(cluster.kubeconfig()),
+            )
             .env("RUST_LOG", "info,logpipeline_operator=debug")
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .args(["--watch-namespace", &options.namespace])
             .args(["--lease-namespace", &options.namespace])
             .args(["--identity", &options.identity])
-            .args(["--lease-duration-secs", &options.lease_duration_secs.to_string()])
+            .args([
+                "--lease-duration-secs",
+                &options.lease_duration_secs.to_string(),
+            ])
             .args(["--redis-timeout-ms", "2000"]);
         let log = cluster.dir().join(format!("{}.log", options.identity));
         let mut process = ChildProcess::spawn(&options.identity, command, &log)?;
-        wait_while_running(&mut process, "the operator serves /livez", Duration::from_secs(60), || {
-            Ok(http_get(metrics_port, "/livez").is_ok())
-        })?;
-        Ok(Self { process, metrics_port })
+        wait_while_running(
+            &mut process,
+            "the operator serves /livez",
+            Duration::from_secs(60),
+            || Ok(http_get(metrics_port, "/livez").is_ok()),
+        )?;
+        Ok(Self {
+            process,
+            metrics_port,
+        })
     }
 
     /// Its `/metrics` page.
@@ -507,7 +618,8 @@ impl Operator {
 
     /// Stops it with SIGTERM (graceful: it releases the Lease) and returns its exit status.
     pub fn stop(&mut self) -> Result<ExitStatus> {
-        self.process.stop_with(Signal::SIGTERM, Duration::from_secs(30))
+        self.process
+            .stop_with(Signal::SIGTERM, Duration::from_secs(30))
     }
 }
 
@@ -515,11 +627,20 @@ impl Operator {
 pub fn http_get(port: u16, path: &str) -> Result<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").context("malformed HTTP answer")?;
-    ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {}", head.lines().next().unwrap_or(""));
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP answer")?;
+    ensure!(
+        head.starts_with("HTTP/1.1 200"),
+        "GET {path}: {}",
+        head.lines().next().unwrap_or("")
+    );
     Ok(body.to_owned())
 }
 

@@ -59,7 +59,10 @@ fn get(cluster: &KubeCluster, ns: &str, what: &str) -> Result<Value> {
 
 fn condition(cluster: &KubeCluster, ns: &str, lp: &str, type_: &str) -> Result<Option<Value>> {
     let lp = get(cluster, ns, &format!("logpipeline/{lp}"))?;
-    let conditions = lp["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    let conditions = lp["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     Ok(conditions.into_iter().find(|c| c["type"] == type_))
 }
 
@@ -86,7 +89,14 @@ fn mark_rolled_out(cluster: &KubeCluster, ns: &str, deployment: &str) {
     }});
     cluster
         .kubectl(&[
-            "patch", "-n", ns, "deployment", deployment, "--subresource=status", "--type=merge", "-p",
+            "patch",
+            "-n",
+            ns,
+            "deployment",
+            deployment,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
             &status.to_string(),
         ])
         .unwrap();
@@ -111,24 +121,39 @@ fn the_server_rejects_invalid_pipelines_with_the_schema_and_cel_messages() {
     bounds["spec"]["worker"]["minReplicas"] = json!(5);
     bounds["spec"]["worker"]["maxReplicas"] = json!(2);
     let refused = cluster
-        .kubectl_output(&["apply", "-n", "invalid", "-f", "-"], Some(&bounds.to_string()))
+        .kubectl_output(
+            &["apply", "-n", "invalid", "-f", "-"],
+            Some(&bounds.to_string()),
+        )
         .unwrap();
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("worker.minReplicas must not exceed worker.maxReplicas"), "{stderr}");
+    assert!(
+        stderr.contains("worker.minReplicas must not exceed worker.maxReplicas"),
+        "{stderr}"
+    );
 
     let mut autoscaling = pipeline("autoscaling", "redis");
     autoscaling["spec"]["api"]["autoscaling"] = json!({"minReplicas": 8, "maxReplicas": 3});
     let refused = cluster
-        .kubectl_output(&["apply", "-n", "invalid", "-f", "-"], Some(&autoscaling.to_string()))
+        .kubectl_output(
+            &["apply", "-n", "invalid", "-f", "-"],
+            Some(&autoscaling.to_string()),
+        )
         .unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("api.autoscaling.minReplicas must not exceed"), "{stderr}");
+    assert!(
+        stderr.contains("api.autoscaling.minReplicas must not exceed"),
+        "{stderr}"
+    );
 
     let mut batch = pipeline("batch", "redis");
     batch["spec"]["worker"]["batchSize"] = json!(0);
     let refused = cluster
-        .kubectl_output(&["apply", "-n", "invalid", "-f", "-"], Some(&batch.to_string()))
+        .kubectl_output(
+            &["apply", "-n", "invalid", "-f", "-"],
+            Some(&batch.to_string()),
+        )
         .unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("spec.worker.batchSize"), "{stderr}");
@@ -139,8 +164,13 @@ fn the_server_rejects_invalid_pipelines_with_the_schema_and_cel_messages() {
     assert_eq!(fine["spec"]["worker"]["batchSize"], 100);
     assert_eq!(fine["spec"]["stream"]["name"], "logs:stream");
 
-    let explained = cluster.kubectl(&["explain", "logpipelines.spec.worker.lagTargetPerReplica"]).unwrap();
-    assert!(explained.contains("Backlog (lag plus pending entries)"), "{explained}");
+    let explained = cluster
+        .kubectl(&["explain", "logpipelines.spec.worker.lagTargetPerReplica"])
+        .unwrap();
+    assert!(
+        explained.contains("Backlog (lag plus pending entries)"),
+        "{explained}"
+    );
     let short = cluster.kubectl(&["get", "lp", "-n", "invalid"]).unwrap();
     assert!(short.contains("fine"), "{short}");
 }
@@ -152,7 +182,9 @@ fn the_sample_gets_every_child_updates_follow_the_spec_and_a_restart_changes_not
     cluster.create_namespace(ns).unwrap();
     let redis = RedisServer::start().unwrap();
     let sample = repo_root().join("manifests/sample");
-    cluster.kubectl(&["apply", "-n", ns, "-f", &sample.to_string_lossy()]).unwrap();
+    cluster
+        .kubectl(&["apply", "-n", ns, "-f", &sample.to_string_lossy()])
+        .unwrap();
     // The sample names an in-cluster Redis; point it at the test's.
     secret(cluster, ns, "logpipeline-redis", &redis.url());
     let mut operator = start_operator(cluster, ns);
@@ -177,11 +209,18 @@ fn the_sample_gets_every_child_updates_follow_the_spec_and_a_restart_changes_not
     for child in children {
         let object = get(cluster, ns, child).unwrap();
         let owner = &object["metadata"]["ownerReferences"][0];
-        assert_eq!((owner["kind"].as_str(), owner["uid"].clone()), (Some("LogPipeline"), lp_uid.clone()), "{child}");
+        assert_eq!(
+            (owner["kind"].as_str(), owner["uid"].clone()),
+            (Some("LogPipeline"), lp_uid.clone()),
+            "{child}"
+        );
         assert_eq!(owner["controller"], true, "{child}");
         let labels = &object["metadata"]["labels"];
         assert_eq!(labels["app.kubernetes.io/instance"], "logs", "{child}");
-        assert_eq!(labels["app.kubernetes.io/managed-by"], "logpipeline-operator", "{child}");
+        assert_eq!(
+            labels["app.kubernetes.io/managed-by"], "logpipeline-operator",
+            "{child}"
+        );
     }
 
     let settings = get(cluster, ns, "configmap/logs-settings").unwrap();
@@ -193,15 +232,33 @@ fn the_sample_gets_every_child_updates_follow_the_spec_and_a_restart_changes_not
     let pod = &worker["spec"]["template"];
     let container = &pod["spec"]["containers"][0];
     assert_eq!(container["image"], "logpipeline-worker:0.1.0");
-    assert_eq!(container["envFrom"][0]["configMapRef"]["name"], "logs-settings");
+    assert_eq!(
+        container["envFrom"][0]["configMapRef"]["name"],
+        "logs-settings"
+    );
     let env = container["env"].as_array().unwrap();
     let redis_env = env.iter().find(|e| e["name"] == "REDIS_URL").unwrap();
-    assert_eq!(redis_env["valueFrom"]["secretKeyRef"]["name"], "logpipeline-redis");
-    let consumer = env.iter().find(|e| e["name"] == "LOGPIPELINE_CONSUMER_NAME").unwrap();
-    assert_eq!(consumer["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+    assert_eq!(
+        redis_env["valueFrom"]["secretKeyRef"]["name"],
+        "logpipeline-redis"
+    );
+    let consumer = env
+        .iter()
+        .find(|e| e["name"] == "LOGPIPELINE_CONSUMER_NAME")
+        .unwrap();
+    assert_eq!(
+        consumer["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
-    assert_eq!(container["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
-    assert_eq!(pod["spec"]["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(
+        container["securityContext"]["capabilities"]["drop"],
+        json!(["ALL"])
+    );
+    assert_eq!(
+        pod["spec"]["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/livez");
     assert_eq!(pod["metadata"]["annotations"]["prometheus.io/port"], "9090");
     let checksum = pod["metadata"]["annotations"]["logpipeline.io/settings-checksum"].clone();
@@ -209,13 +266,25 @@ fn the_sample_gets_every_child_updates_follow_the_spec_and_a_restart_changes_not
     assert_eq!(worker["spec"]["replicas"], 1);
 
     let hpa = get(cluster, ns, "horizontalpodautoscaler/logs-api").unwrap();
-    assert_eq!((hpa["spec"]["minReplicas"].clone(), hpa["spec"]["maxReplicas"].clone()), (json!(2), json!(10)));
+    assert_eq!(
+        (
+            hpa["spec"]["minReplicas"].clone(),
+            hpa["spec"]["maxReplicas"].clone()
+        ),
+        (json!(2), json!(10))
+    );
     let ingress = get(cluster, ns, "ingress/logs-api").unwrap();
     assert_eq!(ingress["spec"]["ingressClassName"], "nginx");
     assert_eq!(ingress["spec"]["rules"][0]["host"], "logs.example.com");
-    assert_eq!(ingress["spec"]["tls"][0]["secretName"], "logs-example-com-tls");
+    assert_eq!(
+        ingress["spec"]["tls"][0]["secretName"],
+        "logs-example-com-tls"
+    );
     let api = get(cluster, ns, "deployment/logs-api").unwrap();
-    assert_eq!(api["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"], 5);
+    assert_eq!(
+        api["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"],
+        5
+    );
 
     // Ready once the Deployments report their pods, as `kubectl get lp` shows.
     mark_rolled_out(cluster, ns, "logs-api");
@@ -232,7 +301,13 @@ fn the_sample_gets_every_child_updates_follow_the_spec_and_a_restart_changes_not
     // A spec change: a new batch size rolls the pods, dropping the Ingress deletes it.
     cluster
         .kubectl(&[
-            "patch", "-n", ns, "lp", "logs", "--type=merge", "-p",
+            "patch",
+            "-n",
+            ns,
+            "lp",
+            "logs",
+            "--type=merge",
+            "-p",
             r#"{"spec":{"worker":{"batchSize":500},"api":{"ingress":null}}}"#,
         ])
         .unwrap();
@@ -250,12 +325,22 @@ fn the_sample_gets_every_child_updates_follow_the_spec_and_a_restart_changes_not
     mark_rolled_out(cluster, ns, "logs-worker");
     wait_condition(cluster, ns, "logs", "Ready", "True");
     let observed = get(cluster, ns, "logpipeline/logs").unwrap();
-    assert_eq!(observed["status"]["observedGeneration"], observed["metadata"]["generation"]);
+    assert_eq!(
+        observed["status"]["observedGeneration"],
+        observed["metadata"]["generation"]
+    );
 
     // A second start of the operator changes nothing.
     let status = operator.stop().unwrap();
-    assert!(status.success(), "the operator exits cleanly on SIGTERM: {status}");
-    let mut watched: Vec<&str> = children.iter().copied().filter(|c| !c.starts_with("ingress")).collect();
+    assert!(
+        status.success(),
+        "the operator exits cleanly on SIGTERM: {status}"
+    );
+    let mut watched: Vec<&str> = children
+        .iter()
+        .copied()
+        .filter(|c| !c.starts_with("ingress"))
+        .collect();
     watched.push("logpipeline/logs");
     let versions = |cluster: &KubeCluster| -> Vec<Value> {
         watched
@@ -267,10 +352,17 @@ fn the_sample_gets_every_child_updates_follow_the_spec_and_a_restart_changes_not
     let mut again = start_operator(cluster, ns);
     wait_until("the restarted operator reconciles", WAIT, || {
         again.ensure_running()?;
-        Ok(again.metric("logpipeline_operator_reconciles_total{result=\"ok\"}")?.unwrap_or(0.0) >= 2.0)
+        Ok(again
+            .metric("logpipeline_operator_reconciles_total{result=\"ok\"}")?
+            .unwrap_or(0.0)
+            >= 2.0)
     })
     .unwrap_or_else(|error| panic!("{error:#}\n{}", again.log_tail(40)));
-    assert_eq!(before, versions(cluster), "a reconcile without changes wrote something");
+    assert_eq!(
+        before,
+        versions(cluster),
+        "a reconcile without changes wrote something"
+    );
     drop(redis);
 }
 
@@ -281,7 +373,12 @@ fn lag_in_redis_scales_the_workers_up_at_once_and_down_after_the_window() {
     cluster.create_namespace(ns).unwrap();
     let redis = RedisServer::start().unwrap();
     secret(cluster, ns, "redis", &redis.url());
-    secret(cluster, ns, "postgres", "postgres://unused@127.0.0.1:1/unused");
+    secret(
+        cluster,
+        ns,
+        "postgres",
+        "postgres://unused@127.0.0.1:1/unused",
+    );
     apply(cluster, ns, &pipeline("logs", "redis")).unwrap();
 
     let client = redis::Client::open(redis.url()).unwrap();
@@ -291,7 +388,13 @@ fn lag_in_redis_scales_the_workers_up_at_once_and_down_after_the_window() {
         .exec(&mut con)
         .unwrap();
     for i in 0..450 {
-        redis::cmd("XADD").arg("logs:stream").arg("*").arg("n").arg(i).exec(&mut con).unwrap();
+        redis::cmd("XADD")
+            .arg("logs:stream")
+            .arg("*")
+            .arg("n")
+            .arg(i)
+            .exec(&mut con)
+            .unwrap();
     }
 
     let operator = start_operator(cluster, ns);
@@ -301,18 +404,38 @@ fn lag_in_redis_scales_the_workers_up_at_once_and_down_after_the_window() {
     .unwrap_or_else(|error| panic!("{error:#}\n{}", operator.log_tail(40)));
     wait_until("the status shows the lag", WAIT, || {
         let lp = get(cluster, ns, "logpipeline/logs")?;
-        Ok(lp["status"]["lag"] == 450 && lp["status"]["workerReplicas"] == 5 && lp["status"]["lastScaleTime"].is_string())
+        Ok(lp["status"]["lag"] == 450
+            && lp["status"]["workerReplicas"] == 5
+            && lp["status"]["lastScaleTime"].is_string())
     })
     .unwrap();
 
     // The workers catch up: read and acknowledge everything.
     let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-        .arg(&["GROUP", "log_workers", "test", "COUNT", "1000", "STREAMS", "logs:stream", ">"])
+        .arg(&[
+            "GROUP",
+            "log_workers",
+            "test",
+            "COUNT",
+            "1000",
+            "STREAMS",
+            "logs:stream",
+            ">",
+        ])
         .query(&mut con)
         .unwrap();
-    let ids: Vec<String> = read.keys[0].ids.iter().map(|entry| entry.id.clone()).collect();
+    let ids: Vec<String> = read.keys[0]
+        .ids
+        .iter()
+        .map(|entry| entry.id.clone())
+        .collect();
     assert_eq!(ids.len(), 450);
-    let acked: usize = redis::cmd("XACK").arg("logs:stream").arg("log_workers").arg(&ids).query(&mut con).unwrap();
+    let acked: usize = redis::cmd("XACK")
+        .arg("logs:stream")
+        .arg("log_workers")
+        .arg(&ids)
+        .query(&mut con)
+        .unwrap();
     assert_eq!(acked, 450);
 
     wait_until("the workers scale back down", WAIT, || {
@@ -320,17 +443,41 @@ fn lag_in_redis_scales_the_workers_up_at_once_and_down_after_the_window() {
     })
     .unwrap_or_else(|error| panic!("{error:#}\n{}", operator.log_tail(40)));
     let events = cluster
-        .get_json(&["events", "-n", ns, "--field-selector", "reason=ScaledWorkers"])
+        .get_json(&[
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            "reason=ScaledWorkers",
+        ])
         .unwrap();
     let notes: Vec<String> = events["items"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["message"].as_str().or(e["note"].as_str()).unwrap_or_default().to_owned())
+        .map(|e| {
+            e["message"]
+                .as_str()
+                .or(e["note"].as_str())
+                .unwrap_or_default()
+                .to_owned()
+        })
         .collect();
-    assert!(notes.iter().any(|n| n.starts_with("Scaled workers from 1 to 5")), "{notes:?}");
-    assert!(notes.iter().any(|n| n.starts_with("Scaled workers from 5 to 1")), "{notes:?}");
-    let scaled = operator.metric("logpipeline_operator_scaling_decisions_total{direction=\"down\"}").unwrap();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("Scaled workers from 1 to 5")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("Scaled workers from 5 to 1")),
+        "{notes:?}"
+    );
+    let scaled = operator
+        .metric("logpipeline_operator_scaling_decisions_total{direction=\"down\"}")
+        .unwrap();
     assert_eq!(scaled, Some(1.0));
 }
 
@@ -340,7 +487,12 @@ fn a_missing_secret_degrades_the_pipeline_until_it_appears() {
     let ns = "degraded";
     cluster.create_namespace(ns).unwrap();
     let redis = RedisServer::start().unwrap();
-    secret(cluster, ns, "postgres", "postgres://unused@127.0.0.1:1/unused");
+    secret(
+        cluster,
+        ns,
+        "postgres",
+        "postgres://unused@127.0.0.1:1/unused",
+    );
     apply(cluster, ns, &pipeline("logs", "redis-url")).unwrap();
     let operator = start_operator(cluster, ns);
 
@@ -348,18 +500,34 @@ fn a_missing_secret_degrades_the_pipeline_until_it_appears() {
     assert_eq!(degraded["reason"], "SecretNotFound");
     assert_eq!(degraded["message"], "Secret degraded/redis-url not found");
     let ready = condition(cluster, ns, "logs", "Ready").unwrap().unwrap();
-    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("SecretNotFound")));
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("SecretNotFound"))
+    );
     let warnings = cluster
-        .get_json(&["events", "-n", ns, "--field-selector", "reason=SecretNotFound,type=Warning"])
+        .get_json(&[
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            "reason=SecretNotFound,type=Warning",
+        ])
         .unwrap();
-    assert_eq!(warnings["items"].as_array().map(Vec::len), Some(1), "one Event, not one per reconcile");
+    assert_eq!(
+        warnings["items"].as_array().map(Vec::len),
+        Some(1),
+        "one Event, not one per reconcile"
+    );
 
     secret(cluster, ns, "redis-url", &redis.url());
     let recovered = wait_condition(cluster, ns, "logs", "Degraded", "False");
     assert_eq!(recovered["reason"], "AsExpected");
     wait_until("a Recovered event", WAIT, || {
-        let events = cluster.get_json(&["events", "-n", ns, "--field-selector", "reason=Recovered"])?;
-        Ok(events["items"].as_array().is_some_and(|items| !items.is_empty()))
+        let events =
+            cluster.get_json(&["events", "-n", ns, "--field-selector", "reason=Recovered"])?;
+        Ok(events["items"]
+            .as_array()
+            .is_some_and(|items| !items.is_empty()))
     })
     .unwrap_or_else(|error| panic!("{error:#}\n{}", operator.log_tail(40)));
 }
@@ -375,17 +543,24 @@ fn two_operators_share_one_lease_and_the_second_takes_over() {
         ..OperatorOptions::new(ns)
     };
     let mut first = Operator::start(cluster, &options("first")).unwrap();
-    wait_until("the first operator leads", WAIT, || Ok(first.metric("logpipeline_operator_leader")? == Some(1.0)))
-        .unwrap_or_else(|error| panic!("{error:#}\n{}", first.log_tail(40)));
+    wait_until("the first operator leads", WAIT, || {
+        Ok(first.metric("logpipeline_operator_leader")? == Some(1.0))
+    })
+    .unwrap_or_else(|error| panic!("{error:#}\n{}", first.log_tail(40)));
     let second = Operator::start(cluster, &options("second")).unwrap();
     // The second one serves metrics and health but does not lead while the first holds the Lease.
-    assert_eq!(second.metric("logpipeline_operator_leader").unwrap(), Some(0.0));
+    assert_eq!(
+        second.metric("logpipeline_operator_leader").unwrap(),
+        Some(0.0)
+    );
     let lease = get(cluster, ns, "lease/logpipeline-operator").unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "first");
 
     first.stop().unwrap();
-    wait_until("the second operator takes over", WAIT, || Ok(second.metric("logpipeline_operator_leader")? == Some(1.0)))
-        .unwrap_or_else(|error| panic!("{error:#}\n{}", second.log_tail(40)));
+    wait_until("the second operator takes over", WAIT, || {
+        Ok(second.metric("logpipeline_operator_leader")? == Some(1.0))
+    })
+    .unwrap_or_else(|error| panic!("{error:#}\n{}", second.log_tail(40)));
     let lease = get(cluster, ns, "lease/logpipeline-operator").unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "second");
 }

@@ -38,8 +38,8 @@ pub struct Context {
     pub client: Client,
     /// The operator's metrics.
     pub metrics: Metrics,
-    /// Publishes Events on LogPipelines.
-    pub recorder: Recorder,
+    /// Who publishes the operator's Events.
+    pub reporter: Reporter,
     /// Bound on each Redis request when reading the lag.
     pub redis_timeout: Duration,
 }
@@ -57,7 +57,7 @@ impl Context {
             instance: Some(instance),
         };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter,
             client,
             metrics,
             redis_timeout,
@@ -496,7 +496,11 @@ async fn publish(
         action: "Reconcile".to_owned(),
         secondary: None,
     };
-    if let Err(error) = ctx.recorder.publish(&event, reference).await {
+    // A fresh recorder each time: the reconcile already publishes only on change, and a
+    // shared one would fold a later change with the same reason into the first Event's
+    // series, keeping the first note.
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    if let Err(error) = recorder.publish(&event, reference).await {
         warn!(%error, reason, "could not publish event");
     }
 }

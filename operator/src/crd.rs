@@ -149,7 +149,10 @@ pub struct ApiAutoscaling {
     #[schemars(range(min = 1, max = 100))]
     pub max_replicas: i32,
     /// Average CPU use, in percent of the request, that the autoscaler aims for.
-    #[serde(default = "default_cpu_target", rename = "targetCPUUtilizationPercentage")]
+    #[serde(
+        default = "default_cpu_target",
+        rename = "targetCPUUtilizationPercentage"
+    )]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization_percentage: i32,
 }
