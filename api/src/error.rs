@@ -56,6 +56,10 @@ pub enum Error {
     #[error("the log queue is unavailable; retry later")]
     QueueUnavailable(#[source] redis::RedisError),
 
+    /// Start-up: Redis cannot be used safely (or at all).
+    #[error("cannot use Redis: {0}")]
+    RedisSetup(#[source] redis::RedisError),
+
     /// Start-up: the listen address cannot be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
@@ -86,7 +90,9 @@ impl Error {
             Self::Backpressure { .. } | Self::QueueUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::Bind { .. } | Self::Serve(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::RedisSetup(_) | Self::Bind { .. } | Self::Serve(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -102,7 +108,7 @@ impl Error {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Backpressure { .. } => "backpressure",
             Self::QueueUnavailable(_) => "queue_unavailable",
-            Self::Bind { .. } | Self::Serve(_) => "internal",
+            Self::RedisSetup(_) | Self::Bind { .. } | Self::Serve(_) => "internal",
         }
     }
 }
@@ -125,7 +131,9 @@ impl IntoResponse for Error {
         let status = self.status();
         match &self {
             Self::QueueUnavailable(source) => warn!(error = %source, "Redis call failed"),
-            Self::Bind { .. } | Self::Serve(_) => error!(error = %self, "internal error"),
+            Self::RedisSetup(_) | Self::Bind { .. } | Self::Serve(_) => {
+                error!(error = %self, "internal error")
+            }
             _ => {}
         }
         let body = ErrorBody {

@@ -12,14 +12,17 @@ mod probes;
 mod queue;
 mod state;
 
+use std::future::Future;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use logpipeline_core::retry::until_done;
 use logpipeline_core::{shutdown, stream};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -47,10 +50,25 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Connects to Redis (retrying in the background while it is down), serves until a
-/// shutdown signal, then drains in-flight requests for up to the configured time.
+/// Connects to Redis (retrying while it is down), serves until a shutdown signal, then
+/// drains in-flight requests for up to the configured time.
 pub async fn run(config: Config) -> Result<()> {
-    let redis = connect_redis(&config).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown::signal().await;
+            shutdown.cancel();
+        }
+    });
+    let client = redis::Client::open(config.redis.redis_url.as_str()).map_err(Error::RedisSetup)?;
+    let Some(redis) = until_done("connect to Redis", &shutdown, || {
+        connect_redis(&client, &config)
+    })
+    .await
+    else {
+        return Ok(());
+    };
     let mut setup = redis.clone();
     if let Err(error) =
         stream::ensure_group(&mut setup, &config.stream.stream, &config.stream.group).await
@@ -59,7 +77,7 @@ pub async fn run(config: Config) -> Result<()> {
     }
     stream::check_eviction_policy(&mut setup)
         .await
-        .map_err(Error::QueueUnavailable)?;
+        .map_err(Error::RedisSetup)?;
     let state = AppState {
         queue: Queue::new(redis, &config.stream.stream, config.stream_capacity),
         metrics: Metrics::new().map_err(|error| Error::Serve(std::io::Error::other(error)))?,
@@ -72,34 +90,34 @@ pub async fn run(config: Config) -> Result<()> {
             source,
         })?;
     info!(address = %config.listen, stream = %config.stream.stream, "serving");
-    serve(
-        listener,
-        app(state),
-        Duration::from_secs(config.shutdown_timeout_secs),
-    )
-    .await
+    let drain = Duration::from_secs(config.shutdown_timeout_secs);
+    serve(listener, app(state), shutdown.cancelled_owned(), drain).await
 }
 
-async fn connect_redis(config: &Config) -> Result<ConnectionManager> {
-    let client =
-        redis::Client::open(config.redis.redis_url.as_str()).map_err(Error::QueueUnavailable)?;
+async fn connect_redis(
+    client: &redis::Client,
+    config: &Config,
+) -> redis::RedisResult<ConnectionManager> {
     let timeout = Duration::from_secs(config.redis_timeout_secs);
     let manager_config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(timeout))
         .set_connection_timeout(Some(timeout))
         .set_max_delay(Duration::from_secs(2));
-    ConnectionManager::new_with_config(client, manager_config)
-        .await
-        .map_err(Error::QueueUnavailable)
+    ConnectionManager::new_with_config(client.clone(), manager_config).await
 }
 
-/// Serves `app` until a shutdown signal; then stops accepting connections and waits up
-/// to `drain` for in-flight requests to finish.
-pub async fn serve(listener: TcpListener, app: Router, drain: Duration) -> Result<()> {
+/// Serves `app` until `stop` completes; then stops accepting connections and waits up to
+/// `drain` for in-flight requests to finish.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
+) -> Result<()> {
     let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
     let signalled = stopping.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown::signal().await;
+        stop.await;
         signalled.notify_one();
     });
     let deadline = async {

@@ -1,6 +1,8 @@
 //! The ingest endpoints against a real Redis: answers, status codes and what lands on the
 //! stream.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
+
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -13,6 +15,20 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 const STREAM: &str = "logs:stream";
+
+/// A stream entry's field/value pairs.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A request to refuse: path, content type, body; then the status, `error` and a part of
+/// `detail` expected.
+type Refused = (
+    &'static str,
+    Option<&'static str>,
+    String,
+    StatusCode,
+    &'static str,
+    &'static str,
+);
 
 struct Fixture {
     redis: RedisServer,
@@ -81,7 +97,7 @@ impl Fixture {
 
     /// The stream's entries as (id, decoded entry).
     async fn entries(&self) -> Vec<(String, codec::Entry)> {
-        let reply: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = redis::cmd("XRANGE")
+        let reply: Vec<(String, Fields)> = redis::cmd("XRANGE")
             .arg(STREAM)
             .arg("-")
             .arg("+")
@@ -158,7 +174,7 @@ async fn bad_input_gets_the_right_status_and_a_clear_error() {
     let fixture = Fixture::start().await;
     let long_id = "d".repeat(51);
     let too_many: Vec<Value> = (0..1001).map(|_| a_log("d")).collect();
-    let cases: Vec<(&str, Option<&str>, String, StatusCode, &str, &str)> = vec![
+    let cases: Vec<Refused> = vec![
         (
             "/api/log",
             Some("application/json"),

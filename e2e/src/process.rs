@@ -172,26 +172,20 @@ impl Drop for ChildProcess {
     }
 }
 
-/// Polls `check` every 20 ms until it returns `Ok(true)`, failing after `timeout` with the
-/// last error (or `what` if there was none).
+/// Polls `check` every 20 ms until it returns `Ok(true)`; fails at once when it returns
+/// an error, and after `timeout` otherwise.
 pub fn wait_until(
     what: &str,
     timeout: Duration,
     mut check: impl FnMut() -> Result<bool>,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
-    let mut last_error = None;
     loop {
-        match check() {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(error) => last_error = Some(error),
+        if check().with_context(|| format!("waiting until {what}"))? {
+            return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(match last_error {
-                Some(error) => error.context(format!("timed out after {timeout:?}: {what}")),
-                None => anyhow::anyhow!("timed out after {timeout:?}: {what}"),
-            });
+            bail!("timed out after {timeout:?}: {what}");
         }
         thread::sleep(Duration::from_millis(20));
     }

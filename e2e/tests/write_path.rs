@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use logpipeline_e2e::devices::{self, Plan};
 use logpipeline_e2e::services::Env;
 use logpipeline_e2e::stack::{Stack, eventually, wait_for_count};
@@ -802,4 +803,134 @@ async fn a_worker_dying_between_commit_and_acknowledgement_causes_no_duplicate()
         .await
         .unwrap();
     assert_eq!(stored, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_delivered_too_often_is_dead_lettered_when_claimed() {
+    let mut stack = Stack::builder()
+        .api()
+        .worker_env("LOGPIPELINE_CLAIM_IDLE_MS", 300)
+        .worker_env("LOGPIPELINE_MAX_DELIVERIES", 3)
+        .start()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{}/api/log", stack.api_url().unwrap()))
+        .json(&devices::log("crashing", 0, 0))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = response.json().await.unwrap();
+    let id = body["message_id"].as_str().unwrap().to_owned();
+    // Consumers that each died while holding it: three deliveries already.
+    let mut redis = stack.redis().await.unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg(&[
+            "GROUP",
+            "log_workers",
+            "ghost",
+            "STREAMS",
+            "logs:stream",
+            ">",
+        ])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(&[
+            "logs:stream",
+            "log_workers",
+            "ghost",
+            "0",
+            &id,
+            "RETRYCOUNT",
+            "3",
+        ])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    stack.start_worker(&Env::new()).unwrap();
+    eventually(
+        "the entry is dead-lettered",
+        Duration::from_secs(30),
+        || {
+            let mut redis = redis.clone();
+            async move { Ok(redis.xlen::<_, i64>("logs:stream:dead").await? == 1) }
+        },
+    )
+    .await
+    .unwrap();
+    let dead: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(&["logs:stream:dead", "-", "+"])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let fields = &dead[0].1;
+    assert!(
+        fields.contains(&("source_id".into(), id.clone())),
+        "{fields:?}"
+    );
+    assert!(
+        fields.contains(&(
+            "reason".into(),
+            "delivered 4 times without being stored".into()
+        )),
+        "{fields:?}"
+    );
+    let metric = "logpipeline_worker_entries_dead_lettered_total{reason=\"too_many_deliveries\"}";
+    assert_eq!(stack.workers[0].metric(metric).unwrap(), 1.0);
+    assert_eq!(pending_count(&mut redis).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_refuse_a_redis_that_may_evict_the_stream() {
+    use logpipeline_e2e::redis::RedisOptions;
+    use logpipeline_e2e::services::{ApiProcess, WorkerProcess};
+    let stack = Stack::builder()
+        .redis(RedisOptions {
+            append_only: false,
+            extra_args: vec!["--maxmemory-policy".into(), "allkeys-lru".into()],
+        })
+        .start()
+        .unwrap();
+    let api = ApiProcess::start(&stack.redis.url(), stack.database_url(), &Env::new()).unwrap_err();
+    assert!(
+        format!("{api:#}").contains("maxmemory-policy is allkeys-lru"),
+        "{api:#}"
+    );
+    let worker =
+        WorkerProcess::start(&stack.redis.url(), stack.database_url(), &Env::new()).unwrap_err();
+    assert!(
+        format!("{worker:#}").contains("maxmemory-policy is allkeys-lru"),
+        "{worker:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_is_refused_before_it_is_read_whole() {
+    let stack = Stack::builder()
+        .api()
+        .api_env("LOGPIPELINE_MAX_BODY_BYTES", 1 << 20)
+        .start()
+        .unwrap();
+    // Announces 100 MiB, sends 2 MiB, then never sends the rest.
+    let chunk = bytes::Bytes::from(vec![b' '; 64 * 1024]);
+    let body = futures::stream::iter((0..32).map(move |_| Ok::<_, std::io::Error>(chunk.clone())))
+        .chain(futures::stream::pending());
+    let response = tokio::time::timeout(
+        Duration::from_secs(20),
+        reqwest::Client::new()
+            .post(format!("{}/api/logs/batch", stack.api_url().unwrap()))
+            .header("content-type", "application/json")
+            .header("content-length", (100u64 << 20).to_string())
+            .body(reqwest::Body::wrap_stream(body))
+            .send(),
+    )
+    .await
+    .expect("the api waited for the whole body")
+    .unwrap();
+    assert_eq!(response.status(), 413);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "payload_too_large");
 }

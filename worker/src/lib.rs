@@ -14,11 +14,10 @@ pub mod ops;
 pub mod store;
 pub mod stream;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use logpipeline_core::retry::until_done;
 use logpipeline_core::{db, shutdown};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sqlx::migrate::MigrateError;
@@ -184,28 +183,6 @@ async fn connect(
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_max_delay(Duration::from_secs(2));
     ConnectionManager::new_with_config(client.clone(), config).await
-}
-
-/// Retries `attempt` with backoff until it succeeds (Some) or `shutdown` (None).
-async fn until_done<T, E, F, Fut>(what: &str, shutdown: &CancellationToken, attempt: F) -> Option<T>
-where
-    E: std::fmt::Display,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = std::result::Result<T, E>>,
-{
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times();
-    let retrying = attempt
-        .retry(backoff)
-        .sleep(tokio::time::sleep)
-        .notify(|error, delay| warn!(%error, ?delay, "cannot {what} yet; retrying"));
-    tokio::select! {
-        done = retrying => done.ok(),
-        () = shutdown.cancelled() => None,
-    }
 }
 
 /// Whether a failed migration failed for want of a connection rather than for what it
