@@ -60,7 +60,10 @@ fn run(args: Args) -> Result<()> {
     let worker = WorkerProcess::start(
         &redis.url(),
         &database_url,
-        &Env::from([("LOGPIPELINE_CONCURRENCY".into(), args.concurrency.to_string())]),
+        &Env::from([(
+            "LOGPIPELINE_CONCURRENCY".into(),
+            args.concurrency.to_string(),
+        )]),
     )?;
     let api = ApiProcess::start_on(
         args.port,
@@ -120,12 +123,19 @@ fn ensure_installed(install: bool) -> Result<()> {
         return Ok(());
     }
     if !install || find_on_path("apt-get").is_none() {
-        bail!("missing packages: {}; install them and run again", missing.join(" "));
+        bail!(
+            "missing packages: {}; install them and run again",
+            missing.join(" ")
+        );
     }
     println!("installing {} with apt-get…", missing.join(" "));
     let sudo = !nix::unistd::Uid::effective().is_root();
     let apt = |apt_args: &[&str]| -> Result<()> {
-        let mut command = if sudo { Command::new("sudo") } else { Command::new("apt-get") };
+        let mut command = if sudo {
+            Command::new("sudo")
+        } else {
+            Command::new("apt-get")
+        };
         if sudo {
             command.arg("apt-get");
         }
