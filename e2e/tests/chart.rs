@@ -53,7 +53,7 @@ fn the_chart_lints_renders_installs_and_its_rbac_is_enough_for_the_operator() {
         );
     }
     assert!(
-        !rendered.contains("kind: LogPipeline\n"),
+        !rendered.contains("\nkind: LogPipeline\n"),
         "no sample unless asked for"
     );
     let without_crd = cluster
