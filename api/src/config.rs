@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use logpipeline_core::config::{RedisArgs, StreamArgs, TelemetryArgs};
+use logpipeline_core::config::{CacheArgs, DatabaseArgs, RedisArgs, StreamArgs, TelemetryArgs};
 
 /// LogPipeline's HTTP service: accepts logs into a Redis Stream and serves them back.
 #[derive(Debug, Clone, Parser)]
@@ -18,6 +18,20 @@ pub struct Config {
 
     #[command(flatten)]
     pub stream: StreamArgs,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub cache: CacheArgs,
+
+    /// Seconds a page of logs stays cached when no commit of its device retires it.
+    #[arg(long, env = "LOGPIPELINE_QUERY_CACHE_TTL_SECS", default_value_t = 300)]
+    pub query_cache_ttl_secs: u64,
+
+    /// Seconds `GET /api/stats` answers from its cache.
+    #[arg(long, env = "LOGPIPELINE_STATS_CACHE_TTL_SECS", default_value_t = 60)]
+    pub stats_cache_ttl_secs: u64,
 
     /// Most entries the stream may hold before the API refuses new logs with 503 and
     /// `Retry-After` (backpressure). An entry is one accepted request, of 1 to 1000 logs;

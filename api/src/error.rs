@@ -37,6 +37,18 @@ pub enum Error {
     #[error("{0}")]
     InvalidLog(String),
 
+    /// A query parameter is invalid.
+    #[error("{0}")]
+    InvalidQuery(String),
+
+    /// PostgreSQL failed or did not answer.
+    #[error("the log database is unavailable; retry later")]
+    DatabaseUnavailable(#[source] sqlx::Error),
+
+    /// A bug: something that cannot fail did.
+    #[error("internal error")]
+    Internal(String),
+
     /// No such route.
     #[error("there is no such endpoint")]
     NotFound,
@@ -84,12 +96,13 @@ impl Error {
             Self::MalformedJson(_) | Self::UnreadableBody => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::InvalidLog(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InvalidLog(_) | Self::InvalidQuery(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Backpressure { .. } | Self::QueueUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Backpressure { .. }
+            | Self::QueueUnavailable(_)
+            | Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::RedisSetup(_) | Self::Bind { .. } | Self::Serve(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -104,6 +117,9 @@ impl Error {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::InvalidLog(_) => "invalid_log",
+            Self::InvalidQuery(_) => "invalid_query",
+            Self::DatabaseUnavailable(_) => "database_unavailable",
+            Self::Internal(_) => "internal",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Backpressure { .. } => "backpressure",
@@ -118,11 +134,16 @@ impl Error {
 pub struct ErrorCode(pub &'static str);
 
 /// The JSON body of every error answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
-    /// Machine-readable name, e.g. `invalid_log`.
+    /// Machine-readable name: `malformed_json`, `unreadable_body`, `payload_too_large`,
+    /// `unsupported_media_type`, `invalid_log`, `invalid_query`, `not_found`,
+    /// `method_not_allowed`, `backpressure`, `queue_unavailable`, `database_unavailable`,
+    /// `internal`.
+    #[schema(example = "invalid_log")]
     pub error: &'static str,
     /// What went wrong, for people.
+    #[schema(example = "logs[3].device_id: device_id must be 1 to 50 characters long")]
     pub detail: String,
 }
 
@@ -131,6 +152,8 @@ impl IntoResponse for Error {
         let status = self.status();
         match &self {
             Self::QueueUnavailable(source) => warn!(error = %source, "Redis call failed"),
+            Self::DatabaseUnavailable(source) => warn!(error = %source, "PostgreSQL query failed"),
+            Self::Internal(detail) => error!(%detail, "internal error"),
             Self::RedisSetup(_) | Self::Bind { .. } | Self::Serve(_) => {
                 error!(error = %self, "internal error")
             }

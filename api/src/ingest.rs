@@ -12,12 +12,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorBody, Result};
 use crate::extract::{JsonBody, parse};
 use crate::state::AppState;
 
 /// The answer to `POST /api/log`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogAccepted {
     /// Always `received`.
     pub status: String,
@@ -25,11 +25,12 @@ pub struct LogAccepted {
     pub message_id: String,
     /// When the API received it (RFC 3339, UTC); stored as the log's `created_at`.
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub received_at: OffsetDateTime,
 }
 
 /// The answer to `POST /api/logs/batch`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchAccepted {
     /// Always `received`.
     pub status: String,
@@ -39,12 +40,28 @@ pub struct BatchAccepted {
     pub message_ids: Vec<String>,
     /// When the API received them (RFC 3339, UTC).
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub received_at: OffsetDateTime,
 }
 
 const RECEIVED: &str = "received";
 
-/// Accepts one log.
+/// Accepts one log. The answer comes once Redis holds it.
+#[utoipa::path(
+    post,
+    path = "/api/log",
+    tag = "ingest",
+    request_body = LogRecord,
+    responses(
+        (status = 200, description = "Accepted", body = LogAccepted),
+        (status = 400, description = "The body is not JSON", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
+        (status = 422, description = "A field breaks a rule", body = ErrorBody),
+        (status = 503, description = "The queue is full or unavailable; retry after `Retry-After` seconds", body = ErrorBody,
+         headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
 pub async fn create_log(
     State(state): State<AppState>,
     JsonBody(body): JsonBody,
@@ -71,7 +88,22 @@ struct RawBatch<'a> {
     logs: &'a RawValue,
 }
 
-/// Accepts 1 to 1000 logs, all or none.
+/// Accepts 1 to 1000 logs, all or none. The answer comes once Redis holds them.
+#[utoipa::path(
+    post,
+    path = "/api/logs/batch",
+    tag = "ingest",
+    request_body = LogBatch,
+    responses(
+        (status = 200, description = "Accepted", body = BatchAccepted),
+        (status = 400, description = "The body is not JSON", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
+        (status = 422, description = "A field breaks a rule, or there are not 1 to 1000 logs", body = ErrorBody),
+        (status = 503, description = "The queue is full or unavailable; retry after `Retry-After` seconds", body = ErrorBody,
+         headers(("Retry-After" = u32, description = "Seconds to wait"))),
+    )
+)]
 pub async fn create_batch(
     State(state): State<AppState>,
     JsonBody(body): JsonBody,

@@ -3,28 +3,36 @@
 //! [`app`] builds the router from an [`AppState`]; [`run`] connects to Redis, serves
 //! until SIGTERM or Ctrl-C, then drains in-flight requests.
 
+mod cache;
 pub mod config;
+pub mod docs;
 mod error;
 mod extract;
+mod health;
 mod ingest;
 mod metrics;
-mod probes;
+mod query;
 mod queue;
 mod state;
+mod stats;
 
 use std::future::Future;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::routing::{get, post};
 use logpipeline_core::retry::until_done;
 use logpipeline_core::{shutdown, stream};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 use tracing::{info, warn};
 
+pub use crate::cache::Cache;
 use crate::config::Config;
 pub use crate::error::{Error, ErrorBody, Result};
 pub use crate::ingest::{BatchAccepted, LogAccepted};
@@ -32,14 +40,18 @@ pub use crate::metrics::Metrics;
 pub use crate::queue::Queue;
 pub use crate::state::AppState;
 
-/// The api's routes.
+/// The api's routes, with request ids, tracing spans and metrics around every request.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/api/log", post(ingest::create_log))
         .route("/api/logs/batch", post(ingest::create_batch))
-        .route("/livez", get(probes::livez))
-        .route("/readyz", get(probes::readyz))
-        .route("/metrics", get(probes::metrics))
+        .route("/api/logs/{device_id}", get(query::get_logs))
+        .route("/api/stats", get(stats::get_stats))
+        .route("/health", get(health::health))
+        .route("/livez", get(health::livez))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::endpoint))
+        .merge(docs::router())
         .fallback(|| async { Error::NotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
@@ -47,7 +59,27 @@ pub fn app(state: AppState) -> Router {
             state.metrics.clone(),
             metrics::track,
         ))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(request_span))
+                .layer(PropagateRequestIdLayer::x_request_id()),
+        )
         .with_state(state)
+}
+
+/// The span of a request: method, matched route and request id.
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(request.uri().path(), MatchedPath::as_str);
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|id| id.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!("request", method = %request.method(), route, request_id = id)
 }
 
 /// Connects to Redis (retrying while it is down), serves until a shutdown signal, then
@@ -78,10 +110,27 @@ pub async fn run(config: Config) -> Result<()> {
     stream::check_eviction_policy(&mut setup)
         .await
         .map_err(Error::RedisSetup)?;
+    let metrics = Metrics::new().map_err(|error| Error::Internal(error.to_string()))?;
+    let db = logpipeline_core::db::lazy_pool(&config.database)
+        .map_err(|error| Error::Internal(format!("invalid database settings: {error}")))?;
     let state = AppState {
-        queue: Queue::new(redis, &config.stream.stream, config.stream_capacity),
-        metrics: Metrics::new().map_err(|error| Error::Serve(std::io::Error::other(error)))?,
+        queue: Queue::new(
+            redis.clone(),
+            &config.stream.stream,
+            config.stream_capacity,
+            metrics.clone(),
+        ),
+        cache: Cache::new(
+            redis,
+            &config.cache.cache_prefix,
+            &config.cache.generations_key(),
+            metrics.clone(),
+        ),
+        db,
+        metrics,
         max_body_bytes: config.max_body_bytes,
+        query_cache_ttl: Duration::from_secs(config.query_cache_ttl_secs),
+        stats_cache_ttl: Duration::from_secs(config.stats_cache_ttl_secs),
     };
     let listener = TcpListener::bind(config.listen)
         .await

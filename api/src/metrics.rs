@@ -3,9 +3,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::time::Duration;
+
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use logpipeline_core::record::LogLevel;
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
@@ -29,6 +32,9 @@ struct Inner {
     http_duration: HistogramVec,
     logs_accepted: Vec<IntCounter>,
     rejected: IntCounterVec,
+    cache_lookups: IntCounterVec,
+    redis_duration: HistogramVec,
+    postgres_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -64,10 +70,36 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let cache_lookups = IntCounterVec::new(
+            Opts::new(
+                "logpipeline_api_cache_lookups_total",
+                "Query cache lookups, by result (hit or miss)",
+            ),
+            &["result"],
+        )?;
+        let redis_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "logpipeline_api_redis_command_duration_seconds",
+                "Time of Redis calls, by command",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["command"],
+        )?;
+        let postgres_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "logpipeline_api_postgres_query_duration_seconds",
+                "Time of PostgreSQL queries, by query",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["query"],
+        )?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(accepted.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(cache_lookups.clone()))?;
+        registry.register(Box::new(redis_duration.clone()))?;
+        registry.register(Box::new(postgres_duration.clone()))?;
         let logs_accepted = LogLevel::ALL
             .iter()
             .map(|level| accepted.with_label_values(&[level.as_str()]))
@@ -79,6 +111,9 @@ impl Metrics {
                 http_duration,
                 logs_accepted,
                 rejected,
+                cache_lookups,
+                redis_duration,
+                postgres_duration,
             }),
         })
     }
@@ -88,6 +123,28 @@ impl Metrics {
         if let Some(counter) = self.inner.logs_accepted.get(level as usize) {
             counter.inc();
         }
+    }
+
+    /// Counts a cache lookup.
+    pub fn cache_lookup(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.inner.cache_lookups.with_label_values(&[result]).inc();
+    }
+
+    /// Records the time of a Redis call.
+    pub fn redis_call(&self, command: &str, took: Duration) {
+        self.inner
+            .redis_duration
+            .with_label_values(&[command])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records the time of a PostgreSQL query.
+    pub fn postgres_query(&self, query: &str, took: Duration) {
+        self.inner
+            .postgres_duration
+            .with_label_values(&[query])
+            .observe(took.as_secs_f64());
     }
 
     /// The metrics in Prometheus' text format.
@@ -118,4 +175,18 @@ pub async fn track(State(metrics): State<Metrics>, request: Request, next: Next)
         inner.rejected.with_label_values(&[*code]).inc();
     }
     response
+}
+
+/// The api's metrics in Prometheus' text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"))
+)]
+pub async fn endpoint(State(metrics): State<Metrics>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        metrics.render(),
+    )
 }

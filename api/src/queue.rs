@@ -1,6 +1,7 @@
 //! Putting accepted logs on the Redis Stream, within its capacity.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use logpipeline_core::codec;
 use redis::Script;
@@ -8,6 +9,7 @@ use redis::aio::ConnectionManager;
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 
 /// Adds an entry unless the stream already holds `capacity` entries, atomically: the
 /// check and the add are one script, so concurrent requests cannot overshoot. Returns
@@ -27,16 +29,18 @@ pub struct Queue {
     stream: Arc<str>,
     capacity: u64,
     admit: Arc<Script>,
+    metrics: Metrics,
 }
 
 impl Queue {
     /// A queue on `stream` of at most `capacity` entries, through `redis`.
-    pub fn new(redis: ConnectionManager, stream: &str, capacity: u64) -> Self {
+    pub fn new(redis: ConnectionManager, stream: &str, capacity: u64, metrics: Metrics) -> Self {
         Self {
             redis,
             stream: stream.into(),
             capacity,
             admit: Arc::new(Script::new(ADMIT)),
+            metrics,
         }
     }
 
@@ -48,10 +52,11 @@ impl Queue {
         for (field, value) in codec::encode(received_at, logs_json) {
             invocation.arg(field).arg(value.as_bytes());
         }
-        let id: Option<String> = invocation
-            .invoke_async(&mut self.redis.clone())
-            .await
-            .map_err(Error::QueueUnavailable)?;
+        let started = Instant::now();
+        let id: redis::RedisResult<Option<String>> =
+            invocation.invoke_async(&mut self.redis.clone()).await;
+        self.metrics.redis_call("XADD", started.elapsed());
+        let id = id.map_err(Error::QueueUnavailable)?;
         id.ok_or(Error::Backpressure {
             capacity: self.capacity,
         })

@@ -1,7 +1,11 @@
 //! What every handler can reach.
 
-use axum::extract::FromRef;
+use std::time::Duration;
 
+use axum::extract::FromRef;
+use sqlx::PgPool;
+
+use crate::cache::Cache;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 
@@ -10,8 +14,19 @@ use crate::queue::Queue;
 pub struct AppState {
     /// The stream accepted logs go to.
     pub queue: Queue,
+    /// The stored logs.
+    pub db: PgPool,
+    /// The query cache.
+    pub cache: Cache,
     /// The api's metrics.
     pub metrics: Metrics,
     /// Largest request body accepted, in bytes.
+    #[from_ref(skip)]
     pub max_body_bytes: usize,
+    /// How long a page of logs stays cached when no commit retires it.
+    #[from_ref(skip)]
+    pub query_cache_ttl: Duration,
+    /// How long statistics stay cached.
+    #[from_ref(skip)]
+    pub stats_cache_ttl: Duration,
 }

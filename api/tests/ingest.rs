@@ -3,18 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
 
-use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt;
-use logpipeline_api::{AppState, Metrics, Queue, app};
-use logpipeline_core::codec;
-use logpipeline_e2e::redis::RedisServer;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use serde_json::{Value, json};
-use tower::ServiceExt;
+mod common;
 
-const STREAM: &str = "logs:stream";
+use axum::http::{StatusCode, header};
+use common::{Options, STREAM, TestApi};
+use logpipeline_core::codec;
+use serde_json::{Value, json};
 
 /// A stream entry's field/value pairs.
 type Fields = Vec<(Vec<u8>, Vec<u8>)>;
@@ -30,71 +24,7 @@ type Refused = (
     &'static str,
 );
 
-struct Fixture {
-    redis: RedisServer,
-    app: Router,
-    con: ConnectionManager,
-}
-
-impl Fixture {
-    async fn start() -> Self {
-        Self::with_capacity(1000).await
-    }
-
-    async fn with_capacity(capacity: u64) -> Self {
-        let redis = RedisServer::start().unwrap();
-        let client = redis::Client::open(redis.url()).unwrap();
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(1)
-            .set_connection_timeout(Some(std::time::Duration::from_secs(1)));
-        let con = ConnectionManager::new_with_config(client, config)
-            .await
-            .unwrap();
-        let state = AppState {
-            queue: Queue::new(con.clone(), STREAM, capacity),
-            metrics: Metrics::new().unwrap(),
-            max_body_bytes: 1024 * 1024,
-        };
-        Self {
-            redis,
-            app: app(state),
-            con,
-        }
-    }
-
-    async fn post(
-        &self,
-        path: &str,
-        content_type: Option<&str>,
-        body: impl Into<Body>,
-    ) -> (StatusCode, Value, Option<String>) {
-        let mut request = Request::post(path);
-        if let Some(content_type) = content_type {
-            request = request.header(header::CONTENT_TYPE, content_type);
-        }
-        let response = self
-            .app
-            .clone()
-            .oneshot(request.body(body.into()).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(header::RETRY_AFTER)
-            .map(|value| value.to_str().unwrap().to_owned());
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, body, retry_after)
-    }
-
-    async fn post_json(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        let (status, body, _) = self
-            .post(path, Some("application/json"), body.to_string())
-            .await;
-        (status, body)
-    }
-
+impl TestApi {
     /// The stream's entries as (id, decoded entry).
     async fn entries(&self) -> Vec<(String, codec::Entry)> {
         let reply: Vec<(String, Fields)> = redis::cmd("XRANGE")
@@ -117,8 +47,9 @@ fn a_log(device: &str) -> Value {
 
 #[tokio::test]
 async fn a_single_log_is_on_the_stream_before_the_answer() {
-    let fixture = Fixture::start().await;
-    let (status, body) = fixture.post_json("/api/log", &a_log("device-001")).await;
+    let fixture = TestApi::start().await;
+    let answer = fixture.post_json("/api/log", &a_log("device-001")).await;
+    let (status, body) = (answer.status, answer.body);
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "received");
     let received_at = time::OffsetDateTime::parse(
@@ -145,11 +76,12 @@ async fn a_single_log_is_on_the_stream_before_the_answer() {
 
 #[tokio::test]
 async fn a_batch_is_one_entry_with_an_id_per_log() {
-    let fixture = Fixture::start().await;
+    let fixture = TestApi::start().await;
     let logs: Vec<Value> = (0..5).map(|i| a_log(&format!("device-{i}"))).collect();
-    let (status, body) = fixture
+    let answer = fixture
         .post_json("/api/logs/batch", &json!({ "logs": logs }))
         .await;
+    let (status, body) = (answer.status, answer.body);
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "received");
     assert_eq!(body["count"], 5);
@@ -171,7 +103,7 @@ async fn a_batch_is_one_entry_with_an_id_per_log() {
 
 #[tokio::test]
 async fn bad_input_gets_the_right_status_and_a_clear_error() {
-    let fixture = Fixture::start().await;
+    let fixture = TestApi::start().await;
     let long_id = "d".repeat(51);
     let too_many: Vec<Value> = (0..1001).map(|_| a_log("d")).collect();
     let cases: Vec<Refused> = vec![
@@ -302,7 +234,8 @@ async fn bad_input_gets_the_right_status_and_a_clear_error() {
         ),
     ];
     for (path, content_type, body, status, code, detail) in cases {
-        let (got, answer, _) = fixture.post(path, content_type, body.clone()).await;
+        let answer = fixture.post(path, content_type, body.clone()).await;
+        let (got, answer) = (answer.status, answer.body);
         let shown = &body[..body.len().min(80)];
         assert_eq!(got, status, "{path} {shown}: {answer}");
         assert_eq!(answer["error"], code, "{path} {shown}: {answer}");
@@ -320,39 +253,45 @@ async fn bad_input_gets_the_right_status_and_a_clear_error() {
 
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_json() {
-    let fixture = Fixture::start().await;
-    let (status, body) = fixture.post_json("/api/nothing", &json!({})).await;
+    let fixture = TestApi::start().await;
+    let answer = fixture.post_json("/api/nothing", &json!({})).await;
+    let (status, body) = (answer.status, answer.body);
     assert_eq!(
         (status, body["error"].as_str()),
         (StatusCode::NOT_FOUND, Some("not_found"))
     );
-    let response = fixture
-        .app
-        .clone()
-        .oneshot(Request::get("/api/log").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let answer = fixture.get("/api/log").await;
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(answer.body["error"], "method_not_allowed");
 }
 
 #[tokio::test]
 async fn a_full_stream_answers_503_with_retry_after() {
-    let fixture = Fixture::with_capacity(3).await;
+    let fixture = TestApi::start_with(Options {
+        capacity: 3,
+        ..Options::default()
+    })
+    .await;
     for _ in 0..3 {
         assert_eq!(
-            fixture.post_json("/api/log", &a_log("d")).await.0,
+            fixture.post_json("/api/log", &a_log("d")).await.status,
             StatusCode::OK
         );
     }
-    let (status, body, retry_after) = fixture
+    let answer = fixture
         .post("/api/log", Some("application/json"), a_log("d").to_string())
         .await;
+    let (status, body) = (answer.status, answer.body);
+    let retry_after = answer
+        .headers
+        .get(header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap().to_owned());
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["error"], "backpressure");
     assert_eq!(retry_after.as_deref(), Some("1"));
     let batch = json!({"logs": [a_log("d")]});
     assert_eq!(
-        fixture.post_json("/api/logs/batch", &batch).await.0,
+        fixture.post_json("/api/logs/batch", &batch).await.status,
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert_eq!(
@@ -364,18 +303,23 @@ async fn a_full_stream_answers_503_with_retry_after() {
 
 #[tokio::test]
 async fn redis_down_answers_503_and_recovers() {
-    let mut fixture = Fixture::start().await;
+    let mut fixture = TestApi::start().await;
     fixture.redis.stop().unwrap();
-    let (status, body, retry_after) = fixture
+    let answer = fixture
         .post("/api/log", Some("application/json"), a_log("d").to_string())
         .await;
+    let (status, body) = (answer.status, answer.body);
+    let retry_after = answer
+        .headers
+        .get(header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap().to_owned());
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"], "queue_unavailable");
     assert_eq!(retry_after.as_deref(), Some("1"));
     fixture.redis.start_again().unwrap();
     let mut status = StatusCode::SERVICE_UNAVAILABLE;
     for _ in 0..100 {
-        status = fixture.post_json("/api/log", &a_log("d")).await.0;
+        status = fixture.post_json("/api/log", &a_log("d")).await.status;
         if status == StatusCode::OK {
             break;
         }
@@ -386,7 +330,7 @@ async fn redis_down_answers_503_and_recovers() {
 
 #[tokio::test]
 async fn accepted_logs_are_counted_by_level() {
-    let fixture = Fixture::start().await;
+    let fixture = TestApi::start().await;
     fixture.post_json("/api/log", &a_log("d")).await;
     let batch =
         json!({"logs": [a_log("d"), {"device_id": "d", "log_level": "ERROR", "message": "m"}]});
@@ -394,22 +338,7 @@ async fn accepted_logs_are_counted_by_level() {
     fixture
         .post_json("/api/log", &json!({"device_id": "d"}))
         .await;
-    let response = fixture
-        .app
-        .clone()
-        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let text = String::from_utf8(
-        response
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    let text = fixture.get("/metrics").await.text;
     assert!(
         text.contains("logpipeline_api_logs_accepted_total{level=\"WARNING\"} 2"),
         "{text}"

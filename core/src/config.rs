@@ -26,6 +26,23 @@ pub struct StreamArgs {
     pub group: String,
 }
 
+/// The query cache in Redis.
+#[derive(Debug, Clone, Args)]
+pub struct CacheArgs {
+    /// Prefix of the query cache's Redis keys. The api caches query results under it;
+    /// the worker bumps a per-device generation under it on every commit, which retires
+    /// that device's cached results.
+    #[arg(long, env = "LOGPIPELINE_CACHE_PREFIX", default_value = "cache")]
+    pub cache_prefix: String,
+}
+
+impl CacheArgs {
+    /// The hash of per-device generations: `<prefix>:generations`.
+    pub fn generations_key(&self) -> String {
+        format!("{}:generations", self.cache_prefix)
+    }
+}
+
 /// Where PostgreSQL is.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {

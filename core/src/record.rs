@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
 
 /// Most logs one batch request may carry.
 pub const MAX_BATCH_LOGS: usize = 1000;
@@ -20,7 +21,8 @@ pub const MAX_DEVICE_ID_CHARS: usize = 50;
 pub const MAX_MESSAGE_CHARS: usize = 5000;
 
 /// One log as devices send it and as it travels through the stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"device_id": "pump-7", "log_level": "ERROR", "message": "pressure low", "log_data": {"bar": 0.4}}))]
 pub struct LogRecord {
     /// The device or service that wrote the log.
     pub device_id: DeviceId,
@@ -30,13 +32,15 @@ pub struct LogRecord {
     pub message: Message,
     /// Structured data attached to the log: a JSON object, kept byte for byte.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub log_data: Option<LogData>,
 }
 
 /// The body of `POST /api/logs/batch`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct LogBatch {
-    /// 1 to [`MAX_BATCH_LOGS`] logs.
+    /// 1 to 1000 logs, accepted all or none.
+    #[schema(min_items = 1, max_items = 1000)]
     pub logs: Vec<LogRecord>,
 }
 
@@ -46,7 +50,9 @@ pub struct LogBatch {
 pub struct FieldError(String);
 
 /// Severity of a log, as the seed accepts it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum LogLevel {
     /// Detailed diagnostics.
@@ -83,6 +89,21 @@ impl LogLevel {
     }
 }
 
+impl std::str::FromStr for LogLevel {
+    type Err = FieldError;
+
+    fn from_str(level: &str) -> Result<Self, FieldError> {
+        Self::ALL
+            .into_iter()
+            .find(|candidate| candidate.as_str() == level)
+            .ok_or_else(|| {
+                FieldError(format!(
+                    "unknown log level `{level}`, expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+                ))
+            })
+    }
+}
+
 impl fmt::Display for LogLevel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -90,7 +111,8 @@ impl fmt::Display for LogLevel {
 }
 
 /// A device id: 1 to [`MAX_DEVICE_ID_CHARS`] characters, no NUL.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[schema(value_type = String, min_length = 1, max_length = 50, example = "device-001")]
 #[serde(try_from = "String", into = "String")]
 pub struct DeviceId(String);
 
@@ -117,7 +139,8 @@ impl From<DeviceId> for String {
 }
 
 /// A log message: 1 to [`MAX_MESSAGE_CHARS`] characters, no NUL.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(value_type = String, min_length = 1, max_length = 5000)]
 #[serde(try_from = "String", into = "String")]
 pub struct Message(String);
 
@@ -351,6 +374,15 @@ mod tests {
         for json in accepted {
             assert!(check_json_escapes(json).is_ok(), "{json}");
         }
+    }
+
+    #[test]
+    fn levels_parse_from_their_names_only() {
+        for level in LogLevel::ALL {
+            assert_eq!(level.as_str().parse::<LogLevel>(), Ok(level));
+        }
+        assert!("info".parse::<LogLevel>().is_err());
+        assert!("".parse::<LogLevel>().is_err());
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use logpipeline_core::config::{DatabaseArgs, RedisArgs, StreamArgs, TelemetryArgs};
+use logpipeline_core::config::{CacheArgs, DatabaseArgs, RedisArgs, StreamArgs, TelemetryArgs};
 
 /// LogPipeline's stream consumer: stores accepted logs in PostgreSQL exactly once.
 #[derive(Debug, Clone, Parser)]
@@ -18,6 +18,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub cache: CacheArgs,
 
     /// Most stream entries one consumer reads and stores per batch. An entry is one
     /// accepted request, of 1 to 1000 logs.

@@ -5,6 +5,7 @@
 //! log: its unacknowledged entries are claimed by another consumer (or re-read by its
 //! successor of the same name) and stored again, which adds nothing already stored.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -178,10 +179,10 @@ impl Consumer {
             let Some(outcome) = self.store_retrying(&decoded).await else {
                 return;
             };
-            let stored: Vec<String> = outcome
+            let stored: Vec<&Decoded> = outcome
                 .stored
                 .iter()
-                .map(|&index| decoded[index].raw.id.clone())
+                .map(|&index| &decoded[index])
                 .collect();
             self.acknowledge(&stored).await;
             self.metrics.batches.inc();
@@ -261,8 +262,16 @@ impl Consumer {
         }
     }
 
-    async fn acknowledge(&mut self, ids: &[String]) {
-        match self.stream.ack(ids).await {
+    async fn acknowledge(&mut self, stored: &[&Decoded]) {
+        let ids: Vec<String> = stored
+            .iter()
+            .map(|decoded| decoded.raw.id.clone())
+            .collect();
+        match self
+            .stream
+            .ack(&ids, devices_of(stored.iter().copied()))
+            .await
+        {
             Ok(acked) => self.metrics.entries_acked.inc_by(acked),
             // Stored but not acknowledged: the entries will be delivered again and skipped
             // as duplicates.
@@ -364,7 +373,9 @@ impl Rejected {
                 Ok(outcome) => match outcome.rejected.into_iter().next() {
                     Some((_, reason)) => self.reason = reason,
                     None => {
-                        if let Ok(acked) = self.stream.ack(std::slice::from_ref(&id)).await {
+                        let devices = devices_of(std::iter::once(&self.decoded));
+                        if let Ok(acked) = self.stream.ack(std::slice::from_ref(&id), devices).await
+                        {
                             self.metrics.entries_acked.inc_by(acked);
                         }
                         self.metrics.logs_inserted.inc_by(outcome.inserted);
@@ -377,4 +388,11 @@ impl Rejected {
             }
         }
     }
+}
+
+/// The distinct devices whose logs `entries` hold.
+fn devices_of<'a>(entries: impl Iterator<Item = &'a Decoded>) -> BTreeSet<&'a str> {
+    entries
+        .flat_map(|decoded| decoded.entry.logs.iter().map(|log| log.device_id.as_str()))
+        .collect()
 }

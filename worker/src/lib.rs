@@ -55,12 +55,14 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
     let store = Store::new(db::lazy_pool(&config.database)?);
     let client = redis::Client::open(config.redis.redis_url.as_str())?;
     let dead_letter = config.dead_letter_stream();
+    let generations = config.cache.generations_key();
     let stream_on = |connection: ConnectionManager| {
         Stream::new(
             connection,
             &config.stream.stream,
             &config.stream.group,
             &dead_letter,
+            &generations,
         )
     };
 

@@ -2,6 +2,8 @@
 //! and isolating the entries PostgreSQL rejects so they do not hold back the rest.
 
 use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use logpipeline_core::codec::{self, Entry};
 use sqlx::PgPool;
@@ -9,16 +11,34 @@ use time::OffsetDateTime;
 
 use crate::stream::StreamEntry;
 
-/// Stores a batch of logs given as one array per column. A log whose `message_id` is
-/// stored already (its entry was delivered again after a crash) is skipped, so each log
-/// is stored exactly once however often its entry is delivered.
+/// Stores a batch of logs given as one array per column, and counts the logs inserted
+/// per device and level in stripe `$7` of `log_counts`, in one statement (one
+/// transaction). A log whose `message_id` is stored already (its entry was delivered
+/// again after a crash) is skipped and not counted, so each log is stored and counted
+/// exactly once however often its entry is delivered. Returns the number inserted.
 const INSERT: &str = "
-insert into logs (message_id, device_id, log_level, message, log_data, created_at)
-select message_id, device_id, log_level, message, log_data::jsonb, created_at
-from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
-    as batch (message_id, device_id, log_level, message, log_data, created_at)
-on conflict (message_id) do nothing
+with inserted as (
+    insert into logs (message_id, device_id, log_level, message, log_data, created_at)
+    select message_id, device_id, log_level, message, log_data::jsonb, created_at
+    from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+        as batch (message_id, device_id, log_level, message, log_data, created_at)
+    on conflict (message_id) do nothing
+    returning device_id, log_level, created_at
+), counted as (
+    insert into log_counts (device_id, log_level, stripe, count, last_at)
+    select device_id, log_level, $7, count(*), max(created_at)
+    from inserted
+    group by device_id, log_level
+    order by device_id, log_level
+    on conflict (device_id, log_level, stripe) do update
+        set count = log_counts.count + excluded.count,
+            last_at = greatest(log_counts.last_at, excluded.last_at)
+)
+select count(*) from inserted
 ";
+
+/// How many stripes each counter of `log_counts` is split over.
+const COUNT_STRIPES: u32 = 16;
 
 /// An entry read from the stream and decoded.
 #[derive(Debug, Clone)]
@@ -42,16 +62,21 @@ pub struct Outcome {
     pub rejected: Vec<(usize, String)>,
 }
 
-/// The `logs` table.
+/// The `logs` table and its counters.
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    /// Picks the counter stripe of the next batch.
+    next_stripe: Arc<AtomicU32>,
 }
 
 impl Store {
     /// The table behind `pool`.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            next_stripe: Arc::new(AtomicU32::new(std::process::id())),
+        }
     }
 
     /// Stores `entries`. When PostgreSQL rejects the batch for its data, the batch is split
@@ -96,16 +121,18 @@ impl Store {
     /// Inserts the logs of `entries` in one statement; returns how many were new.
     async fn insert(&self, entries: &[Decoded]) -> Result<u64, sqlx::Error> {
         let columns = Columns::of(entries);
-        let result = sqlx::query(INSERT)
+        let stripe = (self.next_stripe.fetch_add(1, Ordering::Relaxed) % COUNT_STRIPES) as i16;
+        let inserted: i64 = sqlx::query_scalar(INSERT)
             .bind(columns.message_id)
             .bind(columns.device_id)
             .bind(columns.log_level)
             .bind(columns.message)
             .bind(columns.log_data)
             .bind(columns.created_at)
-            .execute(&self.pool)
+            .bind(stripe)
+            .fetch_one(&self.pool)
             .await?;
-        Ok(result.rows_affected())
+        Ok(inserted.unsigned_abs())
     }
 
     /// The connection pool.

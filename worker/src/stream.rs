@@ -78,18 +78,27 @@ pub struct Stream {
     key: Arc<str>,
     group: Arc<str>,
     dead_letter_key: Arc<str>,
+    generations_key: Arc<str>,
     dead_letter: Arc<Script>,
     trim: Arc<Script>,
 }
 
 impl Stream {
-    /// `key`'s consumer `group` through `redis`; failed entries go to `dead_letter_key`.
-    pub fn new(redis: ConnectionManager, key: &str, group: &str, dead_letter_key: &str) -> Self {
+    /// `key`'s consumer `group` through `redis`; failed entries go to `dead_letter_key`,
+    /// and the query cache's per-device generations are in hash `generations_key`.
+    pub fn new(
+        redis: ConnectionManager,
+        key: &str,
+        group: &str,
+        dead_letter_key: &str,
+        generations_key: &str,
+    ) -> Self {
         Self {
             redis,
             key: key.into(),
             group: group.into(),
             dead_letter_key: dead_letter_key.into(),
+            generations_key: generations_key.into(),
             dead_letter: Arc::new(Script::new(DEAD_LETTER)),
             trim: Arc::new(Script::new(TRIM)),
         }
@@ -195,17 +204,28 @@ impl Stream {
             .collect())
     }
 
-    /// Acknowledges `ids`: they are stored and leave the pending list.
-    pub async fn ack(&mut self, ids: &[String]) -> RedisResult<u64> {
+    /// Acknowledges `ids`, which are stored, after retiring the cached query results of
+    /// `devices`, whose logs they hold (one round trip). The order matters: once an entry
+    /// is acknowledged, no query may be answered from a cache that predates its logs.
+    pub async fn ack<'d>(
+        &mut self,
+        ids: &[String],
+        devices: impl IntoIterator<Item = &'d str>,
+    ) -> RedisResult<u64> {
         if ids.is_empty() {
             return Ok(0);
         }
-        redis::cmd("XACK")
-            .arg(&*self.key)
-            .arg(&*self.group)
-            .arg(ids)
-            .query_async(&mut self.redis)
-            .await
+        let mut pipe = redis::pipe();
+        for device in devices {
+            pipe.cmd("HINCRBY")
+                .arg(&*self.generations_key)
+                .arg(device)
+                .arg(1)
+                .ignore();
+        }
+        pipe.cmd("XACK").arg(&*self.key).arg(&*self.group).arg(ids);
+        let (acked,): (u64,) = pipe.query_async(&mut self.redis).await?;
+        Ok(acked)
     }
 
     /// Resets the idle time of `ids` held by `consumer`, without counting a delivery, so

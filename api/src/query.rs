@@ -1,0 +1,378 @@
+//! `GET /api/logs/{device_id}`: a device's logs, newest first, filtered and paginated,
+//! from the cache when it has them.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use logpipeline_core::record::{DeviceId, LogLevel};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sqlx::{FromRow, Postgres, QueryBuilder};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::{Error, ErrorBody, Result};
+use crate::state::AppState;
+
+/// Logs per page when `limit` is not given.
+const DEFAULT_LIMIT: u32 = 100;
+/// Most logs per page.
+const MAX_LIMIT: u32 = 1000;
+
+/// The query string of `GET /api/logs/{device_id}`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogsParams {
+    /// Logs per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+    /// Only these levels: repeat the parameter (`level=ERROR&level=CRITICAL`) or separate
+    /// them with commas (`level=ERROR,CRITICAL`).
+    #[param(value_type = Option<Vec<LogLevel>>, style = Form, explode = true)]
+    #[serde(default)]
+    level: Vec<String>,
+    /// Only logs received at or after this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime, example = "2026-11-21T00:00:00Z")]
+    since: Option<String>,
+    /// Only logs received before this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
+    until: Option<String>,
+    /// Where to continue: the `next` of the previous page.
+    cursor: Option<String>,
+}
+
+/// A validated query: what a page holds, and the identity of its cached copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogQuery {
+    device: String,
+    limit: u32,
+    levels: Vec<LogLevel>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    since: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    until: Option<OffsetDateTime>,
+    cursor: Option<Cursor>,
+}
+
+/// A position in a device's logs: the last log of a page, by (`created_at`, `id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Cursor {
+    /// `created_at` in µs since the epoch.
+    micros: i64,
+    /// `id`.
+    id: i64,
+}
+
+impl Cursor {
+    fn encode(self) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{}:{}", self.micros, self.id))
+    }
+
+    fn decode(text: &str) -> Option<Self> {
+        let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
+        let (micros, id) = std::str::from_utf8(&bytes).ok()?.split_once(':')?;
+        Some(Self {
+            micros: micros.parse().ok()?,
+            id: id.parse().ok()?,
+        })
+    }
+
+    fn at(self) -> Option<OffsetDateTime> {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.micros) * 1000).ok()
+    }
+}
+
+impl LogQuery {
+    /// Checks the path and query string; errors name the parameter.
+    pub fn parse(device: String, query: Option<&str>) -> Result<Self> {
+        let device =
+            DeviceId::try_from(device).map_err(|error| Error::InvalidQuery(error.to_string()))?;
+        let params: LogsParams = match query {
+            Some(query) => serde_html_form::from_str(query).map_err(|error| {
+                Error::InvalidQuery(format!("the query string is invalid: {error}"))
+            })?,
+            None => LogsParams::default(),
+        };
+        let limit = match params.limit {
+            None => DEFAULT_LIMIT,
+            Some(limit) => limit
+                .parse()
+                .ok()
+                .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+                .ok_or_else(|| {
+                    Error::InvalidQuery(format!(
+                        "limit must be a whole number from 1 to {MAX_LIMIT}, got {limit:?}"
+                    ))
+                })?,
+        };
+        let mut levels = params
+            .level
+            .iter()
+            .flat_map(|levels| levels.split(','))
+            .filter(|level| !level.is_empty())
+            .map(|level| {
+                level
+                    .parse()
+                    .map_err(|error| Error::InvalidQuery(format!("level: {error}")))
+            })
+            .collect::<Result<Vec<LogLevel>>>()?;
+        levels.sort_unstable();
+        levels.dedup();
+        let time = |name: &str, value: Option<String>| -> Result<Option<OffsetDateTime>> {
+            value
+                .map(|text| {
+                    OffsetDateTime::parse(&text, &Rfc3339).map_err(|_| {
+                        Error::InvalidQuery(format!("{name} must be an RFC 3339 time such as 2026-11-21T08:00:00Z, got {text:?}"))
+                    })
+                })
+                .transpose()
+        };
+        let since = time("since", params.since)?;
+        let until = time("until", params.until)?;
+        let cursor = params
+            .cursor
+            .map(|text| {
+                Cursor::decode(&text)
+                    .filter(|cursor| cursor.at().is_some())
+                    .ok_or_else(|| Error::InvalidQuery("cursor is not one this api gave".into()))
+            })
+            .transpose()?;
+        Ok(Self {
+            device: device.as_str().to_owned(),
+            limit,
+            levels,
+            since,
+            until,
+            cursor,
+        })
+    }
+}
+
+/// A stored log, as queries return it.
+#[derive(Debug, Serialize, Deserialize, FromRow, ToSchema)]
+pub struct StoredLog {
+    /// Row id, increasing in insertion order.
+    pub id: i64,
+    /// The id the api answered when it accepted the log (absent on rows the seed system
+    /// wrote).
+    pub message_id: Option<String>,
+    /// The device.
+    pub device_id: String,
+    /// The level.
+    pub log_level: String,
+    /// The message.
+    pub message: Option<String>,
+    /// The structured data.
+    #[schema(value_type = Option<Object>)]
+    #[sqlx(try_from = "Option<String>")]
+    pub log_data: JsonText,
+    /// When the api received it.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub created_at: Option<OffsetDateTime>,
+}
+
+/// JSON text from PostgreSQL (`null` for SQL NULL), passed through without being parsed.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JsonText(Box<RawValue>);
+
+impl TryFrom<Option<String>> for JsonText {
+    type Error = serde_json::Error;
+
+    fn try_from(text: Option<String>) -> Result<Self, serde_json::Error> {
+        RawValue::from_string(text.unwrap_or_else(|| "null".into())).map(Self)
+    }
+}
+
+/// Where a page came from.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The Redis cache.
+    Cache,
+    /// PostgreSQL.
+    Database,
+}
+
+/// A page of a device's logs, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogPage {
+    /// Logs on this page.
+    pub total: usize,
+    /// Where the page came from.
+    pub source: Source,
+    /// The logs.
+    #[schema(value_type = Vec<StoredLog>)]
+    pub data: Box<RawValue>,
+    /// Pass as `cursor` for the next (older) page; null on the last page.
+    pub next: Option<String>,
+}
+
+/// A page as cached.
+#[derive(Serialize, Deserialize)]
+struct CachedPage {
+    total: usize,
+    data: Box<RawValue>,
+    next: Option<String>,
+}
+
+/// A device's logs, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/logs/{device_id}",
+    tag = "query",
+    params(("device_id" = String, Path, description = "The device, 1 to 50 characters"), LogsParams),
+    responses(
+        (status = 200, description = "A page of logs", body = LogPage),
+        (status = 422, description = "An invalid parameter", body = ErrorBody),
+        (status = 503, description = "PostgreSQL is unavailable", body = ErrorBody),
+    )
+)]
+pub async fn get_logs(
+    State(state): State<AppState>,
+    Path(device): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<LogPage>> {
+    let query = LogQuery::parse(device, query.as_deref())?;
+    // Read the generation before the database, so a result cached under it can only be
+    // older than a commit that bumped it after.
+    let generation = state.cache.generation(&query.device).await;
+    let key = generation.map(|generation| state.cache.key("logs", &(generation, &query)));
+    if let Some(key) = &key
+        && let Some(cached) = state.cache.get(key).await
+        && let Ok(page) = serde_json::from_slice::<CachedPage>(&cached)
+    {
+        return Ok(Json(LogPage {
+            total: page.total,
+            source: Source::Cache,
+            data: page.data,
+            next: page.next,
+        }));
+    }
+    let page = fetch(&state, &query).await?;
+    if let (Some(key), Ok(cached)) = (&key, serde_json::to_vec(&page)) {
+        state.cache.put(key, &cached, state.query_cache_ttl).await;
+    }
+    Ok(Json(LogPage {
+        total: page.total,
+        source: Source::Database,
+        data: page.data,
+        next: page.next,
+    }))
+}
+
+async fn fetch(state: &AppState, query: &LogQuery) -> Result<CachedPage> {
+    let mut sql = QueryBuilder::<Postgres>::new(
+        "select id, message_id, device_id, log_level, message, log_data::text as log_data, created_at \
+         from logs where device_id = ",
+    );
+    sql.push_bind(&query.device);
+    if !query.levels.is_empty() {
+        let levels: Vec<&str> = query.levels.iter().map(|level| level.as_str()).collect();
+        sql.push(" and log_level = any(")
+            .push_bind(levels)
+            .push(")");
+    }
+    if let Some(since) = query.since {
+        sql.push(" and created_at >= ").push_bind(since);
+    }
+    if let Some(until) = query.until {
+        sql.push(" and created_at < ").push_bind(until);
+    }
+    if let Some((cursor, at)) = query.cursor.and_then(|cursor| Some((cursor, cursor.at()?))) {
+        // The first condition lets the (device_id, created_at) index bound the scan.
+        sql.push(" and created_at <= ").push_bind(at);
+        sql.push(" and (created_at, id) < (")
+            .push_bind(at)
+            .push(", ")
+            .push_bind(cursor.id)
+            .push(")");
+    }
+    // One more than asked tells whether there is a next page.
+    sql.push(" order by created_at desc, id desc limit ")
+        .push_bind(i64::from(query.limit) + 1);
+    let started = Instant::now();
+    let mut rows: Vec<StoredLog> = sql
+        .build_query_as()
+        .fetch_all(&state.db)
+        .await
+        .map_err(Error::DatabaseUnavailable)?;
+    state.metrics.postgres_query("logs", started.elapsed());
+    let more = rows.len() > query.limit as usize;
+    rows.truncate(query.limit as usize);
+    let next = rows.last().filter(|_| more).and_then(|last| {
+        Some(
+            Cursor {
+                micros: logpipeline_core::codec::unix_micros(last.created_at?),
+                id: last.id,
+            }
+            .encode(),
+        )
+    });
+    let data = serde_json::value::to_raw_value(&rows)
+        .map_err(|error| Error::Internal(error.to_string()))?;
+    Ok(CachedPage {
+        total: rows.len(),
+        data,
+        next,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(query: &str) -> Result<LogQuery> {
+        LogQuery::parse("device-1".into(), Some(query))
+    }
+
+    #[test]
+    fn defaults_apply_without_a_query_string() {
+        let query = LogQuery::parse("device-1".into(), None).unwrap();
+        assert_eq!(query.limit, 100);
+        assert!(query.levels.is_empty() && query.since.is_none() && query.cursor.is_none());
+    }
+
+    #[test]
+    fn levels_repeat_or_are_comma_separated_in_any_order() {
+        let repeated = parse("level=ERROR&level=CRITICAL").unwrap();
+        let commas = parse("level=CRITICAL,ERROR").unwrap();
+        assert_eq!(repeated.levels, [LogLevel::Error, LogLevel::Critical]);
+        assert_eq!(repeated, commas, "the same filter is the same cache entry");
+    }
+
+    #[test]
+    fn bad_parameters_name_themselves() {
+        for (query, expected) in [
+            ("limit=0", "limit must be"),
+            ("limit=1001", "limit must be"),
+            ("limit=ten", "limit must be"),
+            ("level=LOUD", "level: unknown log level `LOUD`"),
+            ("since=yesterday", "since must be an RFC 3339 time"),
+            ("until=2026-13-01T00:00:00Z", "until must be"),
+            ("cursor=nonsense", "cursor is not one this api gave"),
+        ] {
+            let error = parse(query).unwrap_err().to_string();
+            assert!(error.contains(expected), "{query}: {error}");
+        }
+        let long = LogQuery::parse("x".repeat(51), None)
+            .unwrap_err()
+            .to_string();
+        assert!(long.contains("device_id must be 1 to 50"), "{long}");
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        let cursor = Cursor {
+            micros: 1_795_308_807_997_201,
+            id: 42,
+        };
+        assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
+        let query = parse(&format!("cursor={}", cursor.encode())).unwrap();
+        assert_eq!(query.cursor, Some(cursor));
+    }
+}

@@ -1,0 +1,103 @@
+//! `GET /api/stats`: totals, counts by level and the most active devices.
+//!
+//! The numbers come from `log_counts`, which the worker keeps in the same transaction
+//! as its inserts, so they are exact and cost the same at ten million logs as at ten;
+//! the answer is cached briefly, as the seed did.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+use crate::error::{Error, ErrorBody, Result};
+use crate::state::AppState;
+
+/// Devices listed as most active.
+const TOP_DEVICES: i64 = 10;
+
+/// System statistics.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Stats {
+    /// Logs stored.
+    pub total_logs: i64,
+    /// Logs stored per level.
+    pub logs_by_level: BTreeMap<String, i64>,
+    /// The ids of the most active devices, most logs first (the seed's field).
+    pub recent_devices: Vec<String>,
+    /// The most active devices with their counts, most logs first.
+    pub most_active_devices: Vec<DeviceActivity>,
+    /// When these numbers were read.
+    #[serde(with = "time::serde::rfc3339")]
+    pub generated_at: OffsetDateTime,
+}
+
+/// A device's activity.
+#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+pub struct DeviceActivity {
+    /// The device.
+    pub device_id: String,
+    /// Logs stored.
+    pub count: i64,
+    /// When its newest log was received.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_log_at: Option<OffsetDateTime>,
+}
+
+/// Statistics of all stored logs, cached briefly.
+#[utoipa::path(
+    get,
+    path = "/api/stats",
+    tag = "query",
+    responses(
+        (status = 200, description = "Statistics", body = Stats),
+        (status = 503, description = "PostgreSQL is unavailable", body = ErrorBody),
+    )
+)]
+pub async fn get_stats(State(state): State<AppState>) -> Result<Json<Stats>> {
+    let key = state.cache.key("stats", &());
+    if let Some(cached) = state.cache.get(&key).await
+        && let Ok(stats) = serde_json::from_slice::<Stats>(&cached)
+    {
+        return Ok(Json(stats));
+    }
+    let stats = read(&state).await?;
+    if let Ok(cached) = serde_json::to_vec(&stats) {
+        state.cache.put(&key, &cached, state.stats_cache_ttl).await;
+    }
+    Ok(Json(stats))
+}
+
+async fn read(state: &AppState) -> Result<Stats> {
+    let started = Instant::now();
+    // Counts per level, summed over devices and stripes.
+    let by_level: Vec<(String, i64)> = sqlx::query_as(
+        "select log_level, sum(count)::bigint from log_counts group by log_level order by log_level",
+    )
+    .fetch_all(&state.db)
+    .await
+    .map_err(Error::DatabaseUnavailable)?;
+    // The devices with the most logs.
+    let devices: Vec<DeviceActivity> = sqlx::query_as(
+        "select device_id, sum(count)::bigint as count, max(last_at) as last_log_at \
+         from log_counts group by device_id order by count desc, device_id limit $1",
+    )
+    .bind(TOP_DEVICES)
+    .fetch_all(&state.db)
+    .await
+    .map_err(Error::DatabaseUnavailable)?;
+    state.metrics.postgres_query("stats", started.elapsed());
+    Ok(Stats {
+        total_logs: by_level.iter().map(|(_, count)| count).sum(),
+        logs_by_level: by_level.into_iter().collect(),
+        recent_devices: devices
+            .iter()
+            .map(|device| device.device_id.clone())
+            .collect(),
+        most_active_devices: devices,
+        generated_at: OffsetDateTime::now_utc(),
+    })
+}

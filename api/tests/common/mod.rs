@@ -1,0 +1,137 @@
+//! The api in-process (driven with `oneshot`, no socket) on a real Redis and a real,
+//! migrated PostgreSQL database.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // Shared by test files that each use a part.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use logpipeline_api::{AppState, Cache, Metrics, Queue, app};
+use logpipeline_e2e::postgres::{self, PostgresServer};
+use logpipeline_e2e::redis::RedisServer;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde_json::Value;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tower::ServiceExt;
+
+pub const STREAM: &str = "logs:stream";
+
+/// An answer: status, JSON body (Null when not JSON), headers.
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+    pub headers: axum::http::HeaderMap,
+    pub text: String,
+}
+
+pub struct TestApi {
+    pub redis: RedisServer,
+    pub postgres: Option<PostgresServer>,
+    pub app: Router,
+    pub con: ConnectionManager,
+    pub db: PgPool,
+}
+
+pub struct Options {
+    pub capacity: u64,
+    pub own_postgres: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            capacity: 1000,
+            own_postgres: false,
+        }
+    }
+}
+
+impl TestApi {
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Self {
+        let redis = RedisServer::start().unwrap();
+        let (postgres, url) = if options.own_postgres {
+            let server = PostgresServer::start().unwrap();
+            let url = server.create_database().unwrap();
+            (Some(server), url)
+        } else {
+            (None, postgres::fresh_database().unwrap())
+        };
+        let db = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(2))
+            .connect(&url)
+            .await
+            .unwrap();
+        logpipeline_core::db::migrate(&db).await.unwrap();
+        let client = redis::Client::open(redis.url()).unwrap();
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_connection_timeout(Some(Duration::from_secs(1)));
+        let con = ConnectionManager::new_with_config(client, config)
+            .await
+            .unwrap();
+        let metrics = Metrics::new().unwrap();
+        let state = AppState {
+            queue: Queue::new(con.clone(), STREAM, options.capacity, metrics.clone()),
+            cache: Cache::new(con.clone(), "cache", "cache:generations", metrics.clone()),
+            db: db.clone(),
+            metrics,
+            max_body_bytes: 1024 * 1024,
+            query_cache_ttl: Duration::from_secs(300),
+            stats_cache_ttl: Duration::from_secs(60),
+        };
+        Self {
+            redis,
+            postgres,
+            app: app(state),
+            con,
+            db,
+        }
+    }
+
+    pub async fn send(&self, request: Request<Body>) -> Answer {
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Answer {
+            status,
+            body,
+            headers,
+            text,
+        }
+    }
+
+    pub async fn get(&self, uri: &str) -> Answer {
+        self.send(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: Option<&str>,
+        body: impl Into<Body>,
+    ) -> Answer {
+        let mut request = Request::post(path);
+        if let Some(content_type) = content_type {
+            request = request.header(header::CONTENT_TYPE, content_type);
+        }
+        self.send(request.body(body.into()).unwrap()).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Answer {
+        self.post(path, Some("application/json"), body.to_string())
+            .await
+    }
+}

@@ -1,0 +1,329 @@
+//! The read path against real Redis and PostgreSQL: filters, pagination, the cache and
+//! health.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
+
+mod common;
+
+use std::collections::HashSet;
+
+use axum::http::StatusCode;
+use common::{Options, TestApi};
+use redis::AsyncCommands;
+use serde_json::Value;
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+const LEVELS: [&str; 5] = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"];
+
+/// Stores log `seq` of `device` as the worker would, received at `base + seq` seconds
+/// (several logs share a second when `per_second` > 1).
+async fn store(db: &PgPool, device: &str, seq: i64, per_second: i64) -> OffsetDateTime {
+    let at = OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_795_000_000 + seq / per_second);
+    sqlx::query(
+        "insert into logs (message_id, device_id, log_level, message, log_data, created_at) \
+         values ($1, $2, $3, $4, jsonb_build_object('seq', $5::bigint), $6)",
+    )
+    .bind(format!("{device}-{seq}"))
+    .bind(device)
+    .bind(LEVELS[seq as usize % LEVELS.len()])
+    .bind(format!("log {seq}"))
+    .bind(seq)
+    .bind(at)
+    .execute(db)
+    .await
+    .unwrap();
+    at
+}
+
+fn seqs(page: &Value) -> Vec<i64> {
+    page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|log| log["log_data"]["seq"].as_i64().unwrap())
+        .collect()
+}
+
+fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap()
+}
+
+#[tokio::test]
+async fn logs_come_newest_first_in_the_seed_shape() {
+    let api = TestApi::start().await;
+    for seq in 0..5 {
+        store(&api.db, "pump-7", seq, 1).await;
+    }
+    store(&api.db, "other", 0, 1).await;
+    let page = api.get("/api/logs/pump-7?limit=3").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert_eq!(page.body["total"], 3);
+    assert_eq!(page.body["source"], "database");
+    assert_eq!(seqs(&page.body), [4, 3, 2]);
+    let log = &page.body["data"][0];
+    for field in [
+        "id",
+        "message_id",
+        "device_id",
+        "log_level",
+        "message",
+        "log_data",
+        "created_at",
+    ] {
+        assert!(!log[field].is_null(), "{field} missing in {log}");
+    }
+    assert_eq!(log["device_id"], "pump-7");
+    assert_eq!(log["message_id"], "pump-7-4");
+    assert_eq!(log["log_level"], "CRITICAL");
+    let all = api.get("/api/logs/pump-7").await;
+    assert_eq!(all.body["total"], 5, "the default limit is 100");
+    assert!(all.body["next"].is_null());
+    let none = api.get("/api/logs/nobody").await;
+    assert_eq!(
+        (none.status, none.body["total"].as_i64()),
+        (StatusCode::OK, Some(0))
+    );
+}
+
+#[tokio::test]
+async fn levels_and_a_time_range_filter() {
+    let api = TestApi::start().await;
+    let mut times = Vec::new();
+    for seq in 0..20 {
+        times.push(store(&api.db, "pump-7", seq, 1).await);
+    }
+    let errors = api.get("/api/logs/pump-7?level=ERROR&level=CRITICAL").await;
+    assert_eq!(seqs(&errors.body), [19, 18, 14, 13, 9, 8, 4, 3]);
+    let commas = api.get("/api/logs/pump-7?level=CRITICAL,ERROR").await;
+    assert_eq!(seqs(&commas.body), seqs(&errors.body));
+    let window = format!(
+        "/api/logs/pump-7?since={}&until={}",
+        rfc3339(times[5]).replace('+', "%2B"),
+        rfc3339(times[9])
+    );
+    let ranged = api.get(&window).await;
+    assert_eq!(
+        seqs(&ranged.body),
+        [8, 7, 6, 5],
+        "since is inclusive, until exclusive"
+    );
+    let both = api.get(&format!("{window}&level=WARNING")).await;
+    assert_eq!(seqs(&both.body), [7]);
+}
+
+#[tokio::test]
+async fn the_cursor_walks_back_through_history_without_gaps_or_repeats() {
+    let api = TestApi::start().await;
+    // Three logs per second: pages must break ties by id.
+    for seq in 0..250 {
+        store(&api.db, "pump-7", seq, 3).await;
+    }
+    let mut seen = Vec::new();
+    let mut uri = "/api/logs/pump-7?limit=100&level=DEBUG,INFO,WARNING,ERROR,CRITICAL".to_owned();
+    let mut pages = 0;
+    loop {
+        let page = api.get(&uri).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+        seen.extend(seqs(&page.body));
+        pages += 1;
+        match page.body["next"].as_str() {
+            Some(next) => {
+                uri = format!(
+                    "/api/logs/pump-7?limit=100&level=DEBUG,INFO,WARNING,ERROR,CRITICAL&cursor={next}"
+                )
+            }
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let expected: Vec<i64> = (0..250).rev().collect();
+    assert_eq!(seen, expected);
+}
+
+#[tokio::test]
+async fn repeated_queries_are_served_from_the_cache_until_a_commit_retires_them() {
+    let api = TestApi::start().await;
+    for seq in 0..3 {
+        store(&api.db, "pump-7", seq, 1).await;
+    }
+    let first = api.get("/api/logs/pump-7").await;
+    let second = api.get("/api/logs/pump-7").await;
+    assert_eq!(first.body["source"], "database");
+    assert_eq!(second.body["source"], "cache");
+    assert_eq!(first.body["data"], second.body["data"]);
+    assert_eq!(
+        api.get("/api/logs/pump-7?limit=2").await.body["source"],
+        "database",
+        "another query, another entry"
+    );
+
+    // A log stored without the worker's generation bump stays invisible to the cache,
+    // which is why the worker bumps before acknowledging…
+    store(&api.db, "pump-7", 3, 1).await;
+    assert_eq!(seqs(&api.get("/api/logs/pump-7").await.body), [2, 1, 0]);
+    // …and once it has, the next query goes to PostgreSQL and sees the new log.
+    let mut redis = api.con.clone();
+    let _: i64 = redis.hincr("cache:generations", "pump-7", 1).await.unwrap();
+    let fresh = api.get("/api/logs/pump-7").await;
+    assert_eq!(fresh.body["source"], "database");
+    assert_eq!(seqs(&fresh.body), [3, 2, 1, 0]);
+    assert_eq!(api.get("/api/logs/pump-7").await.body["source"], "cache");
+
+    let metrics = api.get("/metrics").await.text;
+    assert!(
+        metrics.contains("logpipeline_api_cache_lookups_total{result=\"hit\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("logpipeline_api_cache_lookups_total{result=\"miss\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn queries_work_without_the_cache() {
+    let mut api = TestApi::start().await;
+    store(&api.db, "pump-7", 0, 1).await;
+    api.redis.stop().unwrap();
+    let page = api.get("/api/logs/pump-7").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert_eq!(
+        (page.body["source"].as_str(), seqs(&page.body)),
+        (Some("database"), vec![0])
+    );
+}
+
+#[tokio::test]
+async fn invalid_parameters_answer_422_naming_them() {
+    let api = TestApi::start().await;
+    for (uri, detail) in [
+        ("/api/logs/pump-7?limit=0", "limit must be"),
+        ("/api/logs/pump-7?limit=1001", "limit must be"),
+        ("/api/logs/pump-7?level=LOUD", "unknown log level `LOUD`"),
+        (
+            "/api/logs/pump-7?since=yesterday",
+            "since must be an RFC 3339 time",
+        ),
+        ("/api/logs/pump-7?cursor=abc", "cursor"),
+    ] {
+        let answer = api.get(uri).await;
+        assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY, "{uri}");
+        assert_eq!(answer.body["error"], "invalid_query", "{uri}");
+        assert!(
+            answer.body["detail"].as_str().unwrap().contains(detail),
+            "{uri}: {}",
+            answer.body
+        );
+    }
+    let long = api.get(&format!("/api/logs/{}", "d".repeat(51))).await;
+    assert_eq!(long.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn health_reports_each_dependency_and_probes_tell_liveness_from_readiness() {
+    let mut api = TestApi::start_with(Options {
+        own_postgres: true,
+        ..Options::default()
+    })
+    .await;
+    let healthy = api.get("/health").await;
+    assert_eq!(healthy.status, StatusCode::OK, "{}", healthy.text);
+    assert_eq!(healthy.body["status"], "healthy");
+    assert_eq!(
+        (
+            healthy.body["redis"].as_str(),
+            healthy.body["postgres"].as_str()
+        ),
+        (Some("healthy"), Some("healthy"))
+    );
+
+    api.redis.stop().unwrap();
+    let answer = api.get("/health").await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        (
+            answer.body["redis"].as_str(),
+            answer.body["postgres"].as_str()
+        ),
+        (Some("unhealthy"), Some("healthy"))
+    );
+    assert_eq!(api.get("/livez").await.status, StatusCode::OK);
+    assert_eq!(
+        api.get("/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no Redis, no ingest"
+    );
+    api.redis.start_again().unwrap();
+
+    api.postgres.as_mut().unwrap().stop().unwrap();
+    let answer = api.get("/health").await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.body["status"], "unhealthy");
+    assert_eq!(answer.body["postgres"], "unhealthy");
+    assert_eq!(api.get("/livez").await.status, StatusCode::OK);
+    let mut ready = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..100 {
+        ready = api.get("/readyz").await.status;
+        if ready == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        ready,
+        StatusCode::OK,
+        "PostgreSQL down does not stop ingest"
+    );
+    let query = api.get("/api/logs/pump-7").await;
+    assert_eq!(query.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(query.body["error"], "database_unavailable");
+    let stats = api.get("/api/stats").await;
+    assert_eq!(stats.body["error"], "database_unavailable");
+}
+
+#[tokio::test]
+async fn stats_sum_the_counters_and_are_cached() {
+    let api = TestApi::start().await;
+    let counts = [
+        ("a", "INFO", 0, 5),
+        ("a", "INFO", 3, 2),
+        ("a", "ERROR", 1, 1),
+        ("b", "INFO", 0, 9),
+        ("c", "DEBUG", 0, 1),
+    ];
+    for (device, level, stripe, count) in counts {
+        sqlx::query("insert into log_counts (device_id, log_level, stripe, count, last_at) values ($1, $2, $3, $4, now())")
+            .bind(device)
+            .bind(level)
+            .bind(stripe as i16)
+            .bind(count as i64)
+            .execute(&api.db)
+            .await
+            .unwrap();
+    }
+    let stats = api.get("/api/stats").await;
+    assert_eq!(stats.status, StatusCode::OK, "{}", stats.text);
+    assert_eq!(stats.body["total_logs"], 18);
+    assert_eq!(
+        stats.body["logs_by_level"],
+        serde_json::json!({"DEBUG": 1, "ERROR": 1, "INFO": 16})
+    );
+    assert_eq!(
+        stats.body["recent_devices"],
+        serde_json::json!(["b", "a", "c"])
+    );
+    assert_eq!(stats.body["most_active_devices"][1]["count"], 8);
+    sqlx::query("update log_counts set count = count + 100")
+        .execute(&api.db)
+        .await
+        .unwrap();
+    let cached = api.get("/api/stats").await;
+    assert_eq!(cached.body["total_logs"], 18, "served from the cache");
+    let ids: HashSet<&str> = ["a", "b", "c"].into();
+    assert_eq!(
+        ids.len(),
+        cached.body["recent_devices"].as_array().unwrap().len()
+    );
+}
