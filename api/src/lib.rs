@@ -113,6 +113,19 @@ pub async fn run(config: Config) -> Result<()> {
     let metrics = Metrics::new().map_err(|error| Error::Internal(error.to_string()))?;
     let db = logpipeline_core::db::lazy_pool(&config.database)
         .map_err(|error| Error::Internal(format!("invalid database settings: {error}")))?;
+    // Queries need the schema, ingest does not: apply it in the background, so the api
+    // accepts logs while PostgreSQL is down.
+    tokio::spawn({
+        let db = db.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            match logpipeline_core::db::migrate_when_reachable(&db, &shutdown).await {
+                Ok(true) => info!("schema up to date"),
+                Ok(false) => {}
+                Err(error) => tracing::error!(%error, "cannot apply the schema; queries will fail"),
+            }
+        }
+    });
     let state = AppState {
         queue: Queue::new(
             redis.clone(),

@@ -100,6 +100,10 @@ impl Metrics {
         registry.register(Box::new(cache_lookups.clone()))?;
         registry.register(Box::new(redis_duration.clone()))?;
         registry.register(Box::new(postgres_duration.clone()))?;
+        // Series exported from the start, at 0, so alerts and rates see them.
+        for result in ["hit", "miss"] {
+            cache_lookups.with_label_values(&[result]);
+        }
         let logs_accepted = LogLevel::ALL
             .iter()
             .map(|level| accepted.with_label_values(&[level.as_str()]))

@@ -28,7 +28,7 @@ const MAX_LIMIT: u32 = 1000;
 #[into_params(parameter_in = Query)]
 pub struct LogsParams {
     /// Logs per page, 1 to 1000 (default 100).
-    #[param(minimum = 1, maximum = 1000)]
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000, default = 100)]
     limit: Option<String>,
     /// Only these levels: repeat the parameter (`level=ERROR&level=CRITICAL`) or separate
     /// them with commas (`level=ERROR,CRITICAL`).

@@ -6,7 +6,10 @@ use sqlx::PgPool;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::PgPoolOptions;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::DatabaseArgs;
+use crate::retry::until_done;
 
 /// The schema, from `migrations/`: applied at start-up, idempotent, never edited once
 /// released (a change is a new migration).
@@ -23,4 +26,35 @@ pub fn lazy_pool(args: &DatabaseArgs) -> Result<PgPool, sqlx::Error> {
 /// Applies the migrations not applied yet.
 pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
     MIGRATOR.run(pool).await
+}
+
+/// Applies the migrations, retrying with backoff while PostgreSQL cannot be reached.
+/// Ok(false) when `shutdown` came first; an error when a migration itself fails, which
+/// retrying would not fix.
+pub async fn migrate_when_reachable(
+    pool: &PgPool,
+    shutdown: &CancellationToken,
+) -> Result<bool, MigrateError> {
+    let attempt = || async {
+        match migrate(pool).await {
+            Ok(()) => Ok(Ok(())),
+            Err(error) if may_succeed_later(&error) => Err(error),
+            Err(error) => Ok(Err(error)),
+        }
+    };
+    match until_done("apply the schema", shutdown, attempt).await {
+        None => Ok(false),
+        Some(result) => result.map(|()| true),
+    }
+}
+
+/// Whether a failed migration failed for want of a connection rather than for what it
+/// runs.
+fn may_succeed_later(error: &MigrateError) -> bool {
+    match error {
+        MigrateError::Execute(error) | MigrateError::ExecuteMigration(error, _) => {
+            !matches!(error, sqlx::Error::Database(_))
+        }
+        _ => false,
+    }
 }

@@ -110,7 +110,7 @@ impl fmt::Display for LogLevel {
     }
 }
 
-/// A device id: 1 to [`MAX_DEVICE_ID_CHARS`] characters, no NUL.
+/// A device id: 1 to 50 characters, no NUL.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[schema(value_type = String, min_length = 1, max_length = 50, example = "device-001")]
 #[serde(try_from = "String", into = "String")]
@@ -138,7 +138,7 @@ impl From<DeviceId> for String {
     }
 }
 
-/// A log message: 1 to [`MAX_MESSAGE_CHARS`] characters, no NUL.
+/// A log message: 1 to 5000 characters, no NUL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[schema(value_type = String, min_length = 1, max_length = 5000)]
 #[serde(try_from = "String", into = "String")]

@@ -154,6 +154,14 @@ impl Stack {
     }
 }
 
+/// Waits until the services have applied the schema to `pool`'s database.
+pub async fn wait_for_schema(pool: &PgPool) -> Result<()> {
+    let applied = "select count(*) from pg_tables where tablename in ('logs', 'log_counts')";
+    wait_for_count(pool, applied, 2, Duration::from_secs(60))
+        .await
+        .map(drop)
+}
+
 /// Waits until `query` (a single `bigint`) returns `expected`, up to `timeout`; returns
 /// how long it took.
 pub async fn wait_for_count(

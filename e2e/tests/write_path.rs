@@ -803,6 +803,11 @@ async fn a_worker_dying_between_commit_and_acknowledgement_causes_no_duplicate()
         .await
         .unwrap();
     assert_eq!(stored, 10);
+    let counted: i64 = sqlx::query_scalar("select sum(count)::bigint from log_counts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(counted, 10, "the statistics counted a log twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

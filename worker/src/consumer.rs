@@ -62,13 +62,18 @@ impl Consumer {
                 next_claim = Instant::now() + claim_every;
                 self.claim_from_dead_consumers(&mut rejected).await;
             }
+            let started = Instant::now();
             let read = self
                 .stream
                 .read_new(&self.name, self.settings.batch_size, self.settings.block)
                 .await;
             match read {
+                // An empty read waited out its block time: not a latency worth recording.
                 Ok(entries) if entries.is_empty() => {}
-                Ok(entries) => self.process(entries, &mut rejected).await,
+                Ok(entries) => {
+                    self.metrics.redis_call("XREADGROUP", started.elapsed());
+                    self.process(entries, &mut rejected).await;
+                }
                 Err(error) => self.redis_failed(&error, "read").await,
             }
             while rejected.try_join_next().is_some() {}

@@ -6,10 +6,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What went wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A setting is invalid.
-    #[error("invalid setting: {0}")]
-    Config(String),
-
     /// Redis failed in a way retrying does not fix.
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -17,6 +13,10 @@ pub enum Error {
     /// PostgreSQL settings are invalid.
     #[error("PostgreSQL: {0}")]
     Database(#[from] sqlx::Error),
+
+    /// A migration failed for a reason other than an unreachable database.
+    #[error("cannot apply the schema: {0}")]
+    Schema(#[from] sqlx::migrate::MigrateError),
 
     /// The metrics registry refused a metric.
     #[error("metrics: {0}")]

@@ -20,7 +20,6 @@ use std::time::Duration;
 use logpipeline_core::retry::until_done;
 use logpipeline_core::{db, shutdown};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use sqlx::migrate::MigrateError;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -94,18 +93,10 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
         .into_future(),
     );
 
-    let migrated = until_done("apply the schema", &shutdown, || async {
-        match db::migrate(store.pool()).await {
-            Ok(()) => Ok(Ok(())),
-            Err(error) if migration_may_succeed_later(&error) => Err(error),
-            Err(error) => Ok(Err(error)),
-        }
-    })
-    .await;
-    match migrated {
-        None => return Ok(()),
-        Some(Err(error)) => return Err(Error::Config(format!("cannot apply the schema: {error}"))),
-        Some(Ok(())) => {}
+    match db::migrate_when_reachable(store.pool(), &shutdown).await {
+        Ok(true) => info!("schema up to date"),
+        Ok(false) => return Ok(()),
+        Err(error) => return Err(Error::Schema(error)),
     }
     let group_ready = until_done("create the consumer group", &shutdown, || async {
         logpipeline_core::stream::ensure_group(
@@ -185,15 +176,4 @@ async fn connect(
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_max_delay(Duration::from_secs(2));
     ConnectionManager::new_with_config(client.clone(), config).await
-}
-
-/// Whether a failed migration failed for want of a connection rather than for what it
-/// runs.
-fn migration_may_succeed_later(error: &MigrateError) -> bool {
-    match error {
-        MigrateError::Execute(error) | MigrateError::ExecuteMigration(error, _) => {
-            !matches!(error, sqlx::Error::Database(_))
-        }
-        _ => false,
-    }
 }

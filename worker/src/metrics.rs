@@ -1,6 +1,8 @@
 //! The worker's Prometheus metrics.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// Why an entry went to the dead-letter stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +16,8 @@ pub enum DeadLetterReason {
 }
 
 impl DeadLetterReason {
+    const ALL: [Self; 3] = [Self::Undecodable, Self::Rejected, Self::TooManyDeliveries];
+
     fn label(self) -> &'static str {
         match self {
             Self::Undecodable => "undecodable",
@@ -46,6 +50,7 @@ pub struct Metrics {
     /// Entries claimed from consumers that stopped acknowledging.
     pub entries_claimed: IntCounter,
     dead_lettered: IntCounterVec,
+    redis_duration: HistogramVec,
     /// Failed Redis calls.
     pub redis_errors: IntCounter,
     /// Entries trimmed from the stream after acknowledgement.
@@ -88,6 +93,19 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(dead_lettered.clone()))?;
+        // Every reason is exported from the start, at 0, so alerts see the series.
+        for reason in DeadLetterReason::ALL {
+            dead_lettered.with_label_values(&[reason.label()]);
+        }
+        let redis_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "logpipeline_worker_redis_command_duration_seconds",
+                "Time of Redis calls on the consumers' path, by command",
+            )
+            .buckets(prometheus::exponential_buckets(0.0001, 2.0, 17)?),
+            &["command"],
+        )?;
+        registry.register(Box::new(redis_duration.clone()))?;
         Ok(Self {
             batches: counter(
                 "logpipeline_worker_batches_total",
@@ -129,6 +147,7 @@ impl Metrics {
                 "Stream entries claimed from consumers that stopped acknowledging",
             )?,
             dead_lettered,
+            redis_duration,
             redis_errors: counter(
                 "logpipeline_worker_redis_errors_total",
                 "Failed Redis calls",
@@ -155,6 +174,13 @@ impl Metrics {
         self.dead_lettered
             .with_label_values(&[reason.label()])
             .inc();
+    }
+
+    /// Records the time of a Redis call.
+    pub fn redis_call(&self, command: &str, took: std::time::Duration) {
+        self.redis_duration
+            .with_label_values(&[command])
+            .observe(took.as_secs_f64());
     }
 
     /// The metrics in Prometheus' text format.
