@@ -6,6 +6,7 @@
 
 pub mod devices;
 pub mod kube;
+pub mod load;
 pub mod postgres;
 pub mod process;
 pub mod redis;

@@ -1,0 +1,271 @@
+//! `logpipeline-bench`: starts a local stack, runs the benchmark profiles against it in
+//! end-to-end mode, and prints each run, where its CPU went, and a summary table beside
+//! the seed system's published figures.
+//!
+//! Profiles: `seed` (the seed's stress test: 100 devices, 200 connections, 5 logs per
+//! request, closed loop), `single` (the same with one log per request) and `sustained`
+//! (open loop at a constant rate: does persistence keep up?).
+
+mod probe;
+mod stack;
+mod table;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::load::{LoadOptions, Report};
+use crate::services::Env;
+use probe::{Diagnosis, Probe};
+use stack::{BenchStack, StackSettings};
+use table::Row;
+
+/// The benchmark's command-line options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchOptions {
+    /// Profiles to run, in order (comma-separated).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "seed,single,sustained"
+    )]
+    pub profiles: Vec<Profile>,
+
+    /// Runs of the seed and single profiles; the table shows the median.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+
+    /// Seconds each seed and single run sends.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub duration_secs: u64,
+
+    /// Open-loop rate of the sustained profile, in logs/s.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sustained_rate: u64,
+
+    /// Seconds the sustained profile sends.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub sustained_secs: u64,
+
+    /// Runs of the sustained profile.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub sustained_runs: u32,
+
+    /// Length of each log's message, in bytes.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=5000))]
+    pub message_bytes: u32,
+
+    /// Worker processes.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub workers: u32,
+
+    /// Consumers in each worker process (`LOGPIPELINE_CONCURRENCY`).
+    #[arg(long, default_value_t = 4)]
+    pub worker_concurrency: u32,
+
+    /// Most stream entries a consumer reads and stores per batch (`LOGPIPELINE_BATCH_SIZE`).
+    #[arg(long, default_value_t = 100)]
+    pub worker_batch_size: u32,
+
+    /// The api's stream capacity in entries (`LOGPIPELINE_STREAM_CAPACITY`): large
+    /// enough to hold a whole run, so the api does not refuse while workers catch up.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub stream_capacity: u64,
+
+    /// Redis `appendfsync` (`everysec`, `always` or `no`).
+    #[arg(long, default_value = "everysec", value_parser = ["everysec", "always", "no"])]
+    pub appendfsync: String,
+
+    /// More api settings, `NAME=VALUE` (repeatable).
+    #[arg(long, value_parser = parse_setting)]
+    pub api_env: Vec<(String, String)>,
+
+    /// More worker settings, `NAME=VALUE` (repeatable).
+    #[arg(long, value_parser = parse_setting)]
+    pub worker_env: Vec<(String, String)>,
+
+    /// Threads of the load generator's runtime.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub load_threads: u32,
+
+    /// Seconds to wait after each run for the workers to store everything.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub drain_timeout_secs: u64,
+
+    /// Write each run's report and diagnosis as JSON into this directory.
+    #[arg(long)]
+    pub json_dir: Option<PathBuf>,
+
+    /// Print no progress lines during the runs.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// A benchmark profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// The seed's stress test: 100 devices, 200 connections, 5 logs per request, as
+    /// fast as answered.
+    Seed,
+    /// The same, one log per request (`POST /api/log`).
+    Single,
+    /// 5 logs per request at a constant rate (open loop).
+    Sustained,
+}
+
+impl Profile {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Seed => "seed (100 devices, 200 conns, 5 logs/req)",
+            Self::Single => "single (100 devices, 200 conns, 1 log/req)",
+            Self::Sustained => "sustained (open loop, 5 logs/req)",
+        }
+    }
+
+    fn slug(self) -> &'static str {
+        match self {
+            Self::Seed => "seed",
+            Self::Single => "single",
+            Self::Sustained => "sustained",
+        }
+    }
+
+    fn runs(self, bench: &BenchOptions) -> u32 {
+        match self {
+            Self::Seed | Self::Single => bench.runs,
+            Self::Sustained => bench.sustained_runs,
+        }
+    }
+
+    /// The load generator's options for run `index` of this profile on `stack`.
+    fn load(self, bench: &BenchOptions, stack: &BenchStack, index: u32) -> LoadOptions {
+        let (logs_per_request, duration_secs, rate) = match self {
+            Self::Seed => (5, bench.duration_secs, None),
+            Self::Single => (1, bench.duration_secs, None),
+            Self::Sustained => (5, bench.sustained_secs, Some(bench.sustained_rate)),
+        };
+        LoadOptions {
+            url: stack.api.url(),
+            devices: 100,
+            connections: 200,
+            logs_per_request,
+            duration_secs,
+            total_logs: None,
+            rate,
+            run: Some(format!(
+                "bench-{}-{}-{index}",
+                self.slug(),
+                std::process::id()
+            )),
+            message_bytes: bench.message_bytes,
+            timeout_ms: 10_000,
+            database_url: Some(stack.database_url.clone()),
+            redis_url: Some(stack.redis.url()),
+            stream: "logs:stream".into(),
+            group: "log_workers".into(),
+            drain_timeout_secs: bench.drain_timeout_secs,
+            quiet: bench.quiet,
+        }
+    }
+}
+
+/// One run as written to `--json-dir`.
+#[derive(Serialize)]
+struct BenchRun<'a> {
+    profile: &'static str,
+    load_average: String,
+    settings: &'a StackSettings,
+    report: &'a Report,
+    diagnosis: &'a Diagnosis,
+}
+
+/// Starts the stack, runs the profiles, prints the table; everything stops on return.
+pub fn run(options: &BenchOptions) -> Result<()> {
+    let settings = StackSettings {
+        workers: options.workers,
+        worker_concurrency: options.worker_concurrency,
+        worker_batch_size: options.worker_batch_size,
+        stream_capacity: options.stream_capacity,
+        appendfsync: options.appendfsync.clone(),
+        api_env: options.api_env.iter().cloned().collect::<Env>(),
+        worker_env: options.worker_env.iter().cloned().collect::<Env>(),
+    };
+    println!(
+        "starting Redis, PostgreSQL, {} worker(s) and the api…",
+        settings.workers
+    );
+    let mut stack = BenchStack::start(&settings)?;
+    if let Some(dir) = &options.json_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.load_threads as usize)
+        .enable_all()
+        .build()?;
+    let rows = runtime.block_on(run_profiles(options, &settings, &mut stack))?;
+    println!("\n{}", table::render(&rows));
+    Ok(())
+}
+
+async fn run_profiles(
+    options: &BenchOptions,
+    settings: &StackSettings,
+    stack: &mut BenchStack,
+) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for &profile in &options.profiles {
+        let runs = profile.runs(options);
+        let mut reports = Vec::new();
+        for index in 1..=runs {
+            stack.truncate()?;
+            let load_average = load_average();
+            println!(
+                "\n== {} — run {index} of {runs} (load average before: {load_average})",
+                profile.name()
+            );
+            let load = profile.load(options, stack, index);
+            let probe = Probe::start(stack).await?;
+            let report = crate::load::run(&load).await?;
+            let diagnosis = probe.finish(stack).await?;
+            print!("{}{}", report.render(), diagnosis.render());
+            if let Some(dir) = &options.json_dir {
+                let path = dir.join(format!("{}-{index}.json", profile.slug()));
+                let run = BenchRun {
+                    profile: profile.slug(),
+                    load_average,
+                    settings,
+                    report: &report,
+                    diagnosis: &diagnosis,
+                };
+                std::fs::write(&path, serde_json::to_vec_pretty(&run)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            reports.push(report);
+        }
+        rows.push(Row::of(profile.name(), &reports));
+    }
+    Ok(rows)
+}
+
+/// `/proc/loadavg`'s 1, 5 and 15 minute averages: other work on the machine (a build)
+/// makes figures noisy.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn parse_setting(setting: &str) -> Result<(String, String), String> {
+    setting
+        .split_once('=')
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("{setting:?} is not NAME=VALUE"))
+}

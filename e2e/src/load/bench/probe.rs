@@ -1,0 +1,209 @@
+//! Where the time goes during a run: CPU per process (from `/proc`), Redis
+//! `INFO commandstats` and PostgreSQL's `pg_stat_statements`, each reset before the run.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::stack::BenchStack;
+
+/// Clock ticks per second in `/proc/<pid>/stat` (`USER_HZ`, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+/// What a run cost, by process and by command.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Diagnosis {
+    /// CPU used by each part of the stack (and `load`, the generator), in percent of
+    /// one core over the run.
+    pub cpu_percent: BTreeMap<String, f64>,
+    /// Redis commands by total time, slowest first: name, calls, microseconds.
+    pub redis_commands: Vec<(String, u64, u64)>,
+    /// PostgreSQL statements by total time, slowest first: calls, total ms, mean ms,
+    /// rows, query.
+    pub statements: Vec<String>,
+}
+
+impl Diagnosis {
+    /// As text, indented under a run.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let cpu: Vec<String> = self
+            .cpu_percent
+            .iter()
+            .map(|(name, percent)| format!("{name} {percent:.0}%"))
+            .collect();
+        // Writing into a String cannot fail.
+        let _ = writeln!(out, "  cpu        {}", cpu.join("  "));
+        let commands: Vec<String> = self
+            .redis_commands
+            .iter()
+            .take(6)
+            .map(|(name, calls, usec)| {
+                format!(
+                    "{name} {calls} calls {:.1} µs/call",
+                    *usec as f64 / (*calls).max(1) as f64
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "  redis      {}", commands.join("; "));
+        for statement in &self.statements {
+            let _ = writeln!(out, "  postgres   {statement}");
+        }
+        out
+    }
+}
+
+/// A probe started before a run.
+pub struct Probe {
+    started: Instant,
+    cpu: Vec<(&'static str, f64)>,
+}
+
+impl Probe {
+    /// Resets Redis's and PostgreSQL's statistics and reads the CPU used so far.
+    pub async fn start(stack: &mut BenchStack) -> Result<Self> {
+        redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async::<()>(&mut stack.redis().await?)
+            .await?;
+        stack
+            .postgres
+            .psql("logs", "select pg_stat_statements_reset()")?;
+        Ok(Self {
+            started: Instant::now(),
+            cpu: cpu_by_part(stack).await?,
+        })
+    }
+
+    /// What the run cost since [`start`](Self::start).
+    pub async fn finish(self, stack: &mut BenchStack) -> Result<Diagnosis> {
+        let wall = self.started.elapsed().as_secs_f64();
+        let mut cpu_percent = BTreeMap::new();
+        for ((name, before), (_, after)) in self.cpu.iter().zip(cpu_by_part(stack).await?) {
+            *cpu_percent.entry((*name).to_owned()).or_insert(0.0) +=
+                (after - before) / wall * 100.0;
+        }
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut stack.redis().await?)
+            .await?;
+        let statements = stack.postgres.psql(
+            "logs",
+            "select format('%s calls, %s ms total, %s ms mean, %s rows: %s', calls, \
+             round(total_exec_time), round(mean_exec_time::numeric, 2), rows, \
+             left(regexp_replace(query, '\\s+', ' ', 'g'), 110)) \
+             from pg_stat_statements order by total_exec_time desc limit 6",
+        )?;
+        Ok(Diagnosis {
+            cpu_percent,
+            redis_commands: command_stats(&info),
+            statements: statements.lines().map(str::to_owned).collect(),
+        })
+    }
+}
+
+/// CPU seconds used so far by each part of the stack and by this process.
+async fn cpu_by_part(stack: &mut BenchStack) -> Result<Vec<(&'static str, f64)>> {
+    let mut used = Vec::new();
+    for (name, pid) in stack.pids().await? {
+        let mut secs = cpu_secs(pid)?;
+        if name == "postgres" {
+            // Each connection is a child process of the postmaster.
+            secs += children_of(pid)?
+                .into_iter()
+                .map(|child| cpu_secs(child).unwrap_or(0.0))
+                .sum::<f64>();
+        }
+        used.push((name, secs));
+    }
+    used.push(("load", cpu_secs(std::process::id())?));
+    Ok(used)
+}
+
+/// The user and system CPU seconds of process `pid`.
+fn cpu_secs(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let fields = stat_fields(&stat).with_context(|| format!("parsing /proc/{pid}/stat"))?;
+    // Fields 14 and 15 (utime, stime); `fields` starts at field 3.
+    let ticks = |index: usize| -> Option<f64> { fields.get(index)?.parse().ok() };
+    let (user, system) = ticks(11).zip(ticks(12)).context("no CPU times")?;
+    Ok((user + system) / USER_HZ)
+}
+
+/// The fields of a `/proc/<pid>/stat` line after the command name (from field 3, the
+/// state).
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().collect())
+}
+
+/// The running children of process `parent`.
+fn children_of(parent: u32) -> Result<Vec<u32>> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A process may exit between listing and reading.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let ppid = stat_fields(&stat).and_then(|fields| fields.get(1)?.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            children.push(pid);
+        }
+    }
+    Ok(children)
+}
+
+/// `INFO commandstats` as (command, calls, microseconds), the most time first.
+fn command_stats(info: &str) -> Vec<(String, u64, u64)> {
+    let mut commands: Vec<(String, u64, u64)> = info
+        .lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let stat = |key: &str| {
+                stats
+                    .split(',')
+                    .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+                    .and_then(|value| value.parse::<u64>().ok())
+            };
+            Some((name.to_owned(), stat("calls")?, stat("usec")?))
+        })
+        .collect();
+    commands.sort_by(|a, b| b.2.cmp(&a.2));
+    commands
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_stats_are_parsed_and_sorted_by_time() {
+        let info = "# Commandstats\r\n\
+            cmdstat_xadd:calls=10,usec=50,usec_per_call=5.00,rejected_calls=0,failed_calls=0\r\n\
+            cmdstat_evalsha:calls=10,usec=200,usec_per_call=20.00,rejected_calls=0,failed_calls=0\r\n";
+        assert_eq!(
+            command_stats(info),
+            vec![("evalsha".into(), 10, 200), ("xadd".into(), 10, 50)]
+        );
+    }
+
+    #[test]
+    fn stat_fields_start_after_the_command_name() {
+        let stat = "42 (postgres: a (b)) S 7 42 42 0 -1 4194560 1 0 0 0 150 25 0 0";
+        let fields = stat_fields(stat).unwrap();
+        assert_eq!(fields[0], "S");
+        assert_eq!(fields[1], "7");
+        assert_eq!((fields[11], fields[12]), ("150", "25"));
+    }
+}

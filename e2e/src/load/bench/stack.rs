@@ -1,0 +1,154 @@
+//! The stack a benchmark runs against: Redis with an append-only file, a durable
+//! PostgreSQL with `pg_stat_statements`, the api and workers — release builds when the
+//! benchmark itself is one.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use redis::aio::MultiplexedConnection;
+
+use crate::postgres::{PostgresOptions, PostgresServer};
+use crate::process::wait_until;
+use crate::redis::{RedisOptions, RedisServer};
+use crate::services::{ApiProcess, Env, WorkerProcess};
+
+/// How to configure the services.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StackSettings {
+    /// Worker processes.
+    pub workers: u32,
+    /// `LOGPIPELINE_CONCURRENCY` of each worker.
+    pub worker_concurrency: u32,
+    /// `LOGPIPELINE_BATCH_SIZE` of each worker.
+    pub worker_batch_size: u32,
+    /// `LOGPIPELINE_STREAM_CAPACITY` of the api.
+    pub stream_capacity: u64,
+    /// Redis `appendfsync`.
+    pub appendfsync: String,
+    /// More api settings.
+    pub api_env: Env,
+    /// More worker settings.
+    pub worker_env: Env,
+}
+
+/// A running benchmark stack; everything stops when it is dropped.
+pub struct BenchStack {
+    /// The api.
+    pub api: ApiProcess,
+    /// The workers.
+    pub workers: Vec<WorkerProcess>,
+    /// PostgreSQL.
+    pub postgres: PostgresServer,
+    /// Redis.
+    pub redis: RedisServer,
+    /// The `logs` database.
+    pub database_url: String,
+}
+
+impl BenchStack {
+    /// Starts Redis, PostgreSQL, the workers (which create the schema) and the api.
+    pub fn start(settings: &StackSettings) -> Result<Self> {
+        let redis = RedisServer::start_with(RedisOptions {
+            append_only: true,
+            extra_args: vec![
+                "--maxmemory-policy".into(),
+                "noeviction".into(),
+                "--appendfsync".into(),
+                settings.appendfsync.clone(),
+            ],
+        })?;
+        let postgres = PostgresServer::start_with(PostgresOptions {
+            durable: true,
+            settings: vec![
+                (
+                    "shared_preload_libraries".into(),
+                    "pg_stat_statements".into(),
+                ),
+                ("pg_stat_statements.track".into(), "all".into()),
+            ],
+        })?;
+        postgres.psql("postgres", "create database logs")?;
+        postgres.psql("logs", "create extension pg_stat_statements")?;
+        let database_url = postgres.url("logs");
+        let mut worker_env = Env::from([
+            (
+                "LOGPIPELINE_CONCURRENCY".into(),
+                settings.worker_concurrency.to_string(),
+            ),
+            (
+                "LOGPIPELINE_BATCH_SIZE".into(),
+                settings.worker_batch_size.to_string(),
+            ),
+        ]);
+        worker_env.extend(settings.worker_env.clone());
+        let mut workers = Vec::new();
+        for index in 0..settings.workers {
+            let mut env = worker_env.clone();
+            env.insert("LOGPIPELINE_CONSUMER_NAME".into(), format!("bench{index}"));
+            workers.push(WorkerProcess::start(&redis.url(), &database_url, &env)?);
+        }
+        // The workers apply the schema as they start.
+        wait_until(
+            "the workers create the logs table",
+            Duration::from_secs(60),
+            || Ok(postgres.psql("logs", "select to_regclass('logs') is not null")? == "t"),
+        )?;
+        let mut api_env = Env::from([(
+            "LOGPIPELINE_STREAM_CAPACITY".into(),
+            settings.stream_capacity.to_string(),
+        )]);
+        api_env.extend(settings.api_env.clone());
+        let api = ApiProcess::start(&redis.url(), &database_url, &api_env)?;
+        Ok(Self {
+            api,
+            workers,
+            postgres,
+            redis,
+            database_url,
+        })
+    }
+
+    /// Empties the `logs` table, so every run starts from the same state (the
+    /// workers are idle between runs).
+    pub fn truncate(&self) -> Result<()> {
+        self.postgres.psql("logs", "truncate logs")?;
+        self.postgres.psql("logs", "checkpoint")?;
+        Ok(())
+    }
+
+    /// A connection to Redis.
+    pub async fn redis(&self) -> Result<MultiplexedConnection> {
+        redis::Client::open(self.redis.url())?
+            .get_multiplexed_async_connection()
+            .await
+            .context("connecting to Redis")
+    }
+
+    /// The process ids of each part of the stack by name: `api`, `worker`, `redis`,
+    /// `postgres` (the postmaster; its children are counted with it).
+    pub async fn pids(&mut self) -> Result<Vec<(&'static str, u32)>> {
+        let mut pids = vec![("api", self.api.process().pid())];
+        for worker in &mut self.workers {
+            pids.push(("worker", worker.process().pid()));
+        }
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut self.redis().await?)
+            .await?;
+        let redis_pid = info
+            .lines()
+            .find_map(|line| line.strip_prefix("process_id:"))
+            .and_then(|pid| pid.trim().parse().ok())
+            .context("Redis INFO has no process_id")?;
+        pids.push(("redis", redis_pid));
+        let postmaster = std::fs::read_to_string(self.postgres.dir().join("data/postmaster.pid"))
+            .context("reading postmaster.pid")?;
+        let postmaster = postmaster
+            .lines()
+            .next()
+            .and_then(|pid| pid.trim().parse().ok())
+            .context("postmaster.pid has no pid")?;
+        pids.push(("postgres", postmaster));
+        Ok(pids)
+    }
+}

@@ -1,0 +1,402 @@
+//! Sending the requests: one task per connection, each a raw HTTP/1.1 client
+//! connection (hyper, no pool), taking the next request number from a shared counter.
+//!
+//! In open loop a request waits for its intended send time; its latency is measured
+//! from that time, so requests delayed because every connection was busy count the
+//! delay. When the connection was idle and the task slept, latency is measured from the
+//! wake-up instead, so the timer's own granularity is not charged to the server.
+//! Refused requests (503) are not retried: the generator measures, and a retry would
+//! mix two requests into one latency.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use hdrhistogram::sync::{Recorder, SyncHistogram};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{CONTENT_TYPE, HOST, RETRY_AFTER};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+use super::body::Bodies;
+use super::ledger::Fate;
+use super::plan::{Plan, Target};
+use super::schedule::Schedule;
+
+/// Causes of a request without a usable answer, as named in the report.
+pub const FAILURE_CAUSES: [&str; 4] = ["timeout", "connect", "io", "bad_answer"];
+
+/// What happened to one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// 200 with the expected number of message ids.
+    Accepted,
+    /// Any other status.
+    Answered {
+        status: StatusCode,
+        retry_after: bool,
+    },
+    /// No usable answer; the index into [`FAILURE_CAUSES`].
+    Failed(usize),
+}
+
+const TIMEOUT: usize = 0;
+const CONNECT: usize = 1;
+const IO: usize = 2;
+const BAD_ANSWER: usize = 3;
+
+/// Running totals, shared by the connection tasks.
+#[derive(Debug)]
+pub struct Counters {
+    requests: AtomicU64,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    errors: AtomicU64,
+    statuses: Box<[AtomicU64]>,
+    failures: [AtomicU64; FAILURE_CAUSES.len()],
+    last_accepted_micros: AtomicU64,
+}
+
+/// A snapshot of the [`Counters`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Requests sent.
+    pub requests: u64,
+    /// Requests answered 200.
+    pub accepted_requests: u64,
+    /// Requests answered 503 with `Retry-After`.
+    pub refused_requests: u64,
+    /// Requests that failed otherwise.
+    pub errors: u64,
+    /// Answers by status code.
+    pub statuses: Vec<(u16, u64)>,
+    /// Failures by cause, as in [`FAILURE_CAUSES`].
+    pub failures: Vec<(&'static str, u64)>,
+    /// When the last 200 came, since the start; `None` if none did.
+    pub last_accepted: Option<Duration>,
+}
+
+impl Counters {
+    fn new() -> Self {
+        Self {
+            requests: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            statuses: (0..1000).map(|_| AtomicU64::new(0)).collect(),
+            failures: std::array::from_fn(|_| AtomicU64::new(0)),
+            last_accepted_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts `outcome` of a request answered `since_start` after the run began, and
+    /// returns its fate unless it was accepted.
+    fn count(&self, outcome: Outcome, since_start: Duration) -> Option<Fate> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Outcome::Accepted => {
+                self.accepted.fetch_add(1, Ordering::Relaxed);
+                self.statuses[200].fetch_add(1, Ordering::Relaxed);
+                self.last_accepted_micros
+                    .fetch_max(since_start.as_micros() as u64, Ordering::Relaxed);
+                None
+            }
+            Outcome::Answered {
+                status,
+                retry_after,
+            } => {
+                if let Some(count) = self.statuses.get(usize::from(status.as_u16())) {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                if status == StatusCode::SERVICE_UNAVAILABLE && retry_after {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(if status.is_client_error() {
+                    Fate::Rejected
+                } else {
+                    Fate::Unconfirmed
+                })
+            }
+            Outcome::Failed(cause) => {
+                self.failures[cause].fetch_add(1, Ordering::Relaxed);
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                Some(Fate::Unconfirmed)
+            }
+        }
+    }
+
+    /// The totals now.
+    pub fn tally(&self) -> Tally {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let accepted_requests = load(&self.accepted);
+        Tally {
+            requests: load(&self.requests),
+            accepted_requests,
+            refused_requests: load(&self.refused),
+            errors: load(&self.errors),
+            statuses: (0..self.statuses.len())
+                .filter_map(|code| {
+                    let count = load(&self.statuses[code]);
+                    (count > 0).then_some((code as u16, count))
+                })
+                .collect(),
+            failures: FAILURE_CAUSES
+                .iter()
+                .zip(&self.failures)
+                .map(|(cause, count)| (*cause, load(count)))
+                .filter(|(_, count)| *count > 0)
+                .collect(),
+            last_accepted: (accepted_requests > 0)
+                .then(|| Duration::from_micros(load(&self.last_accepted_micros))),
+        }
+    }
+}
+
+/// What every connection task shares.
+struct Shared {
+    plan: Plan,
+    schedule: Schedule,
+    bodies: Bodies,
+    next: AtomicU64,
+    counters: Arc<Counters>,
+}
+
+/// A run in progress: the connection tasks and what they measure.
+pub struct Generator {
+    /// The connection tasks; each returns the fates of its requests that were not
+    /// accepted.
+    pub tasks: JoinSet<Vec<(u64, Fate)>>,
+    /// Their totals.
+    pub counters: Arc<Counters>,
+    histogram: Option<SyncHistogram<u64>>,
+    shared: Arc<Shared>,
+}
+
+impl Generator {
+    /// Starts `plan`'s connections on the current runtime, sending from now on.
+    pub fn start(plan: &Plan) -> anyhow::Result<Self> {
+        // Microseconds, from 1 µs to an hour (longer is recorded as an hour).
+        let mut histogram: SyncHistogram<u64> =
+            Histogram::new_with_bounds(1, 3_600_000_000, 3)?.into_sync();
+        let counters = Arc::new(Counters::new());
+        let shared = Arc::new(Shared {
+            plan: plan.clone(),
+            schedule: Schedule::new(Instant::now(), plan.stop, plan.requests_per_sec),
+            bodies: Bodies::new(&plan.run, plan.logs_per_request, plan.message_bytes),
+            next: AtomicU64::new(0),
+            counters: counters.clone(),
+        });
+        let mut tasks = JoinSet::new();
+        for _ in 0..plan.connections {
+            tasks.spawn(connection(shared.clone(), histogram.recorder()));
+        }
+        histogram.refresh_timeout(Duration::ZERO);
+        Ok(Self {
+            tasks,
+            counters,
+            histogram: Some(histogram),
+            shared,
+        })
+    }
+
+    /// When sending began.
+    pub fn start_time(&self) -> Instant {
+        self.shared.schedule.start()
+    }
+
+    /// Collects the latencies recorded so far (waiting up to `timeout` for busy
+    /// connections) and returns the histogram of all of them.
+    pub async fn latencies(&mut self, timeout: Duration) -> anyhow::Result<&Histogram<u64>> {
+        let mut histogram = self
+            .histogram
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("the latency histogram was lost"))?;
+        let histogram = tokio::task::spawn_blocking(move || {
+            histogram.refresh_timeout(timeout);
+            histogram
+        })
+        .await?;
+        Ok(&**self.histogram.insert(histogram))
+    }
+
+    /// Request numbers handed out so far: every request of the run is below it.
+    pub fn issued(&self) -> u64 {
+        self.shared.next.load(Ordering::Relaxed)
+    }
+}
+
+/// Sends requests on one connection until the schedule ends; returns the fates of the
+/// requests that were not accepted.
+async fn connection(shared: Arc<Shared>, mut recorder: Recorder<u64>) -> Vec<(u64, Fate)> {
+    let mut fates = Vec::new();
+    let mut sender = None;
+    loop {
+        let n = shared.next.fetch_add(1, Ordering::Relaxed);
+        let Some(due) = shared.schedule.due(n, Instant::now()) else {
+            fates.push((n, Fate::NotSent));
+            return fates;
+        };
+        let mut measured_from = due;
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+            measured_from = Instant::now();
+        }
+        let (device, first_seq) = shared.plan.logs_of(n);
+        let body = shared.bodies.request(device, first_seq);
+        let expected_ids = shared.plan.logs_per_request as usize;
+        let exchange = exchange(&mut sender, &shared.plan.target, body, expected_ids);
+        let outcome = tokio::time::timeout(shared.plan.timeout, exchange)
+            .await
+            .unwrap_or(Outcome::Failed(TIMEOUT));
+        let answered = Instant::now();
+        recorder.saturating_record(
+            answered
+                .saturating_duration_since(measured_from)
+                .as_micros() as u64,
+        );
+        if matches!(outcome, Outcome::Failed(_)) {
+            // The connection's state is unknown: open a new one for the next request.
+            sender = None;
+        }
+        let since_start = answered.saturating_duration_since(shared.schedule.start());
+        if let Some(fate) = shared.counters.count(outcome, since_start) {
+            fates.push((n, fate));
+        }
+        if matches!(outcome, Outcome::Failed(CONNECT)) {
+            // Do not spin while the server is unreachable.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Sends one request on `sender`, connecting first when there is none.
+async fn exchange(
+    sender: &mut Option<SendRequest<Full<Bytes>>>,
+    target: &Target,
+    body: Bytes,
+    expected_ids: usize,
+) -> Outcome {
+    if sender.as_ref().is_none_or(SendRequest::is_closed) {
+        match connect(target).await {
+            Ok(connected) => *sender = Some(connected),
+            Err(_) => return Outcome::Failed(CONNECT),
+        }
+    }
+    let Some(sender) = sender.as_mut() else {
+        return Outcome::Failed(CONNECT);
+    };
+    let Ok(request) = Request::post(target.path.as_str())
+        .header(HOST, target.authority.as_str())
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(body))
+    else {
+        return Outcome::Failed(IO);
+    };
+    if sender.ready().await.is_err() {
+        return Outcome::Failed(IO);
+    }
+    let Ok(response) = sender.send_request(request).await else {
+        return Outcome::Failed(IO);
+    };
+    let status = response.status();
+    let retry_after = response.headers().contains_key(RETRY_AFTER);
+    let Ok(answer) = response.into_body().collect().await else {
+        return Outcome::Failed(IO);
+    };
+    if status != StatusCode::OK {
+        return Outcome::Answered {
+            status,
+            retry_after,
+        };
+    }
+    if message_ids(&answer.to_bytes()) == Some(expected_ids) {
+        Outcome::Accepted
+    } else {
+        Outcome::Failed(BAD_ANSWER)
+    }
+}
+
+/// The ids in an answer of the api (`message_id` or `message_ids`), without copying them.
+#[derive(Deserialize)]
+struct Answer {
+    message_id: Option<IgnoredAny>,
+    #[serde(default)]
+    message_ids: Vec<IgnoredAny>,
+}
+
+/// How many message ids an answer holds, or `None` when it is not an answer.
+fn message_ids(answer: &[u8]) -> Option<usize> {
+    let answer: Answer = serde_json::from_slice(answer).ok()?;
+    Some(usize::from(answer.message_id.is_some()) + answer.message_ids.len())
+}
+
+async fn connect(target: &Target) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(target.authority.as_str()).await?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    // The connection ends when the sender is dropped or the server closes it; either
+    // way the next request notices through the sender.
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_counted_by_their_message_ids() {
+        assert_eq!(
+            message_ids(br#"{"status":"received","message_id":"1-0","received_at":"x"}"#),
+            Some(1)
+        );
+        assert_eq!(
+            message_ids(br#"{"status":"received","count":2,"message_ids":["1-0.0","1-0.1"]}"#),
+            Some(2)
+        );
+        assert_eq!(message_ids(b"<html>"), None);
+    }
+
+    #[test]
+    fn refusals_errors_and_acceptances_are_counted_apart() {
+        let counters = Counters::new();
+        let at = Duration::from_millis(1500);
+        assert_eq!(counters.count(Outcome::Accepted, at), None);
+        let refused = Outcome::Answered {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            retry_after: true,
+        };
+        assert_eq!(counters.count(refused, at), Some(Fate::Unconfirmed));
+        let invalid = Outcome::Answered {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            retry_after: false,
+        };
+        assert_eq!(counters.count(invalid, at), Some(Fate::Rejected));
+        assert_eq!(
+            counters.count(Outcome::Failed(TIMEOUT), at),
+            Some(Fate::Unconfirmed)
+        );
+        let tally = counters.tally();
+        assert_eq!(
+            (
+                tally.requests,
+                tally.accepted_requests,
+                tally.refused_requests,
+                tally.errors
+            ),
+            (4, 1, 1, 2)
+        );
+        assert_eq!(tally.statuses, vec![(200, 1), (422, 1), (503, 1)]);
+        assert_eq!(tally.failures, vec![("timeout", 1)]);
+        assert_eq!(tally.last_accepted, Some(at));
+    }
+}

@@ -1,0 +1,199 @@
+//! End-to-end mode: watching PostgreSQL and the stream while the load runs, and checking
+//! every row of the run at the end.
+//!
+//! Counting a run's rows with `log_data @> '{"run": …}'` reads every row of the run, so
+//! polling it each second would cost more as the run grows. Instead each poll counts
+//! only the rows added since the previous poll, by primary key range: rows with ids up
+//! to the highest id seen one poll earlier. Ids are taken at insert and committed out of
+//! order, so the newest ids are left for the next poll, when their transactions have
+//! committed; the count during the run may lag by a poll, and the exact figure comes
+//! from the final check. The backlog is `XINFO GROUPS`: lag (not yet delivered) and
+//! pending (delivered, not acknowledged). Workers acknowledge after commit, so lag and
+//! pending both 0 means everything accepted is in PostgreSQL.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures::TryStreamExt;
+use redis::aio::MultiplexedConnection;
+use redis::streams::StreamInfoGroupsReply;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use super::ledger::{Ledger, Verdict};
+
+/// The consumer group's backlog.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Entries not yet delivered to the group, when Redis can tell.
+    pub lag: Option<u64>,
+    /// Entries delivered and not acknowledged.
+    pub pending: u64,
+}
+
+impl Backlog {
+    /// Whether every entry has been delivered and acknowledged.
+    pub fn is_empty(&self) -> bool {
+        self.lag == Some(0) && self.pending == 0
+    }
+}
+
+/// Watches a run's rows and the stream's backlog.
+pub struct Watch {
+    pool: PgPool,
+    redis: MultiplexedConnection,
+    stream: String,
+    group: String,
+    run: String,
+    /// Rows with ids up to here have been counted.
+    counted_to: i64,
+    /// The highest id seen at the previous poll.
+    seen_to: i64,
+    persisted: u64,
+    polls: u64,
+    poll_time: Duration,
+    slowest_poll: Duration,
+}
+
+/// What one poll saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// Rows of the run counted so far.
+    pub persisted: u64,
+    /// The backlog now.
+    pub backlog: Backlog,
+}
+
+/// What watching cost.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WatchCost {
+    /// Polls made.
+    pub polls: u64,
+    /// Mean duration of a poll, in milliseconds.
+    pub mean_ms: f64,
+    /// Slowest poll, in milliseconds.
+    pub max_ms: f64,
+}
+
+impl Watch {
+    /// Connects to the pipeline's database and Redis, to watch run `run` on `stream`'s
+    /// consumer group `group`.
+    pub async fn connect(
+        database_url: &str,
+        redis_url: &str,
+        stream: &str,
+        group: &str,
+        run: &str,
+    ) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(database_url)
+            .await
+            .context("connecting to PostgreSQL")?;
+        let redis = redis::Client::open(redis_url)?
+            .get_multiplexed_async_connection()
+            .await
+            .context("connecting to Redis")?;
+        // The highest id before the run: its rows come after.
+        let start = sqlx::query_scalar::<_, Option<i64>>("select max(id) from logs")
+            .fetch_one(&pool)
+            .await
+            .context("reading the logs table (has a worker created it?)")?
+            .unwrap_or(0);
+        Ok(Self {
+            pool,
+            redis,
+            stream: stream.to_owned(),
+            group: group.to_owned(),
+            run: run.to_owned(),
+            counted_to: start,
+            seen_to: start,
+            persisted: 0,
+            polls: 0,
+            poll_time: Duration::ZERO,
+            slowest_poll: Duration::ZERO,
+        })
+    }
+
+    /// Counts the run's rows added since the last poll and reads the backlog. With
+    /// `settled` (nothing is being inserted any more) it counts up to the newest row.
+    pub async fn poll(&mut self, settled: bool) -> Result<Seen> {
+        let started = Instant::now();
+        let newest = sqlx::query_scalar::<_, Option<i64>>("select max(id) from logs")
+            .fetch_one(&self.pool)
+            .await?
+            .unwrap_or(0);
+        let upto = if settled { newest } else { self.seen_to };
+        if upto > self.counted_to {
+            // The run's rows in an id range: a primary key range scan, then a filter.
+            let count: i64 = sqlx::query_scalar(
+                "select count(*) from logs where id > $1 and id <= $2 and log_data->>'run' = $3",
+            )
+            .bind(self.counted_to)
+            .bind(upto)
+            .bind(&self.run)
+            .fetch_one(&self.pool)
+            .await?;
+            self.persisted += count as u64;
+            self.counted_to = upto;
+        }
+        self.seen_to = newest;
+        let backlog = self.backlog().await?;
+        let took = started.elapsed();
+        self.polls += 1;
+        self.poll_time += took;
+        self.slowest_poll = self.slowest_poll.max(took);
+        Ok(Seen {
+            persisted: self.persisted,
+            backlog,
+        })
+    }
+
+    async fn backlog(&mut self) -> Result<Backlog> {
+        let reply: StreamInfoGroupsReply = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.stream)
+            .query_async(&mut self.redis)
+            .await
+            .with_context(|| format!("XINFO GROUPS {}", self.stream))?;
+        let group = reply
+            .groups
+            .into_iter()
+            .find(|group| group.name == self.group)
+            .with_context(|| format!("stream {} has no group {}", self.stream, self.group))?;
+        Ok(Backlog {
+            lag: group.lag.map(|lag| lag as u64),
+            pending: group.pending as u64,
+        })
+    }
+
+    /// What the polls cost so far.
+    pub fn cost(&self) -> WatchCost {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        WatchCost {
+            polls: self.polls,
+            mean_ms: if self.polls == 0 {
+                0.0
+            } else {
+                ms(self.poll_time) / self.polls as f64
+            },
+            max_ms: ms(self.slowest_poll),
+        }
+    }
+
+    /// Reads every row of the run (through the GIN index on `log_data`) into `ledger`
+    /// and returns its verdict.
+    pub async fn verify(&self, mut ledger: Ledger) -> Result<Verdict> {
+        let run = serde_json::json!({ "run": self.run });
+        let mut rows = sqlx::query_as::<_, (Option<i64>, Option<i64>)>(
+            "select (log_data->>'device')::bigint, (log_data->>'seq')::bigint \
+             from logs where log_data @> $1",
+        )
+        .bind(run)
+        .fetch(&self.pool);
+        while let Some((device, seq)) = rows.try_next().await? {
+            ledger.row(device, seq);
+        }
+        Ok(ledger.verdict())
+    }
+}
