@@ -468,10 +468,10 @@ pub fn shared() -> Result<&'static KubeCluster> {
 /// Path of a binary of this workspace, built on demand with the same profile and target
 /// directory as the running test.
 ///
-/// It builds every target of the workspace: that resolves features exactly as
-/// `cargo test --workspace` does, so the build reuses what the test run compiled and
-/// only links the binary (building one package alone would unify features differently
-/// and compile its whole dependency tree again).
+/// It builds the targets `cargo test --workspace` builds: that resolves features exactly
+/// as the test run did, so the build reuses what it compiled and only links the binary
+/// (building one package alone would unify features differently and compile its whole
+/// dependency tree again).
 pub fn workspace_binary(binary: &str) -> Result<PathBuf> {
     static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
     let profile_dir = BUILT
@@ -499,7 +499,9 @@ fn build_workspace() -> Result<PathBuf> {
             "build",
             "--quiet",
             "--workspace",
-            "--all-targets",
+            "--bins",
+            "--tests",
+            "--examples",
             "--target-dir",
         ])
         .arg(target_dir);

@@ -187,13 +187,23 @@ async fn reconcile_inner(lp: &LogPipeline, ctx: &Context) -> Result<Action> {
     // How many workers.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
     let worker_name = render::component_name(&name, Component::Worker);
-    let current = deployments
-        .get_opt(&worker_name)
-        .await?
-        .and_then(|d| d.spec.and_then(|s| s.replicas))
+    let existing_worker = deployments.get_opt(&worker_name).await?;
+    let current = existing_worker
+        .as_ref()
+        .and_then(|d| d.spec.as_ref()?.replicas)
         .unwrap_or(lp.spec.worker.min_replicas);
+    let last_change = existing_worker
+        .as_ref()
+        .and_then(|d| {
+            d.metadata
+                .annotations
+                .as_ref()?
+                .get(render::LAST_SCALE_TIME)?
+                .parse()
+                .ok()
+        })
+        .or_else(|| previous.last_scale_time.as_ref().map(|t| t.0));
     let policy = Policy::from(&lp.spec.worker);
-    let last_change = previous.last_scale_time.as_ref().map(|t| t.0);
     let decision = match backlog {
         Some(backlog) => scaling::decide(backlog, current, last_change, now, &policy),
         // Without a reading, only enforce the bounds.
@@ -208,7 +218,11 @@ async fn reconcile_inner(lp: &LogPipeline, ctx: &Context) -> Result<Action> {
     ctx.metrics.record_decision(decision);
 
     // The children.
-    let children = render::render(lp, decision.replicas())?;
+    let scaled_at = match decision {
+        Decision::Scale { .. } => Some(now),
+        Decision::Hold(_) => last_change,
+    };
+    let children = render::render(lp, decision.replicas(), scaled_at)?;
     let changes = apply_children(client, lp, &ns, &children).await?;
     let reference = lp.object_ref(&());
     for change in &changes {
@@ -222,25 +236,21 @@ async fn reconcile_inner(lp: &LogPipeline, ctx: &Context) -> Result<Action> {
         )
         .await;
     }
-    let scaled_at = match decision {
-        Decision::Scale { from, to } => {
-            let backlog = backlog.unwrap_or(Backlog { lag: 0, pending: 0 });
-            let note = format!(
-                "Scaled workers from {from} to {to} (lag {}, pending {})",
-                backlog.lag, backlog.pending
-            );
-            info!(
-                from,
-                to,
-                lag = backlog.lag,
-                pending = backlog.pending,
-                "scaled workers"
-            );
-            publish(ctx, &reference, EventType::Normal, "ScaledWorkers", note).await;
-            Some(now)
-        }
-        Decision::Hold(_) => None,
-    };
+    if let Decision::Scale { from, to } = decision {
+        let backlog = backlog.unwrap_or(Backlog { lag: 0, pending: 0 });
+        let note = format!(
+            "Scaled workers from {from} to {to} (lag {}, pending {})",
+            backlog.lag, backlog.pending
+        );
+        info!(
+            from,
+            to,
+            lag = backlog.lag,
+            pending = backlog.pending,
+            "scaled workers"
+        );
+        publish(ctx, &reference, EventType::Normal, "ScaledWorkers", note).await;
+    }
 
     // The status.
     let api_deployment = deployments

@@ -26,6 +26,7 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
@@ -36,6 +37,9 @@ use crate::{Error, Result};
 pub const MANAGER: &str = "logpipeline-operator";
 /// Pod-template annotation holding a digest of the settings: a change rolls the pods.
 pub const SETTINGS_CHECKSUM: &str = "logpipeline.io/settings-checksum";
+/// Worker-Deployment annotation holding when the operator last changed its replicas,
+/// written together with the replicas so the scaling window survives any status loss.
+pub const LAST_SCALE_TIME: &str = "logpipeline.io/last-scale-time";
 /// Port of the API's HTTP listener (ingest, queries, health, metrics).
 pub const API_PORT: i32 = 8080;
 /// Port of the worker's metrics and health listener.
@@ -88,8 +92,13 @@ pub struct Children {
     pub worker_disruption_budget: PodDisruptionBudget,
 }
 
-/// Renders the child objects of `lp`, with `worker_replicas` worker pods.
-pub fn render(lp: &LogPipeline, worker_replicas: i32) -> Result<Children> {
+/// Renders the child objects of `lp`, with `worker_replicas` worker pods last changed
+/// at `scaled_at`.
+pub fn render(
+    lp: &LogPipeline,
+    worker_replicas: i32,
+    scaled_at: Option<Timestamp>,
+) -> Result<Children> {
     let ctx = RenderContext::new(lp)?;
     let settings = settings(lp);
     let checksum = checksum(&settings);
@@ -104,7 +113,16 @@ pub fn render(lp: &LogPipeline, worker_replicas: i32) -> Result<Children> {
         api_autoscaler: api_autoscaler(lp, &ctx),
         api_ingress: api_ingress(lp, &ctx),
         api_disruption_budget: disruption_budget(&ctx, Component::Api),
-        worker_deployment: worker_deployment(lp, &ctx, &checksum, worker_replicas),
+        worker_deployment: {
+            let mut deployment = worker_deployment(lp, &ctx, &checksum, worker_replicas);
+            if let Some(at) = scaled_at {
+                deployment.metadata.annotations = Some(BTreeMap::from([(
+                    LAST_SCALE_TIME.to_owned(),
+                    at.to_string(),
+                )]));
+            }
+            deployment
+        },
         worker_disruption_budget: disruption_budget(&ctx, Component::Worker),
     })
 }
@@ -609,7 +627,7 @@ mod tests {
 
     #[test]
     fn renders_the_required_children_with_owner_and_labels() {
-        let children = render(&LogPipeline::test(), 3).unwrap();
+        let children = render(&LogPipeline::test(), 3, None).unwrap();
         assert!(children.api_autoscaler.is_none());
         assert!(children.api_ingress.is_none());
         let metas = [
@@ -664,7 +682,7 @@ mod tests {
 
     #[test]
     fn containers_read_secrets_settings_and_pod_name() {
-        let children = render(&LogPipeline::test(), 1).unwrap();
+        let children = render(&LogPipeline::test(), 1, None).unwrap();
         let worker = container_of(&children.worker_deployment);
         let redis = env_of(worker, "REDIS_URL").value_from.as_ref().unwrap();
         let redis = redis.secret_key_ref.as_ref().unwrap();
@@ -695,7 +713,7 @@ mod tests {
 
     #[test]
     fn pods_are_secure_probed_and_scraped() {
-        let children = render(&LogPipeline::test(), 1).unwrap();
+        let children = render(&LogPipeline::test(), 1, None).unwrap();
         for (deployment, port, grace) in [
             (&children.api_deployment, "8080", 35),
             (&children.worker_deployment, "9090", 30),
@@ -753,10 +771,10 @@ mod tests {
 
     #[test]
     fn a_settings_change_changes_the_pod_checksum() {
-        let before = render(&LogPipeline::test(), 1).unwrap();
+        let before = render(&LogPipeline::test(), 1, None).unwrap();
         let mut lp = LogPipeline::test();
         lp.spec.worker.batch_size = 500;
-        let after = render(&lp, 1).unwrap();
+        let after = render(&lp, 1, None).unwrap();
         for (a, b) in [
             (&before.api_deployment, &after.api_deployment),
             (&before.worker_deployment, &after.worker_deployment),
@@ -766,13 +784,13 @@ mod tests {
                 template_annotation(b, SETTINGS_CHECKSUM)
             );
         }
-        let again = render(&LogPipeline::test(), 1).unwrap();
+        let again = render(&LogPipeline::test(), 1, None).unwrap();
         assert_eq!(before, again, "rendering is deterministic");
     }
 
     #[test]
     fn autoscaling_renders_an_hpa_and_leaves_replicas_to_it() {
-        let children = render(&LogPipeline::test().with_autoscaling(3, 12), 1).unwrap();
+        let children = render(&LogPipeline::test().with_autoscaling(3, 12), 1, None).unwrap();
         assert_eq!(
             children.api_deployment.spec.as_ref().unwrap().replicas,
             None
@@ -787,7 +805,12 @@ mod tests {
     #[test]
     fn ingress_has_class_host_and_tls() {
         let lp = LogPipeline::test().with_ingress("logs.example.com", Some("logs-tls"));
-        let ingress = render(&lp, 1).unwrap().api_ingress.unwrap().spec.unwrap();
+        let ingress = render(&lp, 1, None)
+            .unwrap()
+            .api_ingress
+            .unwrap()
+            .spec
+            .unwrap();
         assert_eq!(ingress.ingress_class_name.as_deref(), Some("nginx"));
         let rule = &ingress.rules.unwrap()[0];
         assert_eq!(rule.host.as_deref(), Some("logs.example.com"));
@@ -807,14 +830,26 @@ mod tests {
         let mut lp = LogPipeline::test();
         lp.metadata.uid = None;
         assert!(matches!(
-            render(&lp, 1),
+            render(&lp, 1, None),
             Err(Error::MissingField("metadata.uid"))
         ));
     }
 
     #[test]
+    fn the_worker_deployment_records_the_last_scale_time() {
+        let at: Timestamp = "2026-11-22T01:02:03Z".parse().unwrap();
+        let children = render(&LogPipeline::test(), 4, Some(at)).unwrap();
+        let annotations = children.worker_deployment.metadata.annotations.unwrap();
+        assert_eq!(annotations[LAST_SCALE_TIME], "2026-11-22T01:02:03Z");
+        assert_eq!(
+            annotations[LAST_SCALE_TIME].parse::<Timestamp>().unwrap(),
+            at
+        );
+    }
+
+    #[test]
     fn apply_bodies_carry_type_meta() {
-        let children = render(&LogPipeline::test(), 1).unwrap();
+        let children = render(&LogPipeline::test(), 1, None).unwrap();
         let body = with_type_meta(&children.worker_disruption_budget).unwrap();
         assert_eq!(body["apiVersion"], "policy/v1");
         assert_eq!(body["kind"], "PodDisruptionBudget");

@@ -67,7 +67,7 @@ pub struct Observation {
     pub backlog: Option<Backlog>,
     /// The worker replicas the operator applied.
     pub worker_replicas: i32,
-    /// When the worker replicas changed in this reconcile.
+    /// When the worker replicas last changed (in this reconcile or before).
     pub scaled_at: Option<Timestamp>,
 }
 
