@@ -58,7 +58,7 @@ pub struct DeviceActivity {
     )
 )]
 pub async fn get_stats(State(state): State<AppState>) -> Result<Json<Stats>> {
-    let key = state.cache.key("stats", &());
+    let key = state.cache.key("stats", &TOP_DEVICES);
     if let Some(cached) = state.cache.get(&key).await
         && let Ok(stats) = serde_json::from_slice::<Stats>(&cached)
     {

@@ -465,65 +465,6 @@ pub fn shared() -> Result<&'static KubeCluster> {
         .map_err(|error| anyhow::anyhow!("the shared control plane failed to start: {error}"))
 }
 
-/// Path of a binary of this workspace, built on demand with the same profile and target
-/// directory as the running test.
-///
-/// It builds the targets `cargo test --workspace` builds: that resolves features exactly
-/// as the test run did, so the build reuses what it compiled and only links the binary
-/// (building one package alone would unify features differently and compile its whole
-/// dependency tree again).
-pub fn workspace_binary(binary: &str) -> Result<PathBuf> {
-    static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-    let profile_dir = BUILT
-        .get_or_init(|| build_workspace().map_err(|error| format!("{error:#}")))
-        .as_ref()
-        .map_err(|error| anyhow::anyhow!("{error}"))?;
-    Ok(profile_dir.join(binary))
-}
-
-/// Builds the workspace into the running test's target directory; returns
-/// `<target>/<profile>`.
-fn build_workspace() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    // <target>/<profile>/deps/<test binary>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("the test binary is not in <target>/<profile>/deps")?;
-    let target_dir = profile_dir.parent().context("no target directory")?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    command
-        .current_dir(repo_root())
-        .args([
-            "build",
-            "--quiet",
-            "--workspace",
-            "--bins",
-            "--tests",
-            "--examples",
-            "--target-dir",
-        ])
-        .arg(target_dir);
-    match profile_dir.file_name().and_then(|name| name.to_str()) {
-        Some("debug") => {}
-        Some("release") => {
-            command.arg("--release");
-        }
-        Some(other) => {
-            command.args(["--profile", other]);
-        }
-        None => bail!("cannot tell the build profile from {}", exe.display()),
-    }
-    let output = run(command, None)?;
-    ensure!(
-        output.status.success(),
-        "cargo build of the workspace failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(profile_dir.to_owned())
-}
-
 /// How to run an [`Operator`].
 #[derive(Debug, Clone)]
 pub struct OperatorOptions {
@@ -559,7 +500,7 @@ pub struct Operator {
 impl Operator {
     /// Starts the operator and waits until it serves its health endpoint.
     pub fn start(cluster: &KubeCluster, options: &OperatorOptions) -> Result<Self> {
-        let binary = workspace_binary("logpipeline-operator")?;
+        let binary = crate::services::binaries_dir()?.join("logpipeline-operator");
         let metrics_port = free_port()?;
         let mut command = Command::new(binary);
         command

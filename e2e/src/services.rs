@@ -18,7 +18,11 @@ use tempfile::TempDir;
 use crate::process::{ChildProcess, free_port, scratch_dir, wait_until};
 
 /// The directory holding this build's binaries (`target/<profile>`), after building the
-/// api and worker in it.
+/// workspace's binaries in it with the running program's profile.
+///
+/// A test builds what `cargo test --workspace` builds, which resolves features exactly as
+/// the test run did: the build reuses everything and at most links. A tool (the local
+/// stack, the benchmarks) builds just the api and worker.
 pub fn binaries_dir() -> Result<&'static Path> {
     static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     DIR.get_or_init(|| build_binaries().map_err(|error| format!("{error:#}")))
@@ -30,7 +34,8 @@ fn build_binaries() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     // target/<profile>/deps/<test> for tests, target/<profile>/<bin> for binaries.
     let mut dir = exe.parent().context("no directory")?.to_path_buf();
-    if dir.ends_with("deps") {
+    let is_test = dir.ends_with("deps");
+    if is_test {
         dir.pop();
     }
     let profile = dir
@@ -44,18 +49,13 @@ fn build_binaries() -> Result<PathBuf> {
         .context("no workspace")?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
-    build
-        .current_dir(workspace)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "logpipeline-api",
-            "-p",
-            "logpipeline-worker",
-        ])
-        .arg("--target-dir")
-        .arg(target);
+    build.current_dir(workspace).args(["build", "--quiet"]);
+    if is_test {
+        build.args(["--workspace", "--bins", "--tests", "--examples"]);
+    } else {
+        build.args(["-p", "logpipeline-api", "-p", "logpipeline-worker"]);
+    }
+    build.arg("--target-dir").arg(target);
     match profile.as_str() {
         "debug" => {}
         "release" => {
@@ -67,7 +67,7 @@ fn build_binaries() -> Result<PathBuf> {
     }
     let status = build.status().context("running cargo build")?;
     if !status.success() {
-        bail!("cargo build of the api and worker failed ({status})");
+        bail!("cargo build of the workspace's binaries failed ({status})");
     }
     Ok(dir)
 }

@@ -1,0 +1,243 @@
+//! Measures the read path on a large table: latency of cached and uncached device
+//! queries and of the statistics, against the real api, Redis and PostgreSQL.
+//!
+//! `cargo run --release -p logpipeline-e2e --bin logpipeline-query-bench -- --rows 1000000`
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use logpipeline_e2e::postgres::{PostgresOptions, PostgresServer};
+use logpipeline_e2e::redis::RedisServer;
+use logpipeline_e2e::services::{ApiProcess, Env};
+use serde_json::{Value, json};
+use sqlx::postgres::PgPoolOptions;
+
+/// Fills a `logs` table and measures query latency through the api.
+#[derive(Debug, Parser)]
+#[command(name = "logpipeline-query-bench")]
+struct Args {
+    /// Rows in the logs table.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
+
+    /// Devices the rows are spread over.
+    #[arg(long, default_value_t = 1000)]
+    devices: u64,
+
+    /// Requests measured per kind of query.
+    #[arg(long, default_value_t = 2000)]
+    requests: u32,
+
+    /// Logs per page.
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+
+    /// Write the figures as JSON to this file too.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("logpipeline-query-bench: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("logpipeline-query-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let redis = RedisServer::start()?;
+    let postgres = PostgresServer::start_with(PostgresOptions {
+        durable: true,
+        settings: Vec::new(),
+    })?;
+    let database = postgres.create_database()?;
+    let api = ApiProcess::start(&redis.url(), &database, &Env::new())?;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&database)
+        .await?;
+    let schema = "select count(*) from pg_tables where tablename in ('logs', 'log_counts')";
+    logpipeline_e2e::stack::wait_for_count(&pool, schema, 2, Duration::from_secs(60)).await?;
+
+    fill(&pool, args.rows, args.devices).await?;
+    let client = reqwest::Client::new();
+    let base = api.url();
+
+    // Every request a query of its own (another device, another `until`): all misses.
+    let mut uncached = new_histogram()?;
+    for i in 0..args.requests {
+        let device = u64::from(i) % args.devices;
+        let url = format!(
+            "{base}/api/logs/device-{device}?limit={}&until=2100-01-01T00:00:{:02}.{:06}Z",
+            args.limit,
+            i / 1_000_000 % 60,
+            i % 1_000_000
+        );
+        let (took, page) = timed_get(&client, &url).await?;
+        expect_source(&page, "database")?;
+        uncached.record(micros(took))?;
+    }
+    // One query, asked again and again: all hits.
+    let mut cached = new_histogram()?;
+    let url = format!("{base}/api/logs/device-1?limit={}", args.limit);
+    timed_get(&client, &url).await?;
+    for _ in 0..args.requests {
+        let (took, page) = timed_get(&client, &url).await?;
+        expect_source(&page, "cache")?;
+        cached.record(micros(took))?;
+    }
+    // Statistics with the cache emptied before each request.
+    let mut stats = new_histogram()?;
+    let mut redis_connection = redis::Client::open(redis.url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    for _ in 0..(args.requests / 10).max(10) {
+        let _: () = redis::cmd("DEL")
+            .arg("cache:stats:10")
+            .query_async(&mut redis_connection)
+            .await?;
+        let (took, answer) = timed_get(&client, &format!("{base}/api/stats")).await?;
+        if answer["total_logs"].as_u64() != Some(args.rows) {
+            bail!(
+                "stats counted {} logs, not {}",
+                answer["total_logs"],
+                args.rows
+            );
+        }
+        stats.record(micros(took))?;
+    }
+
+    let report = json!({
+        "rows": args.rows,
+        "devices": args.devices,
+        "limit": args.limit,
+        "uncached_query": summary(&uncached),
+        "cached_query": summary(&cached),
+        "stats_uncached": summary(&stats),
+    });
+    println!(
+        "\nread path on {} rows over {} devices, pages of {} logs, one client:",
+        args.rows, args.devices, args.limit
+    );
+    println!(
+        "{:<22} {:>10} {:>10} {:>10} {:>10}",
+        "", "p50 ms", "p90 ms", "p99 ms", "max ms"
+    );
+    for (name, histogram) in [
+        ("uncached query", &uncached),
+        ("cached query", &cached),
+        ("stats (uncached)", &stats),
+    ] {
+        println!(
+            "{name:<22} {:>10.3} {:>10.3} {:>10.3} {:>10.3}",
+            ms(histogram.value_at_quantile(0.5)),
+            ms(histogram.value_at_quantile(0.9)),
+            ms(histogram.value_at_quantile(0.99)),
+            ms(histogram.max())
+        );
+    }
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Inserts `rows` logs spread over `devices`, a few per millisecond, with every index
+/// in place, and counts them into `log_counts` as the worker would have.
+async fn fill(pool: &sqlx::PgPool, rows: u64, devices: u64) -> Result<()> {
+    const CHUNK: u64 = 250_000;
+    let started = Instant::now();
+    let mut done = 0;
+    while done < rows {
+        let end = (done + CHUNK).min(rows);
+        sqlx::query(
+            "insert into logs (message_id, device_id, log_level, message, log_data, created_at) \
+             select 'bench-' || g, 'device-' || (g % $3), \
+                    (array['DEBUG','INFO','WARNING','ERROR','CRITICAL'])[1 + g % 5], \
+                    'reading ' || g || ' of the pressure sensor is within bounds', \
+                    jsonb_build_object('seq', g, 'firmware', '1.4.2', 'bar', (g % 100) / 10.0), \
+                    timestamptz '2026-01-01' + g * interval '1 millisecond' \
+             from generate_series($1::bigint, $2::bigint - 1) as g",
+        )
+        .bind(i64::try_from(done)?)
+        .bind(i64::try_from(end)?)
+        .bind(i64::try_from(devices)?)
+        .execute(pool)
+        .await?;
+        done = end;
+        eprintln!(
+            "filled {done} of {rows} rows ({:.0} rows/s)",
+            done as f64 / started.elapsed().as_secs_f64()
+        );
+    }
+    sqlx::query(
+        "insert into log_counts (device_id, log_level, stripe, count, last_at) \
+         select device_id, log_level, 0, count(*), max(created_at) from logs group by 1, 2",
+    )
+    .execute(pool)
+    .await?;
+    sqlx::query("vacuum analyze logs").execute(pool).await?;
+    sqlx::query("vacuum analyze log_counts")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+async fn timed_get(client: &reqwest::Client, url: &str) -> Result<(Duration, Value)> {
+    let started = Instant::now();
+    let response = client.get(url).send().await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    let took = started.elapsed();
+    if !status.is_success() {
+        bail!("{url} answered {status}: {body}");
+    }
+    Ok((took, body))
+}
+
+fn expect_source(page: &Value, source: &str) -> Result<()> {
+    if page["source"] != source {
+        bail!("expected a page from the {source}, got {}", page["source"]);
+    }
+    Ok(())
+}
+
+fn new_histogram() -> Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
+}
+
+fn micros(took: Duration) -> u64 {
+    u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+fn ms(micros: u64) -> f64 {
+    micros as f64 / 1000.0
+}
+
+fn summary(histogram: &Histogram<u64>) -> Value {
+    json!({
+        "count": histogram.len(),
+        "p50_ms": ms(histogram.value_at_quantile(0.5)),
+        "p90_ms": ms(histogram.value_at_quantile(0.9)),
+        "p99_ms": ms(histogram.value_at_quantile(0.99)),
+        "max_ms": ms(histogram.max()),
+    })
+}
