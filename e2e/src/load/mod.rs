@@ -65,7 +65,7 @@ pub async fn run(options: &LoadOptions) -> Result<Report> {
             },
             _ = ticks.tick() => {
                 let seen = poll(watch.as_mut(), false).await;
-                let sample = sample(&mut generator, start, seen, plan.logs_per_request).await?;
+                let sample = sample(&generator, start, seen, plan.logs_per_request);
                 progress.push(sample);
             }
         }
@@ -76,10 +76,10 @@ pub async fn run(options: &LoadOptions) -> Result<Report> {
         fates,
         tally: generator.counters.tally(),
     };
-    let histogram = generator.latencies(Duration::from_secs(1)).await?.clone();
+    let histogram = generator.latencies.snapshot();
     let end_to_end = match watch.as_mut() {
         Some(watch) => {
-            Some(end_to_end(watch, &mut generator, &mut progress, options, &plan, &sent).await?)
+            Some(end_to_end(watch, &generator, &mut progress, options, &plan, &sent).await?)
         }
         None => None,
     };
@@ -131,7 +131,7 @@ struct Sent {
 /// Waits for the backlog to drain, then checks every row of the run.
 async fn end_to_end(
     watch: &mut Watch,
-    generator: &mut Generator,
+    generator: &Generator,
     progress: &mut Progress,
     options: &LoadOptions,
     plan: &Plan,
@@ -229,18 +229,15 @@ async fn poll(watch: Option<&mut Watch>, settled: bool) -> Option<Seen> {
     }
 }
 
-async fn sample(
-    generator: &mut Generator,
+fn sample(
+    generator: &Generator,
     start: Instant,
     seen: Option<Seen>,
     logs_per_request: u64,
-) -> Result<Sample> {
-    let p99_micros = generator
-        .latencies(Duration::from_millis(100))
-        .await?
-        .value_at_quantile(0.99);
+) -> Sample {
+    let p99_micros = generator.latencies.quantile(0.99);
     let tally = generator.counters.tally();
-    Ok(Sample {
+    Sample {
         t_secs: start.elapsed().as_secs_f64(),
         requests: tally.requests,
         accepted_logs: tally.accepted_requests * logs_per_request,
@@ -249,7 +246,7 @@ async fn sample(
         persisted_logs: seen.map(|seen| seen.persisted),
         lag: seen.and_then(|seen| seen.backlog.lag),
         pending: seen.map(|seen| seen.backlog.pending),
-    })
+    }
 }
 
 fn backlog_logs(sample: &Sample, logs_per_request: u64) -> u64 {
@@ -260,7 +257,7 @@ fn backlog_logs(sample: &Sample, logs_per_request: u64) -> u64 {
 /// each second; returns when that happened, or `None` after the drain timeout.
 async fn drain(
     watch: &mut Watch,
-    generator: &mut Generator,
+    generator: &Generator,
     progress: &mut Progress,
     options: &LoadOptions,
     plan: &Plan,
@@ -274,12 +271,12 @@ async fn drain(
             let drained = Instant::now();
             // Nothing is being inserted any more: count up to the newest row.
             let seen = poll(Some(watch), true).await;
-            progress.push(sample(generator, start, seen, plan.logs_per_request).await?);
+            progress.push(sample(generator, start, seen, plan.logs_per_request));
             return Ok(Some(drained));
         }
         if Instant::now() >= next_sample {
             next_sample += TICK;
-            progress.push(sample(generator, start, seen, plan.logs_per_request).await?);
+            progress.push(sample(generator, start, seen, plan.logs_per_request));
         }
         tokio::time::sleep(DRAIN_POLL).await;
     }

@@ -179,7 +179,7 @@ fn command_stats(info: &str) -> Vec<(String, u64, u64)> {
             Some((name.to_owned(), stat("calls")?, stat("usec")?))
         })
         .collect();
-    commands.sort_by(|a, b| b.2.cmp(&a.2));
+    commands.sort_by_key(|command| std::cmp::Reverse(command.2));
     commands
 }
 
