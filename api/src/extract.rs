@@ -52,8 +52,16 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// Parses `bytes` as a `T`: 400 when it is not JSON, 422 with the field's path when it is
-/// JSON that breaks a rule of `T`.
+/// JSON that breaks a rule of `T`. Valid bodies take one plain pass; only a failed one is
+/// parsed again, tracking the path, to say where it broke.
 pub fn parse<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T> {
+    serde_json::from_slice(bytes).or_else(|_| explain(bytes))
+}
+
+/// Parses `bytes` again, tracking the path, to turn its failure into an error that names
+/// the field.
+#[cold]
+fn explain<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();

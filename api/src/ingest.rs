@@ -109,19 +109,25 @@ pub async fn create_batch(
     JsonBody(body): JsonBody,
 ) -> Result<Json<BatchAccepted>> {
     let received_at = now();
-    let batch: LogBatch = parse(&body)?;
-    let count = batch.logs.len();
+    let raw: RawBatch<'_> = parse(&body)?;
+    let logs: Vec<LogRecord> = parse(raw.logs.get().as_bytes()).map_err(|error| match error {
+        Error::InvalidLog(detail) if detail.starts_with('[') => {
+            Error::InvalidLog(format!("logs{detail}"))
+        }
+        Error::InvalidLog(detail) => Error::InvalidLog(format!("logs: {detail}")),
+        other => other,
+    })?;
+    let count = logs.len();
     if !(1..=MAX_BATCH_LOGS).contains(&count) {
         return Err(Error::InvalidLog(format!(
             "logs: must hold 1 to {MAX_BATCH_LOGS} logs, got {count}"
         )));
     }
-    let raw: RawBatch<'_> = parse(&body)?;
     let entry_id = state
         .queue
         .publish(received_at, raw.logs.get().as_bytes())
         .await?;
-    for log in &batch.logs {
+    for log in &logs {
         state.metrics.log_accepted(log.log_level);
     }
     Ok(Json(BatchAccepted {

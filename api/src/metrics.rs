@@ -160,20 +160,18 @@ impl Metrics {
 /// Records every request's route, method, status and duration, and refusals by reason.
 pub async fn track(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = request.method().clone();
     let response = next.run(request).await;
     let inner = &metrics.inner;
     inner
         .http_duration
-        .with_label_values(&[route.as_str(), method.as_str()])
+        .with_label_values(&[route, method.as_str()])
         .observe(started.elapsed().as_secs_f64());
     inner
         .http_requests
-        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
+        .with_label_values(&[route, method.as_str(), response.status().as_str()])
         .inc();
     if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
         inner.rejected.with_label_values(&[*code]).inc();

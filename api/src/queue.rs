@@ -13,13 +13,14 @@ use crate::metrics::Metrics;
 
 /// Adds an entry unless the stream already holds `capacity` entries, atomically: the
 /// check and the add are one script, so concurrent requests cannot overshoot. Returns
-/// the new entry's id, or nil when the stream is full. The stream is never trimmed
+/// the new entry's id, or nil when the stream is full. `ARGV[2..7]` are the
+/// entry's three fields and values ([`codec::encode`]). The stream is never trimmed
 /// here: only entries the workers have acknowledged are removed, by the workers.
 const ADMIT: &str = r"
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then
     return false
 end
-return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+return redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 ";
 
 /// The stream accepted logs go to.

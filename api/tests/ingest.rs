@@ -216,6 +216,14 @@ async fn bad_input_gets_the_right_status_and_a_clear_error() {
         (
             "/api/logs/batch",
             Some("application/json"),
+            json!({"logs": "not a list"}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_log",
+            "logs: invalid type: string",
+        ),
+        (
+            "/api/logs/batch",
+            Some("application/json"),
             json!({"entries": []}).to_string(),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_log",

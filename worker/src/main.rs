@@ -3,6 +3,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use logpipeline_worker::config::Config;
 
+/// mimalloc: the hot path allocates per request from every runtime thread, where glibc's
+/// arenas showed in profiles as lock waits and consolidation.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();

@@ -17,6 +17,11 @@ struct Args {
     bench: BenchOptions,
 }
 
+/// mimalloc: the hot path allocates per request from every runtime thread, where glibc's
+/// arenas showed in profiles as lock waits and consolidation.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     match bench::run(&Args::parse().bench) {
         Ok(()) => ExitCode::SUCCESS,

@@ -27,6 +27,11 @@ struct Args {
     threads: Option<u32>,
 }
 
+/// mimalloc: the hot path allocates per request from every runtime thread, where glibc's
+/// arenas showed in profiles as lock waits and consolidation.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     match run(Args::parse()) {
         Ok(true) => ExitCode::SUCCESS,
