@@ -145,12 +145,10 @@ pub async fn run(config: Config) -> Result<()> {
         query_cache_ttl: Duration::from_secs(config.query_cache_ttl_secs),
         stats_cache_ttl: Duration::from_secs(config.stats_cache_ttl_secs),
     };
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| Error::Bind {
-            address: config.listen,
-            source,
-        })?;
+    let listener = logpipeline_core::net::listen(config.listen).map_err(|source| Error::Bind {
+        address: config.listen,
+        source,
+    })?;
     info!(address = %config.listen, stream = %config.stream.stream, "serving");
     let drain = Duration::from_secs(config.shutdown_timeout_secs);
     serve(listener, app(state), shutdown.cancelled_owned(), drain).await

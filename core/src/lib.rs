@@ -5,6 +5,7 @@ pub mod codec;
 pub mod config;
 pub mod db;
 pub mod metrics;
+pub mod net;
 pub mod record;
 pub mod retry;
 pub mod shutdown;

@@ -19,6 +19,9 @@ pub struct Diagnosis {
     /// CPU used by each part of the stack (and `load`, the generator), in percent of
     /// one core over the run.
     pub cpu_percent: BTreeMap<String, f64>,
+    /// Peak resident memory of each process of the stack but PostgreSQL (whose shared
+    /// buffers would dominate), and of the generator, in MiB since it started.
+    pub peak_rss_mib: BTreeMap<String, f64>,
     /// Redis commands by total time, slowest first: name, calls, microseconds.
     pub redis_commands: Vec<(String, u64, u64)>,
     /// PostgreSQL statements by total time, slowest first: calls, total ms, mean ms,
@@ -37,6 +40,12 @@ impl Diagnosis {
             .collect();
         // Writing into a String cannot fail.
         let _ = writeln!(out, "  cpu        {}", cpu.join("  "));
+        let memory: Vec<String> = self
+            .peak_rss_mib
+            .iter()
+            .map(|(name, mib)| format!("{name} {mib:.0} MiB"))
+            .collect();
+        let _ = writeln!(out, "  peak rss   {}", memory.join("  "));
         let commands: Vec<String> = self
             .redis_commands
             .iter()
@@ -86,6 +95,16 @@ impl Probe {
             *cpu_percent.entry((*name).to_owned()).or_insert(0.0) +=
                 (after - before) / wall * 100.0;
         }
+        let mut peak_rss_mib = BTreeMap::new();
+        let mut parts = stack.pids().await?;
+        parts.push(("load", std::process::id()));
+        for (name, pid) in parts {
+            if name != "postgres" {
+                let mib = peak_rss_kib(pid)? / 1024.0;
+                let peak = peak_rss_mib.entry(name.to_owned()).or_insert(0.0_f64);
+                *peak = peak.max(mib);
+            }
+        }
         let info: String = redis::cmd("INFO")
             .arg("commandstats")
             .query_async(&mut stack.redis().await?)
@@ -99,6 +118,7 @@ impl Probe {
         )?;
         Ok(Diagnosis {
             cpu_percent,
+            peak_rss_mib,
             redis_commands: command_stats(&info),
             statements: statements.lines().map(str::to_owned).collect(),
         })
@@ -132,6 +152,17 @@ fn cpu_secs(pid: u32) -> Result<f64> {
     let ticks = |index: usize| -> Option<f64> { fields.get(index)?.parse().ok() };
     let (user, system) = ticks(11).zip(ticks(12)).context("no CPU times")?;
     Ok((user + system) / USER_HZ)
+}
+
+/// The peak resident memory of process `pid` (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("/proc/{pid}/status has no VmHWM"))
 }
 
 /// The fields of a `/proc/<pid>/stat` line after the command name (from field 3, the
@@ -205,5 +236,13 @@ mod tests {
         assert_eq!(fields[0], "S");
         assert_eq!(fields[1], "7");
         assert_eq!((fields[11], fields[12]), ("150", "25"));
+    }
+
+    #[test]
+    fn peak_rss_covers_memory_this_process_touched() {
+        let block = vec![1_u8; 64 << 20];
+        let kib = peak_rss_kib(std::process::id()).unwrap();
+        assert!(kib >= 64.0 * 1024.0, "{kib} KiB");
+        drop(block);
     }
 }
