@@ -72,7 +72,7 @@ mod tests {
         let body = Bodies::new("r1", 1, 10).request(7, 42);
         let log: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(log["device_id"], "device-007");
-        assert_eq!(log["log_level"], "ERROR");
+        assert_eq!(log["log_level"], "WARNING");
         assert_eq!(log["message"].as_str().unwrap().len(), 10);
         assert_eq!(
             log["log_data"],
