@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 use logpipeline_e2e::load::Report;
-use logpipeline_e2e::stack::Stack;
+use logpipeline_e2e::stack::{Stack, wait_for_schema};
 
 /// Runs `logpipeline-load` against `stack` in end-to-end mode with `args`, and reads
 /// the JSON report it writes.
@@ -38,6 +38,9 @@ fn load(stack: &Stack, dir: &Path, run: &str, args: &[&str]) -> Result<Report> {
 #[test]
 fn every_log_the_generator_gets_accepted_is_stored_exactly_once() -> Result<()> {
     let stack = Stack::builder().api().workers(1).start()?;
+    // The generator reads the logs table from the start; the worker creates it.
+    tokio::runtime::Runtime::new()?
+        .block_on(async { wait_for_schema(&stack.pool().await?).await })?;
     let dir = tempfile::tempdir()?;
 
     // Open loop, batches: 3 s at 5,000 logs/s is exactly 3,000 requests of 5 logs.

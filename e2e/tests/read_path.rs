@@ -156,8 +156,10 @@ async fn both_services_expose_prometheus_metrics() {
         .send()
         .await
         .unwrap();
-    get(&client, &format!("{api}/api/logs/device-000")).await;
+    // Queries need the schema, which the services apply in the background.
     let pool = stack.pool().await.unwrap();
+    wait_for_schema(&pool).await.unwrap();
+    get(&client, &format!("{api}/api/logs/device-000")).await;
     wait_for_count(
         &pool,
         "select count(*) from logs",

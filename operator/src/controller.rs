@@ -1,8 +1,9 @@
 //! The reconcile loop: the thin layer between the API server and the pure functions in
 //! [`render`](crate::render), [`scaling`](crate::scaling) and [`status`](crate::status).
 
+use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -42,6 +43,10 @@ pub struct Context {
     pub reporter: Reporter,
     /// Bound on each Redis request when reading the lag.
     pub redis_timeout: Duration,
+    /// The Degraded condition (status, reason) this process last announced, per
+    /// pipeline uid. A reconcile can read a pipeline whose status the watch cache has not
+    /// caught up with yet; without this it would announce the same change twice.
+    announced: Arc<Mutex<HashMap<String, (String, String)>>>,
 }
 
 impl Context {
@@ -61,6 +66,7 @@ impl Context {
             client,
             metrics,
             redis_timeout,
+            announced: Arc::default(),
         }
     }
 }
@@ -459,13 +465,28 @@ async fn announce_degradation(
     previous: &LogPipelineStatus,
     next: &LogPipelineStatus,
 ) {
-    let was = previous
-        .condition(DEGRADED)
-        .map(|c| (c.status.as_str(), c.reason.as_str()));
     let Some(now) = next.condition(DEGRADED) else {
         return;
     };
-    if was == Some((now.status.as_str(), now.reason.as_str())) {
+    let current = (now.status.clone(), now.reason.clone());
+    let key = reference.uid.clone().unwrap_or_else(|| {
+        format!(
+            "{}/{}",
+            reference.namespace.as_deref().unwrap_or_default(),
+            reference.name.as_deref().unwrap_or_default()
+        )
+    });
+    let remembered = ctx
+        .announced
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(key, current.clone());
+    let was = remembered.or_else(|| {
+        previous
+            .condition(DEGRADED)
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    });
+    if was.as_ref() == Some(&current) {
         return;
     }
     if now.status == "True" {
