@@ -5,9 +5,12 @@
 
 mod common;
 
+use std::time::Duration;
+
 use axum::http::{StatusCode, header};
 use common::{Options, STREAM, TestApi};
 use logpipeline_core::codec;
+use logpipeline_e2e::stack::eventually;
 use serde_json::{Value, json};
 
 /// A stream entry's field/value pairs.
@@ -325,15 +328,12 @@ async fn redis_down_answers_503_and_recovers() {
     assert_eq!(body["error"], "queue_unavailable");
     assert_eq!(retry_after.as_deref(), Some("1"));
     fixture.redis.start_again().unwrap();
-    let mut status = StatusCode::SERVICE_UNAVAILABLE;
-    for _ in 0..100 {
-        status = fixture.post_json("/api/log", &a_log("d")).await.status;
-        if status == StatusCode::OK {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, StatusCode::OK, "the api did not reconnect");
+    let fixture = &fixture;
+    eventually("the api reconnects to Redis", Duration::from_secs(10), || async move {
+        Ok(fixture.post_json("/api/log", &a_log("d")).await.status == StatusCode::OK)
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

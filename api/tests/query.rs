@@ -6,9 +6,11 @@
 mod common;
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use common::{Options, TestApi};
+use logpipeline_e2e::stack::eventually;
 use redis::AsyncCommands;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -263,19 +265,14 @@ async fn health_reports_each_dependency_and_probes_tell_liveness_from_readiness(
     assert_eq!(answer.body["status"], "unhealthy");
     assert_eq!(answer.body["postgres"], "unhealthy");
     assert_eq!(api.get("/livez").await.status, StatusCode::OK);
-    let mut ready = StatusCode::SERVICE_UNAVAILABLE;
-    for _ in 0..100 {
-        ready = api.get("/readyz").await.status;
-        if ready == StatusCode::OK {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        ready,
-        StatusCode::OK,
-        "PostgreSQL down does not stop ingest"
-    );
+    let fixture = &api;
+    eventually(
+        "ready while PostgreSQL is down: it does not stop ingest",
+        Duration::from_secs(10),
+        || async move { Ok(fixture.get("/readyz").await.status == StatusCode::OK) },
+    )
+    .await
+    .unwrap();
     let query = api.get("/api/logs/pump-7").await;
     assert_eq!(query.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(query.body["error"], "database_unavailable");
