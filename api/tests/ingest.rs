@@ -186,6 +186,20 @@ async fn bad_input_gets_the_right_status_and_a_clear_error() {
         (
             "/api/log",
             Some("application/json"),
+            // As deep as the hostile-input probe sent: PostgreSQL's jsonb parser cannot
+            // store it ("stack depth limit exceeded").
+            format!(
+                r#"{{"device_id":"d","log_level":"INFO","message":"m","log_data":{{"a":{}{}}}}}"#,
+                "[".repeat(20_000),
+                "]".repeat(20_000)
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_log",
+            "log_data: log_data must not nest objects and arrays more than 64 levels deep",
+        ),
+        (
+            "/api/log",
+            Some("application/json"),
             "[1, 2]".into(),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_log",

@@ -19,6 +19,12 @@ pub const MAX_BATCH_LOGS: usize = 1000;
 pub const MAX_DEVICE_ID_CHARS: usize = 50;
 /// Longest `message`, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 5000;
+/// Deepest nesting of objects and arrays in `log_data`, the object itself being level 1.
+/// PostgreSQL parses `jsonb` recursively and refuses deep documents with "stack depth
+/// limit exceeded" (a few thousand levels, depending on its `max_stack_depth`); the cap
+/// keeps every accepted log storable, and far below serde_json's own recursion limit of
+/// 128, which reads the logs back.
+pub const MAX_LOG_DATA_DEPTH: usize = 64;
 
 /// One log as devices send it and as it travels through the stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -30,7 +36,8 @@ pub struct LogRecord {
     pub log_level: LogLevel,
     /// The text of the log.
     pub message: Message,
-    /// Structured data attached to the log: a JSON object, kept byte for byte.
+    /// Structured data attached to the log: a JSON object, kept byte for byte, whose
+    /// objects and arrays nest at most 64 levels deep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub log_data: Option<LogData>,
@@ -208,6 +215,7 @@ impl TryFrom<Box<RawValue>> for LogData {
             return Err(FieldError("log_data must be a JSON object".into()));
         }
         check_json_escapes(value.get())?;
+        check_json_depth(value.get())?;
         Ok(Self(value))
     }
 }
@@ -251,6 +259,39 @@ fn check_json_escapes(json: &str) -> Result<(), FieldError> {
     }
     if high_surrogate_end.is_some() {
         return Err(unpaired_surrogate());
+    }
+    Ok(())
+}
+
+/// Refuses JSON text whose objects and arrays nest deeper than [`MAX_LOG_DATA_DEPTH`].
+/// `json` is valid JSON already, so brackets outside strings are all structure.
+fn check_json_depth(json: &str) -> Result<(), FieldError> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in json.as_bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_LOG_DATA_DEPTH {
+                    return Err(FieldError(format!(
+                        "log_data must not nest objects and arrays more than {MAX_LOG_DATA_DEPTH} levels deep"
+                    )));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -374,6 +415,27 @@ mod tests {
         for json in accepted {
             assert!(check_json_escapes(json).is_ok(), "{json}");
         }
+    }
+
+    #[test]
+    fn log_data_nests_at_most_the_cap() {
+        let nested = |depth: usize| {
+            let inner = "[".repeat(depth - 1) + &"]".repeat(depth - 1);
+            format!(
+                r#"{{"device_id":"d","log_level":"INFO","message":"m","log_data":{{"a":{inner}}}}}"#
+            )
+        };
+        assert!(parse(&nested(MAX_LOG_DATA_DEPTH)).is_ok());
+        for depth in [MAX_LOG_DATA_DEPTH + 1, 20_000] {
+            let error = parse(&nested(depth)).unwrap_err();
+            assert!(
+                error.contains("more than 64 levels deep"),
+                "{depth}: {error}"
+            );
+        }
+        // Brackets inside strings, escaped quotes included, are text, not structure.
+        let text = format!(r#"{{"a":"\"{}"}}"#, "[{".repeat(100));
+        assert!(check_json_depth(&text).is_ok());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! PostgreSQL exactly once, through worker crashes, a PostgreSQL outage, poison entries,
 //! backpressure and shutdowns.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -115,6 +115,18 @@ async fn pending_count(redis: &mut redis::aio::MultiplexedConnection) -> i64 {
         .await
         .unwrap();
     summary.0
+}
+
+/// The dead-letter stream's entries, each as its fields.
+async fn dead_letters(
+    redis: &mut redis::aio::MultiplexedConnection,
+) -> Vec<HashMap<String, String>> {
+    let dead: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(&["logs:stream:dead", "-", "+"])
+        .query_async(redis)
+        .await
+        .unwrap();
+    dead.into_iter().map(|(_, fields)| fields).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -448,32 +460,15 @@ async fn entries_that_keep_failing_are_dead_lettered_without_blocking_the_rest()
     )
     .await
     .unwrap();
-    let dead: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(&["logs:stream:dead", "-", "+"])
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let field = |fields: &[(String, String)], name: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
     let mut rejected = HashSet::new();
-    for (_, fields) in &dead {
-        let source = field(fields, "source_id");
-        if source == garbage {
-            assert!(field(fields, "reason").contains("invalid"), "{fields:?}");
-            assert_eq!(
-                field(fields, "logs"),
-                "not json",
-                "the entry is kept as it was"
-            );
+    for fields in dead_letters(&mut redis).await {
+        if fields["source_id"] == garbage {
+            assert!(fields["reason"].contains("invalid"), "{fields:?}");
+            assert_eq!(fields["logs"], "not json", "the entry is kept as it was");
         } else {
-            assert!(field(fields, "reason").contains("no_poison"), "{fields:?}");
-            assert_eq!(field(fields, "deliveries"), "3", "{fields:?}");
-            rejected.insert(source);
+            assert!(fields["reason"].contains("no_poison"), "{fields:?}");
+            assert_eq!(fields["deliveries"], "3", "{fields:?}");
+            rejected.insert(fields["source_id"].clone());
         }
     }
     assert_eq!(rejected, poisoned_ids);
@@ -500,6 +495,222 @@ async fn entries_that_keep_failing_are_dead_lettered_without_blocking_the_rest()
         poisoned_rows, 0,
         "a spoilt request is stored all or nothing"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn entries_refused_with_any_sqlstate_are_dead_lettered_while_the_logs_behind_them_are_stored()
+{
+    // One worker process with its default four consumers, and more poison entries than
+    // consumers: before the fix, four entries of class 54 (what PostgreSQL answers to a
+    // `log_data` nested 20,000 deep) stopped every consumer for good.
+    let stack = Stack::builder()
+        .api()
+        .workers(1)
+        .worker_env("LOGPIPELINE_MAX_DELIVERIES", 3)
+        .start()
+        .unwrap();
+    let pool = stack.pool().await.unwrap();
+    logpipeline_e2e::stack::wait_for_schema(&pool)
+        .await
+        .unwrap();
+    // PostgreSQL refuses the logs of device `refused-<SQLSTATE>` with that SQLSTATE,
+    // while it stores every other log: program limits, resources, internal errors,
+    // operator intervention, even a code that claims a lost connection.
+    sqlx::raw_sql(
+        "create function refuse_by_device() returns trigger language plpgsql as $$
+         begin
+             if new.device_id like 'refused-%' then
+                 raise exception 'refused for the test' using errcode = substr(new.device_id, 9);
+             end if;
+             return new;
+         end $$;
+         create trigger refuse_by_device before insert on logs
+             for each row execute function refuse_by_device()",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let classes = [
+        "54001", "53200", "XX000", "57014", "P0001", "08006", "42501",
+    ];
+
+    let client = reqwest::Client::new();
+    let url = stack.api_url().unwrap();
+    let mut refused_ids = HashSet::new();
+    for (seq, class) in classes.iter().enumerate() {
+        let mut log = devices::log("refused", 0, seq);
+        log["device_id"] = format!("refused-{class}").into();
+        let response = client
+            .post(format!("{url}/api/log"))
+            .json(&log)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        refused_ids.insert(body["message_id"].as_str().unwrap().to_owned());
+    }
+    // The real thing, written by a producer that does not check the nesting cap: the
+    // worker refuses to decode it and dead-letters it at once.
+    let mut redis = stack.redis().await.unwrap();
+    let deep = format!(
+        r#"[{{"device_id":"deep","log_level":"INFO","message":"m","log_data":{{"a":{}{}}}}}]"#,
+        "[".repeat(20_000),
+        "]".repeat(20_000)
+    );
+    let deep_id: String = redis
+        .xadd(
+            "logs:stream",
+            "*",
+            &[("v", "1"), ("t", "0"), ("logs", &deep)],
+        )
+        .await
+        .unwrap();
+
+    let healthy = Plan {
+        run: "behind-refused".into(),
+        devices: 10,
+        single_logs_per_device: 20,
+        batches_per_device: 4,
+        batch_size: 5,
+    };
+    let sent = devices::send(&client, &url, &healthy).await.unwrap();
+    wait_for_count(
+        &pool,
+        &run_count_query(&healthy.run),
+        400,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert_exactly_once(&pool, &healthy.run, &sent.message_ids).await;
+
+    let expected = classes.len() + 1;
+    eventually(
+        "every refused entry is dead-lettered",
+        Duration::from_secs(30),
+        || {
+            let mut redis = redis.clone();
+            async move { Ok(redis.xlen::<_, usize>("logs:stream:dead").await? == expected) }
+        },
+    )
+    .await
+    .unwrap();
+    let mut dead_lettered = HashSet::new();
+    for fields in dead_letters(&mut redis).await {
+        if fields["source_id"] == deep_id {
+            assert!(
+                fields["reason"].contains("more than 64 levels deep"),
+                "{fields:?}"
+            );
+        } else {
+            let class = classes
+                .iter()
+                .find(|class| fields["reason"].contains(&format!("({class})")))
+                .unwrap_or_else(|| panic!("no SQLSTATE in the reason: {fields:?}"));
+            assert!(
+                fields["logs"].contains(&format!("refused-{class}")),
+                "{fields:?}"
+            );
+            assert_eq!(fields["deliveries"], "3", "{fields:?}");
+            dead_lettered.insert(fields["source_id"].clone());
+        }
+    }
+    assert_eq!(dead_lettered, refused_ids);
+    assert_eq!(pending_count(&mut redis).await, 0);
+    let worker = &stack.workers[0];
+    let metric = |reason: &str| {
+        worker
+            .metric(&format!(
+                "logpipeline_worker_entries_dead_lettered_total{{reason=\"{reason}\"}}"
+            ))
+            .unwrap()
+    };
+    assert_eq!(metric("rejected"), classes.len() as f64);
+    assert_eq!(metric("undecodable"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_postgres_that_refuses_every_write_is_an_outage_and_dead_letters_nothing() {
+    let stack = Stack::builder()
+        .own_postgres()
+        .api()
+        .workers(1)
+        .worker_env("LOGPIPELINE_MAX_DELIVERIES", 2)
+        .worker_env("LOGPIPELINE_CLAIM_IDLE_MS", 500)
+        .start()
+        .unwrap();
+    let pool = stack.pool().await.unwrap();
+    logpipeline_e2e::stack::wait_for_schema(&pool)
+        .await
+        .unwrap();
+    // As after a failover onto a standby: every connection's transactions become
+    // read-only, and each insert is refused by the server (SQLSTATE 25006), whatever the
+    // log.
+    let read_only = |on: bool| {
+        let pool = pool.clone();
+        async move {
+            let mut connection = pool.acquire().await.unwrap();
+            sqlx::query("set default_transaction_read_only = off")
+                .execute(&mut *connection)
+                .await
+                .unwrap();
+            let setting = if on {
+                "alter system set default_transaction_read_only = on"
+            } else {
+                "alter system reset default_transaction_read_only"
+            };
+            sqlx::query(setting)
+                .execute(&mut *connection)
+                .await
+                .unwrap();
+            sqlx::query("select pg_reload_conf()")
+                .execute(&mut *connection)
+                .await
+                .unwrap();
+        }
+    };
+    read_only(true).await;
+
+    let client = reqwest::Client::new();
+    let url = stack.api_url().unwrap();
+    let plan = Plan {
+        run: "read-only".into(),
+        devices: 10,
+        single_logs_per_device: 10,
+        batches_per_device: 2,
+        batch_size: 5,
+    };
+    let sent = devices::send(&client, &url, &plan).await.unwrap();
+    // Each retry would be a delivery if the refusals were held against the entries; with
+    // two deliveries allowed, six retries are far past where they would be dead-lettered.
+    eventually(
+        "the worker retries the batch as a whole",
+        Duration::from_secs(60),
+        || async { Ok(stack.workers[0].metric("logpipeline_worker_insert_retries_total")? >= 6.0) },
+    )
+    .await
+    .unwrap();
+    let mut redis = stack.redis().await.unwrap();
+    assert_eq!(redis.xlen::<_, i64>("logs:stream:dead").await.unwrap(), 0);
+    assert_eq!(
+        stack.workers[0]
+            .metric("logpipeline_worker_entries_dead_lettered_total{reason=\"rejected\"}")
+            .unwrap(),
+        0.0
+    );
+
+    read_only(false).await;
+    wait_for_count(
+        &pool,
+        &run_count_query(&plan.run),
+        200,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_exactly_once(&pool, &plan.run, &sent.message_ids).await;
+    assert_eq!(redis.xlen::<_, i64>("logs:stream:dead").await.unwrap(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -866,21 +1077,11 @@ async fn an_entry_delivered_too_often_is_dead_lettered_when_claimed() {
     )
     .await
     .unwrap();
-    let dead: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(&["logs:stream:dead", "-", "+"])
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let fields = &dead[0].1;
-    assert!(
-        fields.contains(&("source_id".into(), id.clone())),
-        "{fields:?}"
-    );
-    assert!(
-        fields.contains(&(
-            "reason".into(),
-            "delivered 4 times without being stored".into()
-        )),
+    let dead = dead_letters(&mut redis).await;
+    let fields = &dead[0];
+    assert_eq!(fields["source_id"], id, "{fields:?}");
+    assert_eq!(
+        fields["reason"], "delivered 4 times without being stored",
         "{fields:?}"
     );
     let metric = "logpipeline_worker_entries_dead_lettered_total{reason=\"too_many_deliveries\"}";

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use logpipeline_core::codec::{self, Entry};
 use sqlx::PgPool;
 use time::OffsetDateTime;
+use tracing::debug;
 
 use crate::stream::StreamEntry;
 
@@ -39,6 +40,9 @@ select count(*) from inserted
 
 /// How many stripes each counter of `log_counts` is split over.
 const COUNT_STRIPES: u32 = 16;
+
+/// The device of the synthetic log [`Store::accepts_writes`] inserts and rolls back.
+const PROBE_DEVICE: &str = "logpipeline-probe";
 
 /// An entry read from the stream and decoded.
 #[derive(Debug, Clone)]
@@ -79,10 +83,11 @@ impl Store {
         }
     }
 
-    /// Stores `entries`. When PostgreSQL rejects the batch for its data, the batch is split
-    /// in halves until the rejected entries are alone; all others are stored. Fails only
-    /// for errors that are not about the data (PostgreSQL down, a timeout), which are
-    /// worth retrying as a whole.
+    /// Stores `entries`. When PostgreSQL refuses the batch while it still accepts a
+    /// known-good log (see [`Store::accepts_writes`]), the refusal is about the data: the
+    /// batch is split in halves until the refused entries are alone, and all others are
+    /// stored. Fails for everything else (PostgreSQL down or refusing every write, a
+    /// timeout), which is worth retrying as a whole and says nothing about the entries.
     pub async fn store(&self, entries: &[Decoded]) -> Result<Outcome, sqlx::Error> {
         let mut outcome = Outcome::default();
         // Ranges of `entries` still to store, the next one last.
@@ -92,47 +97,61 @@ impl Store {
             if range.is_empty() {
                 continue;
             }
-            match self.insert(&entries[range.clone()]).await {
+            let batch = &entries[range.clone()];
+            let error = match insert(Columns::of(batch), self.next_stripe(), &self.pool).await {
                 Ok(inserted) => {
                     outcome.inserted += inserted;
-                    outcome.logs += entries[range.clone()]
+                    outcome.logs += batch
                         .iter()
                         .map(|decoded| decoded.entry.logs.len() as u64)
                         .sum::<u64>();
                     outcome.stored.extend(range);
+                    continue;
                 }
-                Err(error) if is_rejection(&error) && range.len() == 1 => {
-                    outcome
-                        .rejected
-                        .push((range.start, rejection_reason(&error)));
-                }
-                Err(error) if is_rejection(&error) => {
-                    let middle = range.start + range.len() / 2;
-                    work.push(middle..range.end);
-                    work.push(range.start..middle);
-                }
+                Err(error) if is_refusal(&error) => error,
                 Err(error) => return Err(error),
+            };
+            if let Err(probe) = self.accepts_writes().await {
+                debug!(%probe, %error, "PostgreSQL refuses a known-good log too: not the batch's fault");
+                return Err(error);
+            }
+            if range.len() == 1 {
+                outcome
+                    .rejected
+                    .push((range.start, rejection_reason(&error)));
+            } else {
+                let middle = range.start + range.len() / 2;
+                work.push(middle..range.end);
+                work.push(range.start..middle);
             }
         }
         outcome.stored.sort_unstable();
         Ok(outcome)
     }
 
-    /// Inserts the logs of `entries` in one statement; returns how many were new.
-    async fn insert(&self, entries: &[Decoded]) -> Result<u64, sqlx::Error> {
-        let columns = Columns::of(entries);
-        let stripe = (self.next_stripe.fetch_add(1, Ordering::Relaxed) % COUNT_STRIPES) as i16;
-        let inserted: i64 = sqlx::query_scalar(INSERT)
-            .bind(columns.message_id)
-            .bind(columns.device_id)
-            .bind(columns.log_level)
-            .bind(columns.message)
-            .bind(columns.log_data)
-            .bind(columns.created_at)
-            .bind(stripe)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(inserted.unsigned_abs())
+    /// Checks that PostgreSQL stores a known-good log right now: the statement of every
+    /// batch, with one synthetic log, in a transaction that is rolled back. A refusal is
+    /// held against an entry only when this succeeds, so an outage that refuses every
+    /// write (a read-only failover, a full disk, a revoked grant, a missing table) is
+    /// never mistaken for bad data, whatever its SQLSTATE.
+    pub async fn accepts_writes(&self) -> Result<(), sqlx::Error> {
+        let stripe = self.next_stripe();
+        let columns = Columns {
+            message_id: vec![format!("{PROBE_DEVICE}:{}:{stripe}", std::process::id())],
+            device_id: vec![PROBE_DEVICE],
+            log_level: vec!["INFO"],
+            message: vec!["probe"],
+            log_data: vec!["{}"],
+            created_at: vec![OffsetDateTime::now_utc()],
+        };
+        let mut transaction = self.pool.begin().await?;
+        insert(columns, stripe, &mut *transaction).await?;
+        transaction.rollback().await
+    }
+
+    /// The counter stripe of the next statement.
+    fn next_stripe(&self) -> i16 {
+        (self.next_stripe.fetch_add(1, Ordering::Relaxed) % COUNT_STRIPES) as i16
     }
 
     /// The connection pool.
@@ -144,6 +163,26 @@ impl Store {
     pub async fn ping(&self) -> bool {
         sqlx::query("select 1").execute(&self.pool).await.is_ok()
     }
+}
+
+/// Inserts `columns` in one statement, counting them in `stripe`; returns how many logs
+/// were new.
+async fn insert<'e>(
+    columns: Columns<'_>,
+    stripe: i16,
+    executor: impl sqlx::PgExecutor<'e>,
+) -> Result<u64, sqlx::Error> {
+    let inserted: i64 = sqlx::query_scalar(INSERT)
+        .bind(columns.message_id)
+        .bind(columns.device_id)
+        .bind(columns.log_level)
+        .bind(columns.message)
+        .bind(columns.log_data)
+        .bind(columns.created_at)
+        .bind(stripe)
+        .fetch_one(executor)
+        .await?;
+    Ok(inserted.unsigned_abs())
 }
 
 /// The batch's logs, one vector per column.
@@ -187,15 +226,11 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// Whether PostgreSQL refused the data itself (SQLSTATE class 22, data exception, or 23,
-/// integrity constraint violation) rather than failing to run the statement.
-pub fn is_rejection(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(error) => error
-            .code()
-            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
-        _ => false,
-    }
+/// Whether PostgreSQL answered the statement with an error, of any SQLSTATE class:
+/// possibly the data's fault, unlike a lost connection or a timeout on this side.
+/// [`Store::store`] decides which it is by probing with a known-good log.
+pub fn is_refusal(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(_))
 }
 
 fn rejection_reason(error: &sqlx::Error) -> String {
