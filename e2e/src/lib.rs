@@ -7,6 +7,7 @@
 pub mod devices;
 pub mod kube;
 pub mod load;
+pub mod node;
 pub mod postgres;
 pub mod process;
 pub mod redis;

@@ -54,7 +54,18 @@ fn spawner() -> &'static mpsc::Sender<SpawnRequest> {
 
 impl ChildProcess {
     /// Starts `command`, sending its stdout and stderr to `log`.
-    pub fn spawn(name: &str, mut command: Command, log: &Path) -> Result<Self> {
+    pub fn spawn(name: &str, command: Command, log: &Path) -> Result<Self> {
+        Self::spawn_with_death_signal(name, command, log, Signal::SIGKILL)
+    }
+
+    /// Like [`ChildProcess::spawn`], but the process gets `death_signal` rather than
+    /// SIGKILL when this process dies: one that cleans up after itself on SIGTERM can.
+    pub fn spawn_with_death_signal(
+        name: &str,
+        mut command: Command,
+        log: &Path,
+        death_signal: Signal,
+    ) -> Result<Self> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         command.stdin(Stdio::null()).stdout(out).stderr(err);
@@ -64,7 +75,7 @@ impl ChildProcess {
         #[allow(unsafe_code)]
         unsafe {
             command.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                nix::sys::prctl::set_pdeathsig(death_signal)?;
                 // The parent may have died between fork and prctl.
                 if nix::unistd::getppid().as_raw() as u32 != parent {
                     return Err(std::io::Error::other("parent exited during spawn"));
@@ -218,14 +229,88 @@ fn remove_orphaned_dirs(prefix: &str) {
         if !named_like_ours {
             continue;
         }
-        let owner = std::fs::read_to_string(path.join(OWNER_FILE))
-            .ok()
-            .and_then(|pid| pid.trim().parse::<i32>().ok());
-        if let Some(owner) = owner
-            && signal::kill(Pid::from_raw(owner), None).is_err()
-        {
+        if !owner_is_alive(&path) {
             let _ = std::fs::remove_dir_all(&path);
         }
+    }
+}
+
+/// Whether the process that made scratch directory `dir` still runs (true when the
+/// directory says nothing about its owner).
+pub fn owner_is_alive(dir: &Path) -> bool {
+    let owner = std::fs::read_to_string(dir.join(OWNER_FILE))
+        .ok()
+        .and_then(|pid| pid.trim().parse::<i32>().ok());
+    match owner {
+        Some(owner) => signal::kill(Pid::from_raw(owner), None).is_ok(),
+        None => true,
+    }
+}
+
+/// Runs `command` to completion and returns its standard output; fails with both its
+/// outputs unless it succeeds.
+pub fn output_of(mut command: Command) -> Result<String> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Runs `command` to completion with its output going where this process's goes (for
+/// long steps whose progress a person should see); fails unless it succeeds.
+pub fn run_visibly(mut command: Command) -> Result<()> {
+    let status = command
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Sends `signal` to every process descended from this one (children, their children…).
+pub fn signal_descendants(signal: Signal) {
+    let own = std::process::id() as i32;
+    // (pid, parent pid) of every process, from /proc/<pid>/stat.
+    let processes: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| {
+                    let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+                    let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                    // The command name may hold spaces and parentheses: skip past its end.
+                    let after_name = &stat[stat.rfind(')')? + 1..];
+                    let parent = after_name.split_whitespace().nth(1)?.parse().ok()?;
+                    Some((pid, parent))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut descendants = vec![own];
+    let mut index = 0;
+    while index < descendants.len() {
+        let parent = descendants[index];
+        descendants.extend(
+            processes
+                .iter()
+                .filter(|(_, ppid)| *ppid == parent)
+                .map(|(pid, _)| *pid),
+        );
+        index += 1;
+    }
+    for pid in descendants.into_iter().skip(1) {
+        let _ = signal::kill(Pid::from_raw(pid), signal);
     }
 }
 

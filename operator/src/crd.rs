@@ -155,6 +155,11 @@ pub struct ApiAutoscaling {
     )]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization_percentage: i32,
+    /// Seconds the autoscaler waits, after the load drops, before it removes API pods
+    /// (its scale-down stabilization window; Kubernetes' default is 300).
+    #[serde(default = "default_api_scale_down_stabilization_secs")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_down_stabilization_secs: i32,
 }
 
 /// An Ingress in front of the API Service.
@@ -332,6 +337,9 @@ fn default_api_min_replicas() -> i32 {
 fn default_cpu_target() -> i32 {
     70
 }
+fn default_api_scale_down_stabilization_secs() -> i32 {
+    300
+}
 fn default_shutdown_timeout_secs() -> i64 {
     20
 }
@@ -416,6 +424,7 @@ pub(crate) mod fixtures {
                 min_replicas: min,
                 max_replicas: max,
                 target_cpu_utilization_percentage: 70,
+                scale_down_stabilization_secs: 300,
             });
             self
         }

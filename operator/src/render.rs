@@ -10,7 +10,8 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    CrossVersionObjectReference, HPAScalingRules, HorizontalPodAutoscaler,
+    HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricSpec,
     MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
@@ -521,6 +522,13 @@ fn api_autoscaler(lp: &LogPipeline, ctx: &RenderContext) -> Option<HorizontalPod
                 }),
                 ..MetricSpec::default()
             }]),
+            behavior: Some(HorizontalPodAutoscalerBehavior {
+                scale_down: Some(HPAScalingRules {
+                    stabilization_window_seconds: Some(autoscaling.scale_down_stabilization_secs),
+                    ..HPAScalingRules::default()
+                }),
+                ..HorizontalPodAutoscalerBehavior::default()
+            }),
             ..HorizontalPodAutoscalerSpec::default()
         }),
         status: None,
@@ -800,6 +808,8 @@ mod tests {
         assert_eq!(hpa.scale_target_ref.name, "logs-api");
         let metric = hpa.metrics.unwrap()[0].resource.clone().unwrap();
         assert_eq!(metric.target.average_utilization, Some(70));
+        let scale_down = hpa.behavior.unwrap().scale_down.unwrap();
+        assert_eq!(scale_down.stabilization_window_seconds, Some(300));
     }
 
     #[test]

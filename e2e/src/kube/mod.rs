@@ -1,14 +1,21 @@
-//! A real Kubernetes control plane for tests: etcd and kube-apiserver on free ports in a
-//! temporary directory, a kubeconfig for `kubectl`, `helm` and the operator, and the
-//! operator itself as a local process.
+//! Real Kubernetes for tests.
+//!
+//! - [`KubeCluster`]: a bare control plane, etcd and kube-apiserver on free ports of
+//!   127.0.0.1 in a temporary directory. No kubelet runs, so pods never start: for what
+//!   the API server alone decides (schemas, CEL rules, RBAC, server-side dry runs).
+//! - [`crate::node::NodeCluster`]: a whole one-node cluster with a kubelet, where pods
+//!   run.
+//! - [`Kubectl`]: `kubectl` and `helm` against either.
+//! - [`Operator`]: the operator binary as a local process.
 //!
 //! The binaries come from `e2e/k8s/build-tools.sh` (built from the Go module proxy and
-//! cached outside the repository). No kubelet, scheduler or controller-manager runs:
-//! pods never start, Deployments get no status unless a test writes it, and nothing
-//! garbage-collects owned objects.
+//! cached outside the repository).
+
+pub mod pki;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
@@ -16,25 +23,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use nix::sys::signal::Signal;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tempfile::TempDir;
 
 use crate::process::{ChildProcess, free_port, scratch_dir, wait_until};
+use pki::{Pki, TokenUser};
 
 /// The pinned tool versions, shared with `build-tools.sh`.
-const VERSIONS: &str = include_str!("../k8s/versions.env");
-/// The bearer token of the test's cluster-admin user.
-const ADMIN_TOKEN: &str = "logpipeline-e2e-admin-token";
+const VERSIONS: &str = include_str!("../../k8s/versions.env");
 
-/// Paths of the control-plane tools.
-#[derive(Debug, Clone)]
-pub struct Tools {
-    pub etcd: PathBuf,
-    pub kube_apiserver: PathBuf,
-    pub helm: PathBuf,
-}
-
-fn version(name: &str) -> Result<&'static str> {
+/// The version `versions.env` pins for `name`, e.g. `KUBERNETES_VERSION`.
+pub fn pinned_version(name: &str) -> Result<&'static str> {
     VERSIONS
         .lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
@@ -42,22 +40,40 @@ fn version(name: &str) -> Result<&'static str> {
         .with_context(|| format!("{name} is missing from e2e/k8s/versions.env"))
 }
 
-/// Where `build-tools.sh` puts the binaries: `$LOGPIPELINE_TOOLS_DIR`, or a versioned
-/// directory under `~/.cache/logpipeline/tools`.
+/// Paths of the tools `build-tools.sh` builds.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub dir: PathBuf,
+    pub etcd: PathBuf,
+    pub kube_apiserver: PathBuf,
+    pub kube_controller_manager: PathBuf,
+    pub kube_scheduler: PathBuf,
+    pub kubelet: PathBuf,
+    pub kube_proxy: PathBuf,
+    pub pause: PathBuf,
+    pub coredns: PathBuf,
+    pub metrics_server: PathBuf,
+    pub traefik: PathBuf,
+    pub helm: PathBuf,
+}
+
+/// `e2e/k8s/build-tools.sh`.
+pub fn build_tools_script() -> PathBuf {
+    repo_root().join("e2e/k8s/build-tools.sh")
+}
+
+/// Where `build-tools.sh` puts the binaries (it says, from the versions it pins).
 pub fn tools_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("LOGPIPELINE_TOOLS_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    let home = std::env::var_os("HOME").context("HOME is not set")?;
-    Ok(PathBuf::from(home)
-        .join(".cache/logpipeline/tools")
-        .join(format!(
-            "kubernetes-{}-etcd-{}-helm-{}-r{}",
-            version("KUBERNETES_VERSION")?,
-            version("ETCD_VERSION")?,
-            version("HELM_VERSION")?,
-            version("TOOLS_REVISION")?
-        )))
+    let output = Command::new(build_tools_script())
+        .arg("--print-dir")
+        .output()
+        .context("running e2e/k8s/build-tools.sh --print-dir")?;
+    ensure!(
+        output.status.success(),
+        "e2e/k8s/build-tools.sh --print-dir failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(PathBuf::from(String::from_utf8(output.stdout)?.trim()))
 }
 
 /// The tools, or an error that says how to build them.
@@ -66,12 +82,33 @@ pub fn tools() -> Result<Tools> {
     let tools = Tools {
         etcd: dir.join("etcd"),
         kube_apiserver: dir.join("kube-apiserver"),
+        kube_controller_manager: dir.join("kube-controller-manager"),
+        kube_scheduler: dir.join("kube-scheduler"),
+        kubelet: dir.join("kubelet"),
+        kube_proxy: dir.join("kube-proxy"),
+        pause: dir.join("pause"),
+        coredns: dir.join("coredns"),
+        metrics_server: dir.join("metrics-server"),
+        traefik: dir.join("traefik"),
         helm: dir.join("helm"),
+        dir,
     };
-    for tool in [&tools.etcd, &tools.kube_apiserver, &tools.helm] {
+    for tool in [
+        &tools.etcd,
+        &tools.kube_apiserver,
+        &tools.kube_controller_manager,
+        &tools.kube_scheduler,
+        &tools.kubelet,
+        &tools.kube_proxy,
+        &tools.pause,
+        &tools.coredns,
+        &tools.metrics_server,
+        &tools.traefik,
+        &tools.helm,
+    ] {
         ensure!(
             tool.is_file(),
-            "{} is missing: build the control-plane tools with e2e/k8s/build-tools.sh (Go from the module proxy, about 20 minutes cold; .ci/run does it)",
+            "{} is missing: e2e/test.sh builds the Kubernetes tools (or run e2e/k8s/build-tools.sh; Go from the module proxy, about 25 minutes cold)",
             tool.display()
         );
     }
@@ -83,140 +120,28 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// A running etcd and kube-apiserver, stopped when dropped.
-#[derive(Debug)]
-pub struct KubeCluster {
-    // Declared first so they are dropped (killed) before the directory goes.
-    apiserver: ChildProcess,
-    etcd: ChildProcess,
-    tools: Tools,
+/// `kubectl` and `helm` against one cluster, as its admin unless told otherwise.
+#[derive(Debug, Clone)]
+pub struct Kubectl {
     kubeconfig: PathBuf,
     server: String,
-    dir: TempDir,
+    ca_cert: PathBuf,
+    helm: PathBuf,
+    /// Where kubeconfigs of other users and helm's own files go.
+    dir: PathBuf,
 }
 
-impl KubeCluster {
-    /// Starts a control plane and waits until the API server is ready.
-    pub fn start() -> Result<Self> {
-        let tools = tools()?;
-        let dir = scratch_dir("logpipeline-kube-")?;
-        let pki = Pki::write(dir.path())?;
-
-        let etcd_port = free_port()?;
-        let peer_port = free_port()?;
-        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let mut etcd = Command::new(&tools.etcd);
-        etcd.args(["--name", "e2e", "--data-dir"])
-            .arg(dir.path().join("etcd"))
-            .args([
-                "--listen-client-urls",
-                &etcd_url,
-                "--advertise-client-urls",
-                &etcd_url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args(["--initial-cluster", &format!("e2e={peer_url}")])
-            .args(["--unsafe-no-fsync", "--log-level", "warn"]);
-        let mut etcd = ChildProcess::spawn("etcd", etcd, &dir.path().join("etcd.log"))?;
-        wait_while_running(&mut etcd, "etcd listens", Duration::from_secs(30), || {
-            Ok(TcpStream::connect(("127.0.0.1", etcd_port)).is_ok())
-        })?;
-
-        let port = free_port()?;
-        let mut apiserver = Command::new(&tools.kube_apiserver);
-        apiserver
-            .args(["--etcd-servers", &etcd_url])
-            .args([
-                "--bind-address",
-                "127.0.0.1",
-                "--advertise-address",
-                "127.0.0.1",
-            ])
-            .args(["--secure-port", &port.to_string()])
-            .arg("--cert-dir")
-            .arg(dir.path().join("apiserver-certs"))
-            .arg("--tls-cert-file")
-            .arg(&pki.server_cert)
-            .arg("--tls-private-key-file")
-            .arg(&pki.server_key)
-            .arg("--client-ca-file")
-            .arg(&pki.ca_cert)
-            .arg("--token-auth-file")
-            .arg(&pki.tokens)
-            .args(["--authorization-mode", "RBAC"])
-            .arg("--service-account-key-file")
-            .arg(&pki.service_account_public_key)
-            .arg("--service-account-signing-key-file")
-            .arg(&pki.service_account_key)
-            .args([
-                "--service-account-issuer",
-                "https://kubernetes.default.svc.cluster.local",
-            ])
-            .args(["--service-cluster-ip-range", "10.96.0.0/16"])
-            .args([
-                "--enable-priority-and-fairness=false",
-                "--profiling=false",
-                "--v=1",
-            ]);
-        let apiserver = ChildProcess::spawn(
-            "kube-apiserver",
-            apiserver,
-            &dir.path().join("kube-apiserver.log"),
-        )?;
-
-        let server = format!("https://127.0.0.1:{port}");
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            kubeconfig_yaml(&server, &pki.ca_cert, ADMIN_TOKEN),
-        )?;
-        let mut cluster = Self {
-            apiserver,
-            etcd,
-            tools,
-            kubeconfig,
-            server,
-            dir,
-        };
-        cluster.wait_ready()?;
-        Ok(cluster)
-    }
-
-    fn wait_ready(&mut self) -> Result<()> {
-        let mut last = String::new();
-        self.etcd.ensure_running()?;
-        let (kubeconfig, apiserver) = (self.kubeconfig.clone(), &mut self.apiserver);
-        let kubectl = |args: &[&str]| {
-            let mut command = Command::new("kubectl");
-            command.arg("--kubeconfig").arg(&kubeconfig).args(args);
-            run(command, None)
-        };
-        let waited = wait_while_running(
-            apiserver,
-            "kube-apiserver is ready",
-            Duration::from_secs(120),
-            || {
-                let output = kubectl(&["get", "--raw", "/readyz"])?;
-                last = String::from_utf8_lossy(&output.stderr).into_owned();
-                if !output.status.success() {
-                    return Ok(false);
-                }
-                // The bootstrap controller creates the `default` namespace shortly after.
-                Ok(kubectl(&["get", "namespace", "default"])?.status.success())
-            },
-        );
-        waited.with_context(|| {
-            format!(
-                "kube-apiserver did not become ready; kubectl said: {last}\nkube-apiserver log:\n{}",
-                self.apiserver.log_tail(30)
-            )
-        })
+impl Kubectl {
+    /// A client of the API server at `server` (whose CA is `ca_cert`) as the user of
+    /// `kubeconfig`, keeping its files in `dir`.
+    pub fn new(kubeconfig: &Path, server: &str, ca_cert: &Path, helm: &Path, dir: &Path) -> Self {
+        Self {
+            kubeconfig: kubeconfig.to_owned(),
+            server: server.to_owned(),
+            ca_cert: ca_cert.to_owned(),
+            helm: helm.to_owned(),
+            dir: dir.to_owned(),
+        }
     }
 
     /// The kubeconfig of a cluster-admin user.
@@ -224,32 +149,26 @@ impl KubeCluster {
         &self.kubeconfig
     }
 
-    /// A kubeconfig that authenticates as ServiceAccount `namespace/name`, with a token
-    /// from the TokenRequest API: a client with exactly the RBAC that account has.
-    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf> {
-        let token = self.kubectl(&["create", "token", name, "-n", namespace, "--duration=1h"])?;
-        let path = self
-            .dir
-            .path()
-            .join(format!("kubeconfig-{namespace}-{name}"));
-        let ca = self.dir.path().join("pki/ca.crt");
-        std::fs::write(&path, kubeconfig_yaml(&self.server, &ca, token.trim()))?;
-        Ok(path)
-    }
-
-    /// `https://127.0.0.1:<port>`.
+    /// The API server's URL.
     pub fn server(&self) -> &str {
         &self.server
     }
 
-    /// The temporary directory of this cluster (logs, certificates, kubeconfig).
+    /// The cluster's directory: its logs, certificates and kubeconfigs.
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        &self.dir
     }
 
-    /// The tool binaries it runs.
-    pub fn tools(&self) -> &Tools {
-        &self.tools
+    /// A kubeconfig that authenticates as ServiceAccount `namespace/name`, with a token
+    /// from the TokenRequest API: a client with exactly the RBAC that account has.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf> {
+        let token = self.kubectl(&["create", "token", name, "-n", namespace, "--duration=1h"])?;
+        let path = self.dir.join(format!("kubeconfig-{namespace}-{name}"));
+        std::fs::write(
+            &path,
+            kubeconfig_yaml(&self.server, &self.ca_cert, token.trim()),
+        )?;
+        Ok(path)
     }
 
     /// Runs `kubectl` against this cluster and returns what it printed, whatever the exit.
@@ -278,15 +197,15 @@ impl KubeCluster {
 
     /// Runs `helm` against this cluster; fails with its error output.
     pub fn helm(&self, args: &[&str]) -> Result<String> {
-        let mut command = Command::new(&self.tools.helm);
+        let mut command = Command::new(&self.helm);
         command
             .args(args)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             // Keep helm's cache, config and data inside the cluster's directory.
-            .env("HELM_CACHE_HOME", self.dir.path().join("helm/cache"))
-            .env("HELM_CONFIG_HOME", self.dir.path().join("helm/config"))
-            .env("HELM_DATA_HOME", self.dir.path().join("helm/data"));
+            .env("HELM_CACHE_HOME", self.dir.join("helm/cache"))
+            .env("HELM_CONFIG_HOME", self.dir.join("helm/config"))
+            .env("HELM_DATA_HOME", self.dir.join("helm/data"));
         succeeded("helm", args, run(command, None)?)
     }
 
@@ -310,8 +229,172 @@ impl KubeCluster {
     }
 }
 
+/// A running etcd and kube-apiserver, stopped when dropped.
+#[derive(Debug)]
+pub struct KubeCluster {
+    // Declared first so they are dropped (killed) before the directory goes.
+    apiserver: ChildProcess,
+    etcd: ChildProcess,
+    tools: Tools,
+    kubectl: Kubectl,
+    _dir: TempDir,
+}
+
+impl Deref for KubeCluster {
+    type Target = Kubectl;
+
+    fn deref(&self) -> &Kubectl {
+        &self.kubectl
+    }
+}
+
+impl KubeCluster {
+    /// Starts a control plane and waits until the API server is ready.
+    pub fn start() -> Result<Self> {
+        let tools = tools()?;
+        let dir = scratch_dir("logpipeline-kube-")?;
+        let admin = TokenUser::new("admin", &["system:masters"])?;
+        let server_names = ["127.0.0.1", "localhost", "kubernetes.default.svc"].map(String::from);
+        let pki = Pki::write(
+            &dir.path().join("pki"),
+            &server_names,
+            std::slice::from_ref(&admin),
+        )?;
+
+        let etcd_port = free_port()?;
+        let peer_port = free_port()?;
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let mut etcd = ChildProcess::spawn(
+            "etcd",
+            etcd_command(&tools, &dir.path().join("etcd"), &etcd_url, peer_port),
+            &dir.path().join("etcd.log"),
+        )?;
+        wait_while_running(&mut etcd, "etcd listens", Duration::from_secs(30), || {
+            Ok(TcpStream::connect(("127.0.0.1", etcd_port)).is_ok())
+        })?;
+
+        let port = free_port()?;
+        let mut apiserver = Command::new(&tools.kube_apiserver);
+        apiserver
+            .args(["--etcd-servers", &etcd_url])
+            .args([
+                "--bind-address",
+                "127.0.0.1",
+                "--advertise-address",
+                "127.0.0.1",
+            ])
+            .args(["--secure-port", &port.to_string()])
+            .arg("--cert-dir")
+            .arg(dir.path().join("apiserver-certs"))
+            .arg("--tls-cert-file")
+            .arg(&pki.apiserver.cert)
+            .arg("--tls-private-key-file")
+            .arg(&pki.apiserver.key)
+            .arg("--client-ca-file")
+            .arg(&pki.ca.cert)
+            .arg("--token-auth-file")
+            .arg(&pki.tokens)
+            .args(["--authorization-mode", "RBAC"])
+            .arg("--service-account-key-file")
+            .arg(&pki.service_account_public_key)
+            .arg("--service-account-signing-key-file")
+            .arg(&pki.service_account_key)
+            .args([
+                "--service-account-issuer",
+                "https://kubernetes.default.svc.cluster.local",
+            ])
+            .args(["--service-cluster-ip-range", "10.96.0.0/16"])
+            .args([
+                "--enable-priority-and-fairness=false",
+                "--profiling=false",
+                "--v=1",
+            ]);
+        let apiserver = ChildProcess::spawn(
+            "kube-apiserver",
+            apiserver,
+            &dir.path().join("kube-apiserver.log"),
+        )?;
+
+        let server = format!("https://127.0.0.1:{port}");
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            kubeconfig_yaml(&server, &pki.ca.cert, &admin.token),
+        )?;
+        let kubectl = Kubectl::new(&kubeconfig, &server, &pki.ca.cert, &tools.helm, dir.path());
+        let mut cluster = Self {
+            apiserver,
+            etcd,
+            tools,
+            kubectl,
+            _dir: dir,
+        };
+        cluster.etcd.ensure_running()?;
+        let kubectl = cluster.kubectl.clone();
+        wait_for_apiserver(&mut cluster.apiserver, &kubectl)?;
+        Ok(cluster)
+    }
+
+    /// The tool binaries it runs.
+    pub fn tools(&self) -> &Tools {
+        &self.tools
+    }
+}
+
+/// etcd with its data in `data_dir`, serving clients on `client_url` (on 127.0.0.1).
+pub fn etcd_command(tools: &Tools, data_dir: &Path, client_url: &str, peer_port: u16) -> Command {
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let mut etcd = Command::new(&tools.etcd);
+    etcd.args(["--name", "e2e", "--data-dir"])
+        .arg(data_dir)
+        .args([
+            "--listen-client-urls",
+            client_url,
+            "--advertise-client-urls",
+            client_url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
+        .args(["--initial-cluster", &format!("e2e={peer_url}")])
+        .args(["--unsafe-no-fsync", "--log-level", "warn"]);
+    etcd
+}
+
+/// Waits until the API server `apiserver` answers `/readyz` and has made the `default`
+/// namespace, failing at once if it exits.
+pub fn wait_for_apiserver(apiserver: &mut ChildProcess, kubectl: &Kubectl) -> Result<()> {
+    let mut last = String::new();
+    let waited = wait_while_running(
+        apiserver,
+        "kube-apiserver is ready",
+        Duration::from_secs(120),
+        || {
+            let output = kubectl.kubectl_output(&["get", "--raw", "/readyz"], None)?;
+            last = String::from_utf8_lossy(&output.stderr).into_owned();
+            if !output.status.success() {
+                return Ok(false);
+            }
+            // The bootstrap controller creates the `default` namespace shortly after.
+            Ok(kubectl
+                .kubectl_output(&["get", "namespace", "default"], None)?
+                .status
+                .success())
+        },
+    );
+    waited.with_context(|| {
+        format!(
+            "kube-apiserver did not become ready; kubectl said: {last}\nkube-apiserver log:\n{}",
+            apiserver.log_tail(30)
+        )
+    })
+}
+
 /// Like [`wait_until`], but fails at once, quoting its log, when `process` exits.
-fn wait_while_running(
+pub fn wait_while_running(
     process: &mut ChildProcess,
     what: &str,
     timeout: Duration,
@@ -362,7 +445,7 @@ fn succeeded(program: &str, args: &[&str], output: Output) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-fn kubeconfig_yaml(server: &str, ca_cert: &Path, token: &str) -> String {
+pub fn kubeconfig_yaml(server: &str, ca_cert: &Path, token: &str) -> String {
     let ca = ca_cert.display();
     format!(
         "apiVersion: v1
@@ -385,66 +468,6 @@ contexts:
 current-context: e2e
 "
     )
-}
-
-/// The certificates and keys of a test control plane.
-struct Pki {
-    ca_cert: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    service_account_key: PathBuf,
-    service_account_public_key: PathBuf,
-    tokens: PathBuf,
-}
-
-impl Pki {
-    fn write(dir: &Path) -> Result<Self> {
-        let pki = dir.join("pki");
-        std::fs::create_dir_all(&pki)?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "logpipeline-e2e-ca");
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
-
-        let mut server_params = CertificateParams::new(vec![
-            "127.0.0.1".to_owned(),
-            "localhost".to_owned(),
-            "kubernetes.default.svc".to_owned(),
-        ])?;
-        server_params
-            .distinguished_name
-            .push(DnType::CommonName, "kube-apiserver");
-        let server_key = KeyPair::generate()?;
-        let server_cert = server_params.signed_by(&server_key, &ca)?;
-        let service_account_key = KeyPair::generate()?;
-
-        let paths = Self {
-            ca_cert: pki.join("ca.crt"),
-            server_cert: pki.join("apiserver.crt"),
-            server_key: pki.join("apiserver.key"),
-            service_account_key: pki.join("service-account.key"),
-            service_account_public_key: pki.join("service-account.pub"),
-            tokens: pki.join("tokens.csv"),
-        };
-        std::fs::write(&paths.ca_cert, ca.pem())?;
-        std::fs::write(&paths.server_cert, server_cert.pem())?;
-        std::fs::write(&paths.server_key, server_key.serialize_pem())?;
-        std::fs::write(
-            &paths.service_account_key,
-            service_account_key.serialize_pem(),
-        )?;
-        std::fs::write(
-            &paths.service_account_public_key,
-            service_account_key.public_key_pem(),
-        )?;
-        std::fs::write(
-            &paths.tokens,
-            format!("{ADMIN_TOKEN},admin,admin-uid,\"system:masters\"\n"),
-        )?;
-        Ok(paths)
-    }
 }
 
 /// One control plane per test process, started on first use, with the CRD installed.
@@ -499,7 +522,7 @@ pub struct Operator {
 
 impl Operator {
     /// Starts the operator and waits until it serves its health endpoint.
-    pub fn start(cluster: &KubeCluster, options: &OperatorOptions) -> Result<Self> {
+    pub fn start(cluster: &Kubectl, options: &OperatorOptions) -> Result<Self> {
         let binary = crate::services::binaries_dir()?.join("logpipeline-operator");
         let metrics_port = free_port()?;
         let mut command = Command::new(binary);
@@ -593,8 +616,12 @@ mod tests {
 
     #[test]
     fn versions_are_pinned() {
-        assert!(version("KUBERNETES_VERSION").unwrap().starts_with("v1.34."));
-        assert!(version("HELM_VERSION").unwrap().starts_with("v3."));
-        assert!(tools_dir().is_ok());
+        assert!(
+            pinned_version("KUBERNETES_VERSION")
+                .unwrap()
+                .starts_with("v1.34.")
+        );
+        assert!(pinned_version("HELM_VERSION").unwrap().starts_with("v3."));
+        assert!(tools_dir().unwrap().starts_with(std::env::var("HOME").unwrap()));
     }
 }
