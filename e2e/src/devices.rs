@@ -1,5 +1,9 @@
 //! Simulated devices that send logs to the api, the way the seed's stress test did.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use anyhow::{Context, Result, bail};
 use futures::future::try_join_all;
 use serde::Deserialize;
@@ -108,4 +112,151 @@ async fn send_as(
         sent.requests += 1;
     }
     Ok(sent)
+}
+
+/// How sending until told to stop went.
+#[derive(Debug, Default)]
+pub struct Continuous {
+    /// The ids of every accepted log.
+    pub message_ids: Vec<String>,
+    /// Requests answered 200.
+    pub accepted: usize,
+    /// Answers other than 200, by status; 503s were retried after their Retry-After.
+    pub refused: BTreeMap<u16, usize>,
+    /// Requests that got no answer (a connection failed, a timeout), with the error.
+    /// They are not retried: whether they landed is unknown.
+    pub failed: Vec<String>,
+}
+
+/// Sends logs of run `run` as `devices` devices at once, `logs_per_request` logs per
+/// request (1 to `POST /api/log`, more to `/api/logs/batch`), each device pausing
+/// `pause` after each answer, until `stop` is set. A 503 is a refusal: the same logs are
+/// sent again after the answer's Retry-After.
+pub async fn send_until(
+    client: &reqwest::Client,
+    base_url: &str,
+    run: &str,
+    devices: usize,
+    logs_per_request: usize,
+    pause: Duration,
+    stop: &AtomicBool,
+) -> Continuous {
+    let device = |device: usize| async move {
+        let mut sent = Continuous::default();
+        let mut seq = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let (path, body) = if logs_per_request == 1 {
+                ("/api/log", log(run, device, seq))
+            } else {
+                let logs: Vec<Value> = (seq..seq + logs_per_request)
+                    .map(|s| log(run, device, s))
+                    .collect();
+                ("/api/logs/batch", json!({ "logs": logs }))
+            };
+            loop {
+                let answer = client
+                    .post(format!("{base_url}{path}"))
+                    .json(&body)
+                    .send()
+                    .await;
+                let response = match answer {
+                    Ok(response) => response,
+                    Err(error) => {
+                        sent.failed.push(format!("{path}: {error:?}"));
+                        break;
+                    }
+                };
+                let status = response.status().as_u16();
+                if status == 200 {
+                    match response.json::<Accepted>().await {
+                        Ok(Accepted {
+                            message_id: Some(id),
+                            ..
+                        }) => sent.message_ids.push(id),
+                        Ok(Accepted {
+                            message_ids: Some(ids),
+                            ..
+                        }) => sent.message_ids.extend(ids),
+                        Ok(_) => sent.failed.push(format!("{path}: an answer without ids")),
+                        Err(error) => sent.failed.push(format!("{path}: {error:?}")),
+                    }
+                    sent.accepted += 1;
+                    break;
+                }
+                *sent.refused.entry(status).or_default() += 1;
+                if status != 503 {
+                    break;
+                }
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+                    .unwrap_or(1);
+                tokio::time::sleep(Duration::from_secs(retry_after)).await;
+            }
+            seq += logs_per_request;
+            tokio::time::sleep(pause).await;
+        }
+        sent
+    };
+    let mut all = Continuous::default();
+    for sent in futures::future::join_all((0..devices).map(device)).await {
+        all.message_ids.extend(sent.message_ids);
+        all.accepted += sent.accepted;
+        for (status, count) in sent.refused {
+            *all.refused.entry(status).or_default() += count;
+        }
+        all.failed.extend(sent.failed);
+    }
+    all
+}
+
+/// What PostgreSQL holds of a run's logs, against the ids the api accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// Logs accepted (ids the api answered).
+    pub accepted: usize,
+    /// Rows of the run.
+    pub rows: usize,
+    /// Rows whose `message_id` another row of the run has too.
+    pub duplicate_ids: usize,
+    /// Rows whose message another row of the run has too (the same log stored twice).
+    pub duplicate_messages: usize,
+    /// Accepted ids with no row.
+    pub missing: usize,
+    /// Rows whose id was never accepted.
+    pub unexpected: usize,
+}
+
+impl Stored {
+    /// Every accepted log is stored, once, and nothing else.
+    pub fn exactly_once(&self) -> bool {
+        self.rows == self.accepted
+            && self.duplicate_ids == 0
+            && self.duplicate_messages == 0
+            && self.missing == 0
+            && self.unexpected == 0
+    }
+}
+
+/// Compares the rows of run `run` (`log_data.run`) with the `accepted` ids.
+pub async fn stored(pool: &sqlx::PgPool, run: &str, accepted: &[String]) -> Result<Stored> {
+    use std::collections::HashSet;
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "select message_id, message from logs where log_data @> jsonb_build_object('run', $1::text)",
+    )
+    .bind(run)
+    .fetch_all(pool)
+    .await?;
+    let ids: HashSet<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
+    let messages: HashSet<&str> = rows.iter().map(|(_, message)| message.as_str()).collect();
+    let accepted_ids: HashSet<&str> = accepted.iter().map(String::as_str).collect();
+    Ok(Stored {
+        accepted: accepted.len(),
+        rows: rows.len(),
+        duplicate_ids: rows.len() - ids.len(),
+        duplicate_messages: rows.len() - messages.len(),
+        missing: accepted_ids.difference(&ids).count(),
+        unexpected: ids.difference(&accepted_ids).count(),
+    })
 }

@@ -28,25 +28,21 @@ fn hundred_thousand_logs(run: &str) -> Plan {
 /// Checks that the rows of `run` are exactly the logs accepted: as many, each id once,
 /// each message once.
 async fn assert_exactly_once(pool: &PgPool, run: &str, accepted: &[String]) {
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "select message_id, message from logs where log_data @> jsonb_build_object('run', $1::text)",
-    )
-    .bind(run)
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    let ids: HashSet<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
-    let messages: HashSet<&str> = rows.iter().map(|(_, message)| message.as_str()).collect();
     let accepted_ids: HashSet<&str> = accepted.iter().map(String::as_str).collect();
     assert_eq!(
         accepted_ids.len(),
         accepted.len(),
         "the api gave an id twice"
     );
-    assert_eq!(rows.len(), accepted.len(), "rows stored vs logs accepted");
-    assert_eq!(ids.len(), rows.len(), "duplicate message ids");
-    assert_eq!(messages.len(), rows.len(), "a log was stored twice");
-    assert_eq!(ids, accepted_ids, "stored ids differ from accepted ids");
+    let stored = devices::stored(pool, run, accepted).await.unwrap();
+    assert_eq!(stored.rows, accepted.len(), "rows stored vs logs accepted");
+    assert_eq!(stored.duplicate_ids, 0, "duplicate message ids");
+    assert_eq!(stored.duplicate_messages, 0, "a log was stored twice");
+    assert_eq!(
+        (stored.missing, stored.unexpected),
+        (0, 0),
+        "stored ids differ from accepted ids"
+    );
 }
 
 fn run_count_query(run: &str) -> String {

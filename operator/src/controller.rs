@@ -157,7 +157,7 @@ async fn reconcile_inner(lp: &LogPipeline, ctx: &Context) -> Result<Action> {
     let (backlog, mut problem) = match redis_url {
         Ok(url) => {
             let reading = lag::read(
-                &url,
+                &lag::resolve_in_namespace(&url, &ns),
                 &lp.spec.stream.name,
                 &lp.spec.stream.group,
                 ctx.redis_timeout,

@@ -11,8 +11,8 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HPAScalingRules, HorizontalPodAutoscaler,
-    HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricSpec,
-    MetricTarget, ResourceMetricSource,
+    HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
+    ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
@@ -47,7 +47,7 @@ pub const API_PORT: i32 = 8080;
 pub const WORKER_METRICS_PORT: i32 = 9090;
 /// Port of the API Service.
 pub const SERVICE_PORT: i32 = 80;
-/// User and group the containers run as (the `nonroot` user of distroless images).
+/// User and group the containers run as (the `nonroot` user of LogPipeline's images).
 const NON_ROOT_ID: i64 = 65532;
 /// Seconds a stopping API pod keeps serving so endpoints drop it before SIGTERM.
 const API_PRE_STOP_SECS: i64 = 5;
@@ -529,7 +529,6 @@ fn api_autoscaler(lp: &LogPipeline, ctx: &RenderContext) -> Option<HorizontalPod
                 }),
                 ..HorizontalPodAutoscalerBehavior::default()
             }),
-            ..HorizontalPodAutoscalerSpec::default()
         }),
         status: None,
     })

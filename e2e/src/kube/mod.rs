@@ -622,6 +622,10 @@ mod tests {
                 .starts_with("v1.34.")
         );
         assert!(pinned_version("HELM_VERSION").unwrap().starts_with("v3."));
-        assert!(tools_dir().unwrap().starts_with(std::env::var("HOME").unwrap()));
+        assert!(
+            tools_dir()
+                .unwrap()
+                .starts_with(std::env::var("HOME").unwrap())
+        );
     }
 }

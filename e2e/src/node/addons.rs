@@ -10,7 +10,11 @@ use crate::kube::{Kubectl, pinned_version, repo_root};
 /// Each add-on, its manifest's name, its version's key in `versions.env`, and what to
 /// wait for once it is applied.
 const ADDONS: [(&str, &str, &str); 3] = [
-    ("coredns", "COREDNS_VERSION", "kube-system/deployment/coredns"),
+    (
+        "coredns",
+        "COREDNS_VERSION",
+        "kube-system/deployment/coredns",
+    ),
     (
         "metrics-server",
         "METRICS_SERVER_VERSION",

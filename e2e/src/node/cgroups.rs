@@ -155,7 +155,11 @@ fn hierarchies() -> Result<Vec<PathBuf>> {
 
 fn collect_procs(dir: &Path, pids: &mut Vec<i32>) {
     if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-        pids.extend(procs.lines().filter_map(|line| line.trim().parse::<i32>().ok()));
+        pids.extend(
+            procs
+                .lines()
+                .filter_map(|line| line.trim().parse::<i32>().ok()),
+        );
     }
     for child in subdirectories(dir) {
         collect_procs(&child, pids);

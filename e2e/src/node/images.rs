@@ -98,7 +98,12 @@ impl ImageBuilder {
     }
 
     /// An image of `files` (source, path in the image) and nothing else.
-    fn scratch(&self, name: &str, files: &[(&Path, &str)], entrypoint: Option<&str>) -> Result<PathBuf> {
+    fn scratch(
+        &self,
+        name: &str,
+        files: &[(&Path, &str)],
+        entrypoint: Option<&str>,
+    ) -> Result<PathBuf> {
         let context = self.work.join(archive_name(name));
         let rootfs = context.join("rootfs");
         std::fs::create_dir_all(&rootfs)?;
@@ -124,10 +129,7 @@ impl ImageBuilder {
             SERVICES_RECIPE.as_bytes().to_vec(),
         ]
         .concat();
-        let cached = cache_dir()?.join(format!(
-            "debian-services-{:016x}.tar",
-            fnv1a(&recipe)
-        ));
+        let cached = cache_dir()?.join(format!("debian-services-{:016x}.tar", fnv1a(&recipe)));
         if cached.is_file() {
             return Ok(cached);
         }

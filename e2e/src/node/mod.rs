@@ -162,10 +162,7 @@ impl Node {
         };
         // From here on, a failure drops `node`, which tears down what exists.
         node.boot(&tools, options, started)?;
-        step(
-            started,
-            &format!("node {} is Ready", node.info.node_name),
-        );
+        step(started, &format!("node {} is Ready", node.info.node_name));
         Ok(node)
     }
 
@@ -235,7 +232,10 @@ impl Node {
             .context("kube-apiserver is not running")?;
         wait_for_apiserver(apiserver, &kubectl)?;
 
-        step(started, "starting kube-controller-manager and kube-scheduler");
+        step(
+            started,
+            "starting kube-controller-manager and kube-scheduler",
+        );
         let controller_manager_args = [
             kubeconfig_flags(&controller_manager),
             vec![
@@ -275,7 +275,8 @@ impl Node {
         step(started, "starting containerd and importing the images");
         let containerd = Containerd::new(&dir.join("containerd"));
         let containerd_args = containerd.configure()?;
-        let containerd_binary = find_on_path("containerd").context("containerd is not installed")?;
+        let containerd_binary =
+            find_on_path("containerd").context("containerd is not installed")?;
         self.spawn_program("containerd", &containerd_binary, &containerd_args)?;
         let process = self
             .processes
@@ -312,7 +313,10 @@ impl Node {
         self.spawn_program(
             "kube-proxy",
             &tools.kube_proxy,
-            &[format!("--config={}", proxy_config.display()), "--v=1".into()],
+            &[
+                format!("--config={}", proxy_config.display()),
+                "--v=1".into(),
+            ],
         )?;
         let node = format!("node/{}", self.info.node_name);
         let kubectl = self.kubectl.clone();
@@ -320,14 +324,13 @@ impl Node {
             for process in &mut self.processes {
                 process.ensure_running()?;
             }
-            Ok(kubectl.kubectl_output(&["get", &node], None)?.status.success())
+            Ok(kubectl
+                .kubectl_output(&["get", &node], None)?
+                .status
+                .success())
         })?;
-        self.kubectl.kubectl(&[
-            "wait",
-            "--for=condition=Ready",
-            "--timeout=120s",
-            &node,
-        ])?;
+        self.kubectl
+            .kubectl(&["wait", "--for=condition=Ready", "--timeout=120s", &node])?;
 
         step(started, "installing CoreDNS, metrics-server and Traefik");
         addons::install(&self.kubectl, Duration::from_secs(180))?;
@@ -580,10 +583,14 @@ impl ComponentUsers {
 /// `--kubeconfig` and the kubeconfigs a component authenticates and authorizes its own
 /// callers with.
 fn kubeconfig_flags(kubeconfig: &Path) -> Vec<String> {
-    ["kubeconfig", "authentication-kubeconfig", "authorization-kubeconfig"]
-        .iter()
-        .map(|flag| format!("--{flag}={}", kubeconfig.display()))
-        .collect()
+    [
+        "kubeconfig",
+        "authentication-kubeconfig",
+        "authorization-kubeconfig",
+    ]
+    .iter()
+    .map(|flag| format!("--{flag}={}", kubeconfig.display()))
+    .collect()
 }
 
 fn apiserver_args(pki: &Pki, node_ip: &str) -> Vec<String> {
@@ -605,7 +612,10 @@ fn apiserver_args(pki: &Pki, node_ip: &str) -> Vec<String> {
         file("service-account-signing-key-file", &pki.service_account_key),
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
         format!("--service-cluster-ip-range={SERVICE_CIDR}"),
-        file("kubelet-client-certificate", &pki.apiserver_kubelet_client.cert),
+        file(
+            "kubelet-client-certificate",
+            &pki.apiserver_kubelet_client.cert,
+        ),
         file("kubelet-client-key", &pki.apiserver_kubelet_client.key),
         // `kubectl logs` and `exec`: the node's name does not resolve, its address does.
         "--kubelet-preferred-address-types=InternalIP".into(),
@@ -648,7 +658,9 @@ fn check_prerequisites() -> Result<()> {
     ensure!(
         missing.is_empty() && Path::new("/usr/lib/cni/bridge").exists(),
         "a node cluster needs Debian packages that are missing: {} (e2e/test.sh installs them)",
-        [missing, vec!["containernetworking-plugins"]].concat().join(" ")
+        [missing, vec!["containernetworking-plugins"]]
+            .concat()
+            .join(" ")
     );
     Ok(())
 }
@@ -681,8 +693,12 @@ impl NodeCluster {
         let mut command = Command::new(binary);
         command.arg("--ready-file").arg(&ready);
         let log = handle_dir.path().join("cluster.log");
-        let mut process =
-            ChildProcess::spawn_with_death_signal("logpipeline-cluster", command, &log, Signal::SIGTERM)?;
+        let mut process = ChildProcess::spawn_with_death_signal(
+            "logpipeline-cluster",
+            command,
+            &log,
+            Signal::SIGTERM,
+        )?;
         wait_while_running(
             &mut process,
             "the node cluster is ready",

@@ -88,7 +88,11 @@ impl Namespaces {
         )?;
         run("ip", &["link", "set", &self.host_veth, "up"])?;
         let ns = ["-n", self.netns.as_str()];
-        run_in("ip", &ns, &["addr", "add", &format!("{node}/30"), "dev", "eth0"])?;
+        run_in(
+            "ip",
+            &ns,
+            &["addr", "add", &format!("{node}/30"), "dev", "eth0"],
+        )?;
         run_in("ip", &ns, &["link", "set", "eth0", "up"])?;
         run_in("ip", &ns, &["link", "set", "lo", "up"])?;
         run_in("ip", &ns, &["route", "add", "default", "via", &host])?;
@@ -153,7 +157,9 @@ impl Namespaces {
 
 /// A /30 in 10.250.0.0/16 that no interface of this machine uses: (host, node).
 fn free_link_addresses() -> Result<(Ipv4Addr, Ipv4Addr)> {
-    let output = Command::new("ip").args(["-o", "-4", "addr", "show"]).output()?;
+    let output = Command::new("ip")
+        .args(["-o", "-4", "addr", "show"])
+        .output()?;
     let used = String::from_utf8_lossy(&output.stdout).into_owned();
     let mut seed = [0u8; 2];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut seed)?;

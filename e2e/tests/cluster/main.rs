@@ -1,0 +1,629 @@
+//! LogPipeline on a real one-node Kubernetes cluster (see `logpipeline_e2e::node`): the
+//! images built here, the chart installed with helm, the sample applied as written, and
+//! then devices through the Ingress, lag scaling, the autoscaler and a rolling change,
+//! each with real pods under real load.
+//!
+//! The tests run one at a time on one shared cluster and one shared pipeline; each
+//! prints what it measured.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use logpipeline_e2e::devices::{self, Plan};
+use logpipeline_e2e::process::{output_of, wait_until};
+use logpipeline_e2e::stack::wait_for_count;
+use serde_json::json;
+use support::{
+    NS, OPERATOR_NS, PIPELINE, Timeline, backlog, cluster, consumers, is_ready, patch_pipeline,
+    pipeline, pods, wait_for_condition, wait_rolled_out,
+};
+
+fn run_count_query(run: &str) -> String {
+    format!("select count(*) from logs where log_data @> '{{\"run\": \"{run}\"}}'")
+}
+
+/// Checks that what `run` stored is exactly what was accepted, and says so.
+async fn assert_stored_exactly_once(run: &str, accepted: &[String]) {
+    let pool = pipeline().pool().await.unwrap();
+    let stored = devices::stored(&pool, run, accepted).await.unwrap();
+    assert!(stored.exactly_once(), "{run}: {stored:?}");
+    println!(
+        "{run}: {} logs accepted, {} stored, {} duplicated, {} missing",
+        stored.accepted,
+        stored.rows,
+        stored.duplicate_ids + stored.duplicate_messages,
+        stored.missing
+    );
+}
+
+#[test]
+fn helm_and_the_sample_manifests_run_a_pipeline_of_real_pods() {
+    let (_turn, cluster, pipeline) = support::start();
+    println!(
+        "kubectl apply of manifests/sample/ to Ready: {:.1?}",
+        pipeline.apply_to_ready
+    );
+
+    // The operator runs as pods of the chart, under its own ServiceAccount, whose RBAC
+    // is all it has.
+    let operators = cluster
+        .get_json(&[
+            "-n",
+            OPERATOR_NS,
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=logpipeline-operator",
+        ])
+        .unwrap();
+    let operators = operators["items"].as_array().unwrap();
+    assert_eq!(operators.len(), 2, "the chart runs two operator replicas");
+    for pod in operators {
+        assert!(is_ready(pod), "{}", pod["status"]);
+        assert_eq!(pod["spec"]["serviceAccountName"], "logpipeline-operator");
+        assert_eq!(
+            pod["spec"]["containers"][0]["image"],
+            format!("logpipeline-operator:{}", env!("CARGO_PKG_VERSION"))
+        );
+    }
+    let account = format!("--as=system:serviceaccount:{OPERATOR_NS}:logpipeline-operator");
+    let can = |verb: &str, what: &str| {
+        cluster
+            .kubectl_output(&["auth", "can-i", &account, verb, what, "-n", NS], None)
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(can("patch", "deployments.apps"));
+    assert!(
+        !can("create", "clusterrolebindings"),
+        "the operator is no admin"
+    );
+
+    // The pipeline's pods passed their real probes, and `kubectl get lp` says so.
+    for component in ["api", "worker"] {
+        let pods = pods(cluster, component).unwrap();
+        assert!(!pods.is_empty(), "no {component} pod");
+        for pod in &pods {
+            assert!(is_ready(pod), "{component}: {}", pod["status"]);
+        }
+    }
+    let table = &pipeline.table_at_ready;
+    let mut lines = table.lines();
+    let header: Vec<_> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "WORKERS", "LAG", "AGE"]);
+    let row: Vec<_> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(row[..4], [PIPELINE, "True", "1", "0"], "{table}");
+    println!("{table}");
+}
+
+#[test]
+fn the_images_are_small_run_as_nonroot_without_a_shell_on_a_read_only_root() {
+    let (_turn, cluster, _) = support::start();
+    // A podman of its own: its image store in a temporary directory, and the ulimits
+    // this machine allows (its hard limits are below podman's defaults).
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("containers.conf");
+    std::fs::write(
+        &conf,
+        "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n[engine]\nruntime = \"runc\"\n",
+    )
+    .unwrap();
+    let podman = |args: &[&str]| {
+        let mut command = Command::new("podman");
+        command
+            .arg("--root")
+            .arg(dir.path().join("storage"))
+            .arg("--runroot")
+            .arg(dir.path().join("run"))
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .env("CONTAINERS_CONF", &conf);
+        command
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    for binary in [
+        "logpipeline-api",
+        "logpipeline-worker",
+        "logpipeline-operator",
+    ] {
+        let archive = cluster
+            .info()
+            .dir
+            .join(format!("images/archives/{binary}.tar"));
+        output_of(podman(&[
+            "load",
+            "--quiet",
+            "--input",
+            &archive.to_string_lossy(),
+        ]))
+        .unwrap();
+        let image = format!("docker.io/library/{binary}:{version}");
+
+        let printed = output_of(podman(&[
+            "run",
+            "--rm",
+            "--read-only",
+            "--network=none",
+            &image,
+            "--version",
+        ]))
+        .unwrap();
+        assert_eq!(printed.trim(), format!("{binary} {version}"));
+
+        let config = output_of(podman(&["image", "inspect", &image])).unwrap();
+        let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+        let config = &config[0];
+        assert_eq!(config["Config"]["User"], "65532:65532");
+        let labels = &config["Config"]["Labels"];
+        assert_eq!(labels["org.opencontainers.image.title"], binary);
+        assert_eq!(labels["org.opencontainers.image.version"], version);
+        assert_eq!(labels["org.opencontainers.image.licenses"], "Apache-2.0");
+        let size = config["Size"].as_u64().unwrap();
+        assert!(size <= 25 * 1024 * 1024, "{binary} is {size} bytes");
+
+        let shell = podman(&[
+            "run",
+            "--rm",
+            "--network=none",
+            "--entrypoint",
+            "/bin/sh",
+            &image,
+        ])
+        .output()
+        .unwrap();
+        assert!(!shell.status.success(), "{binary} has a shell");
+        println!(
+            "{image}: {:.1} MB, user 65532, no shell, `--version` on a read-only root",
+            size as f64 / 1e6
+        );
+    }
+}
+
+#[test]
+fn devices_send_through_the_ingress_and_every_log_is_stored_exactly_once() {
+    let (_turn, _, pipeline) = support::start();
+    let plan = Plan {
+        run: "through-ingress".into(),
+        devices: 100,
+        single_logs_per_device: 500,
+        batches_per_device: 100,
+        batch_size: 5,
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let started = Instant::now();
+        let sent = devices::send(&pipeline.devices, &pipeline.base_url, &plan)
+            .await
+            .unwrap();
+        let sending = started.elapsed();
+        assert_eq!(sent.message_ids.len(), 100_000);
+        let pool = pipeline.pool().await.unwrap();
+        let drained = wait_for_count(
+            &pool,
+            &run_count_query(&plan.run),
+            100_000,
+            Duration::from_secs(300),
+        )
+        .await
+        .unwrap();
+        println!(
+            "100 devices sent 100,000 logs in {} requests through the Ingress (HTTPS, Traefik) in {sending:.1?}; stored {drained:.1?} after the last answer",
+            sent.requests
+        );
+        assert_stored_exactly_once(&plan.run, &sent.message_ids).await;
+    });
+}
+
+/// The worker Deployment's `spec.replicas` (what the operator asks for).
+fn worker_replicas() -> u64 {
+    let deployment = cluster()
+        .get_json(&["-n", NS, "deployment", &format!("{PIPELINE}-worker")])
+        .unwrap();
+    deployment["spec"]["replicas"].as_u64().unwrap_or(0)
+}
+
+/// Sends logs of `run` through the Ingress from a thread of its own until `stop`.
+fn send_in_background<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    run: &'scope str,
+    devices: usize,
+    logs_per_request: usize,
+    pause: Duration,
+    stop: &'scope AtomicBool,
+) -> std::thread::ScopedJoinHandle<'scope, devices::Continuous> {
+    scope.spawn(move || {
+        let pipeline = pipeline();
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(devices::send_until(
+                &pipeline.devices,
+                &pipeline.base_url,
+                run,
+                devices,
+                logs_per_request,
+                pause,
+                stop,
+            ))
+    })
+}
+
+#[test]
+fn a_burst_scales_the_workers_up_the_new_pods_consume_and_scale_down_after_the_window() {
+    let (_turn, cluster, pipeline) = support::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // Slow workers (one consumer of batches of 10 on a tenth of a CPU each), 1,000
+    // entries of backlog per pod, a lag read every 2 s and a 20 s window.
+    patch_pipeline(
+        cluster,
+        &json!({"worker": {
+            "concurrency": 1,
+            "batchSize": 10,
+            "minReplicas": 1,
+            "maxReplicas": 3,
+            "lagTargetPerReplica": 1000,
+            "scaleDownStabilizationSecs": 20,
+            "lagPollSecs": 2,
+            "resources": {
+                "requests": {"cpu": "50m", "memory": "64Mi"},
+                "limits": {"cpu": "100m", "memory": "256Mi"},
+            },
+        }}),
+    )
+    .unwrap();
+    wait_rolled_out(
+        cluster,
+        &format!("{PIPELINE}-worker"),
+        Duration::from_secs(180),
+    )
+    .unwrap();
+    wait_until("one worker", Duration::from_secs(180), || {
+        Ok(worker_replicas() == 1)
+    })
+    .unwrap();
+    let before: BTreeSet<String> = pods(cluster, "worker")
+        .unwrap()
+        .iter()
+        .map(|pod| pod["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+
+    let timeline = Timeline::start(Duration::from_secs(1), move || {
+        let lp = cluster.get_json(&["-n", NS, "logpipeline", PIPELINE])?;
+        let ready = pods(cluster, "worker")?
+            .iter()
+            .filter(|pod| is_ready(pod))
+            .count();
+        Ok(format!(
+            "lag {:>6}  workers asked {}  ready {ready}",
+            lp["status"]["lag"], lp["status"]["workerReplicas"]
+        ))
+    });
+    let run = "lag-burst";
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let (sent, scaled_up_after, deleted) = std::thread::scope(|scope| {
+        let sender = send_in_background(scope, run, 50, 1, Duration::ZERO, &stop);
+        let waited = wait_until(
+            "the operator scales the workers up",
+            Duration::from_secs(180),
+            || Ok(worker_replicas() >= 2),
+        );
+        let scaled_up_after = started.elapsed();
+        // A worker pod deleted mid-load: its batch in hand is stored and acknowledged
+        // on SIGTERM, or claimed by another consumer.
+        let deleted = pods(cluster, "worker").unwrap()[0]["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        cluster
+            .kubectl(&["delete", "pod", "-n", NS, &deleted, "--wait=false"])
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(10));
+        stop.store(true, Ordering::Relaxed);
+        let sent = sender.join().unwrap();
+        waited.unwrap();
+        (sent, scaled_up_after, deleted)
+    });
+    assert!(
+        sent.failed.is_empty(),
+        "{:?}",
+        &sent.failed[..sent.failed.len().min(5)]
+    );
+    println!(
+        "sent {} logs in {:.1?}; the operator asked for more workers {scaled_up_after:.1?} after the burst began; deleted pod {deleted}",
+        sent.message_ids.len(),
+        started.elapsed()
+    );
+
+    runtime.block_on(async {
+        let mut redis = pipeline.redis().await.unwrap();
+        // Every pod the scale-up started joined the group.
+        let added: Vec<String> = pods(cluster, "worker")
+            .unwrap()
+            .iter()
+            .map(|pod| pod["metadata"]["name"].as_str().unwrap().to_owned())
+            .filter(|name| !before.contains(name))
+            .collect();
+        assert!(!added.is_empty(), "no worker pod was added");
+        let consumer_names = {
+            let mut names = Vec::new();
+            for _ in 0..600 {
+                names = consumers(&mut redis).await.unwrap();
+                if added
+                    .iter()
+                    .all(|pod| names.iter().any(|name| name.starts_with(pod.as_str())))
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            names
+        };
+        for pod in &added {
+            assert!(
+                consumer_names
+                    .iter()
+                    .any(|name| name.starts_with(pod.as_str())),
+                "{pod} is not among the consumers {consumer_names:?}"
+            );
+        }
+        let mut drained = false;
+        for _ in 0..3000 {
+            if backlog(&mut redis).await.unwrap() == (0, 0) {
+                drained = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            drained,
+            "the backlog did not drain: {:?}",
+            backlog(&mut redis).await
+        );
+    });
+    let drained_after = started.elapsed();
+    wait_until(
+        "the workers scale back down",
+        Duration::from_secs(240),
+        || Ok(worker_replicas() == 1),
+    )
+    .unwrap();
+    let scaled_down_after = started.elapsed();
+    println!(
+        "backlog drained {drained_after:.1?} after the burst began; back to one worker at {scaled_down_after:.1?}\n{}",
+        timeline.stop().unwrap()
+    );
+    runtime.block_on(assert_stored_exactly_once(run, &sent.message_ids));
+}
+
+/// The api HPA's `status` fields that tell its story.
+fn hpa_status() -> anyhow::Result<(u64, u64, Option<u64>)> {
+    let hpa = cluster().get_json(&["-n", NS, "hpa", &format!("{PIPELINE}-api")])?;
+    let status = &hpa["status"];
+    let utilization =
+        status["currentMetrics"][0]["resource"]["current"]["averageUtilization"].as_u64();
+    Ok((
+        status["currentReplicas"].as_u64().unwrap_or(0),
+        status["desiredReplicas"].as_u64().unwrap_or(0),
+        utilization,
+    ))
+}
+
+/// Requests `pod` has served on `route`, from its own `/metrics`, through the API
+/// server's pod proxy.
+fn requests_served(pod: &str, route: &str) -> anyhow::Result<f64> {
+    let metrics = cluster().kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/{NS}/pods/{pod}:8080/proxy/metrics"),
+    ])?;
+    Ok(metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("logpipeline_api_http_requests_total")
+                && line.contains(&format!("route=\"{route}\""))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+#[test]
+fn sustained_load_makes_the_autoscaler_add_api_pods_that_serve_and_go_after_the_load() {
+    let (_turn, cluster, pipeline) = support::start();
+    patch_pipeline(
+        cluster,
+        &json!({"api": {
+            "autoscaling": {
+                "minReplicas": 1,
+                "maxReplicas": 3,
+                "targetCPUUtilizationPercentage": 50,
+                "scaleDownStabilizationSecs": 20,
+            },
+            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
+        }}),
+    )
+    .unwrap();
+    let api = format!("{PIPELINE}-api");
+    wait_rolled_out(cluster, &api, Duration::from_secs(180)).unwrap();
+    wait_until("one api pod", Duration::from_secs(240), || {
+        Ok(hpa_status()?.0 == 1 && pods(cluster, "api")?.len() == 1)
+    })
+    .unwrap();
+
+    let timeline = Timeline::start(Duration::from_secs(1), move || {
+        let (current, desired, utilization) = hpa_status()?;
+        let ready = pods(cluster, "api")?
+            .iter()
+            .filter(|pod| is_ready(pod))
+            .count();
+        let utilization = utilization.map_or("-".to_owned(), |u| format!("{u}%"));
+        Ok(format!(
+            "cpu {utilization:>5} of request  replicas {current} -> {desired}  ready {ready}"
+        ))
+    });
+    let run = "hpa-load";
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let (sent, served) = std::thread::scope(|scope| {
+        let sender = send_in_background(scope, run, 40, 10, Duration::ZERO, &stop);
+        let mut served = BTreeMap::new();
+        let waited = wait_until(
+            "the autoscaler adds api pods that serve requests",
+            Duration::from_secs(300),
+            || {
+                let pods = pods(cluster, "api")?;
+                if hpa_status()?.1 < 2 || pods.len() < 2 || !pods.iter().all(is_ready) {
+                    return Ok(false);
+                }
+                for pod in &pods {
+                    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+                    served.insert(name.to_owned(), requests_served(name, "/api/logs/batch")?);
+                }
+                Ok(served.values().all(|requests| *requests > 0.0))
+            },
+        );
+        stop.store(true, Ordering::Relaxed);
+        let sent = sender.join().unwrap();
+        waited.unwrap();
+        (sent, served)
+    });
+    let scaled_up_after = started.elapsed();
+    assert!(
+        sent.failed.is_empty(),
+        "{:?}",
+        &sent.failed[..sent.failed.len().min(5)]
+    );
+    wait_until(
+        "the autoscaler removes the added pods",
+        Duration::from_secs(300),
+        || Ok(hpa_status()?.0 == 1 && pods(cluster, "api")?.len() == 1),
+    )
+    .unwrap();
+    println!(
+        "{} api pods served the load ({served:?}), reached {scaled_up_after:.1?} after it began; back to one at {:.1?}\n{}",
+        served.len(),
+        started.elapsed(),
+        timeline.stop().unwrap()
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let pool = pipeline.pool().await.unwrap();
+        wait_for_count(
+            &pool,
+            &run_count_query(run),
+            sent.message_ids.len() as i64,
+            Duration::from_secs(300),
+        )
+        .await
+        .unwrap();
+        assert_stored_exactly_once(run, &sent.message_ids).await;
+    });
+}
+
+#[test]
+fn changing_the_pipeline_rolls_its_pods_while_a_device_sends_and_nothing_is_lost() {
+    let (_turn, cluster, pipeline) = support::start();
+    // Two api pods, so one serves while the other rolls.
+    patch_pipeline(
+        cluster,
+        &json!({"api": {"autoscaling": {"minReplicas": 2, "maxReplicas": 3}}}),
+    )
+    .unwrap();
+    let (api, worker) = (format!("{PIPELINE}-api"), format!("{PIPELINE}-worker"));
+    wait_until("two api pods", Duration::from_secs(240), || {
+        let pods = pods(cluster, "api")?;
+        Ok(pods.len() == 2 && pods.iter().all(is_ready))
+    })
+    .unwrap();
+    wait_rolled_out(cluster, &worker, Duration::from_secs(180)).unwrap();
+    let settings = cluster
+        .get_json(&["-n", NS, "configmap", &format!("{PIPELINE}-settings")])
+        .unwrap();
+    let batch_size: u64 = settings["data"]["LOGPIPELINE_BATCH_SIZE"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let old_pods: BTreeSet<String> = [
+        pods(cluster, "api").unwrap(),
+        pods(cluster, "worker").unwrap(),
+    ]
+    .concat()
+    .iter()
+    .map(|pod| pod["metadata"]["name"].as_str().unwrap().to_owned())
+    .collect();
+
+    let run = "rolling-change";
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let (sent, rolled_after) = std::thread::scope(|scope| {
+        let sender = send_in_background(scope, run, 4, 1, Duration::from_millis(20), &stop);
+        std::thread::sleep(Duration::from_secs(5));
+        patch_pipeline(
+            cluster,
+            &json!({
+                "worker": {"batchSize": batch_size + 25},
+                "stream": {"capacity": 2_000_000},
+                "logLevel": "info,logpipeline_api=debug",
+            }),
+        )
+        .unwrap();
+        let rolled = wait_until("every pod is replaced", Duration::from_secs(300), || {
+            let now: BTreeSet<String> = [pods(cluster, "api")?, pods(cluster, "worker")?]
+                .concat()
+                .iter()
+                .map(|pod| {
+                    pod["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+                .collect();
+            Ok(now.is_disjoint(&old_pods))
+        });
+        let rolled_after = started.elapsed();
+        for deployment in [&api, &worker] {
+            wait_rolled_out(cluster, deployment, Duration::from_secs(120)).unwrap();
+        }
+        std::thread::sleep(Duration::from_secs(5));
+        stop.store(true, Ordering::Relaxed);
+        let sent = sender.join().unwrap();
+        rolled.unwrap();
+        (sent, rolled_after)
+    });
+    wait_for_condition(cluster, "Ready", "True", Duration::from_secs(120)).unwrap();
+    println!(
+        "a device sent {} logs while every pod rolled ({rolled_after:.1?}); refused: {:?}; unanswered: {}",
+        sent.message_ids.len(),
+        sent.refused,
+        sent.failed.len()
+    );
+    assert!(
+        sent.failed.is_empty(),
+        "{:?}",
+        &sent.failed[..sent.failed.len().min(5)]
+    );
+    assert!(
+        sent.refused.keys().all(|status| *status == 503),
+        "only a retryable 503 may refuse a log: {:?}",
+        sent.refused
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let pool = pipeline.pool().await.unwrap();
+        wait_for_count(
+            &pool,
+            &run_count_query(run),
+            sent.message_ids.len() as i64,
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
+        assert_stored_exactly_once(run, &sent.message_ids).await;
+    });
+}
