@@ -82,6 +82,11 @@ pub struct NodeInfo {
     pub host_ip: Ipv4Addr,
     /// The images the node has, as pods name them.
     pub images: Vec<String>,
+    /// What holds the node on this machine: its network namespace, the veth end on
+    /// this machine, and its cgroup (below each hierarchy's root).
+    pub netns: String,
+    pub host_veth: String,
+    pub cgroup: String,
 }
 
 /// How to start a [`Node`].
@@ -154,6 +159,9 @@ impl Node {
                 node_ip,
                 host_ip,
                 images: Vec::new(),
+                netns: record.namespaces.netns.clone(),
+                host_veth: record.namespaces.host_veth.clone(),
+                cgroup: record.cgroup.clone(),
             },
             record,
             cgroups,
@@ -684,14 +692,17 @@ impl Deref for NodeCluster {
 }
 
 impl NodeCluster {
-    /// Starts a cluster with LogPipeline's images and waits until it is ready; a cold
-    /// start includes the release build of the images.
-    pub fn start() -> Result<Self> {
+    /// Starts a cluster and waits until it is ready; with LogPipeline's images, a cold
+    /// start includes their release build.
+    pub fn start(options: &NodeOptions) -> Result<Self> {
         let binary = crate::services::binaries_dir()?.join("logpipeline-cluster");
         let handle_dir = scratch_dir("logpipeline-cluster-")?;
         let ready = handle_dir.path().join("ready.json");
         let mut command = Command::new(binary);
         command.arg("--ready-file").arg(&ready);
+        if !options.product_images {
+            command.arg("--without-logpipeline-images");
+        }
         let log = handle_dir.path().join("cluster.log");
         let mut process = ChildProcess::spawn_with_death_signal(
             "logpipeline-cluster",
@@ -726,6 +737,11 @@ impl NodeCluster {
     pub fn info(&self) -> &NodeInfo {
         &self.info
     }
+
+    /// The `logpipeline-cluster` process that owns the cluster.
+    pub fn process(&mut self) -> &mut ChildProcess {
+        &mut self.process
+    }
 }
 
 impl Drop for NodeCluster {
@@ -744,7 +760,12 @@ impl Drop for NodeCluster {
 pub fn shared() -> Result<&'static NodeCluster> {
     static SHARED: OnceLock<std::result::Result<NodeCluster, String>> = OnceLock::new();
     SHARED
-        .get_or_init(|| NodeCluster::start().map_err(|error| format!("{error:#}")))
+        .get_or_init(|| {
+            NodeCluster::start(&NodeOptions {
+                product_images: true,
+            })
+            .map_err(|error| format!("{error:#}"))
+        })
         .as_ref()
         .map_err(|error| anyhow::anyhow!("the node cluster failed to start: {error}"))
 }

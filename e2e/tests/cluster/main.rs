@@ -16,8 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use logpipeline_e2e::devices::{self, Plan};
+use logpipeline_e2e::node::{self, NodeCluster, NodeInfo, NodeOptions};
 use logpipeline_e2e::process::{output_of, wait_until};
 use logpipeline_e2e::stack::wait_for_count;
+use nix::sys::signal::Signal;
 use serde_json::json;
 use support::{
     NS, OPERATOR_NS, PIPELINE, Timeline, backlog, cluster, consumers, is_ready, patch_pipeline,
@@ -114,17 +116,26 @@ fn the_images_are_small_run_as_nonroot_without_a_shell_on_a_read_only_root() {
         "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n[engine]\nruntime = \"runc\"\n",
     )
     .unwrap();
+    let storage = dir.path().join("storage.conf");
+    std::fs::write(
+        &storage,
+        format!(
+            "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
+            dir.path().join("storage").display(),
+            dir.path().join("run").display()
+        ),
+    )
+    .unwrap();
+    let with_podman = |mut command: Command| {
+        command
+            .env("CONTAINERS_CONF", &conf)
+            .env("CONTAINERS_STORAGE_CONF", &storage);
+        command
+    };
     let podman = |args: &[&str]| {
         let mut command = Command::new("podman");
-        command
-            .arg("--root")
-            .arg(dir.path().join("storage"))
-            .arg("--runroot")
-            .arg(dir.path().join("run"))
-            .args(["--storage-driver", "vfs"])
-            .args(args)
-            .env("CONTAINERS_CONF", &conf);
-        command
+        command.args(args);
+        with_podman(command)
     };
     let version = env!("CARGO_PKG_VERSION");
     for binary in [
@@ -183,6 +194,27 @@ fn the_images_are_small_run_as_nonroot_without_a_shell_on_a_read_only_root() {
             size as f64 / 1e6
         );
     }
+
+    // The same recipe with podman (or docker) instead of buildah.
+    let release = logpipeline_e2e::services::binaries_dir()
+        .unwrap()
+        .with_file_name("release");
+    let mut build = Command::new(logpipeline_e2e::kube::repo_root().join("deploy/build.sh"));
+    build
+        .args(["--engine", "podman", "--tag", "podman-build", "--binaries"])
+        .arg(&release)
+        .arg("worker");
+    output_of(with_podman(build)).unwrap();
+    let printed = output_of(podman(&[
+        "run",
+        "--rm",
+        "--read-only",
+        "--network=none",
+        "localhost/logpipeline-worker:podman-build",
+        "--version",
+    ]))
+    .unwrap();
+    assert_eq!(printed.trim(), format!("logpipeline-worker {version}"));
 }
 
 #[test]
@@ -626,4 +658,103 @@ fn changing_the_pipeline_rolls_its_pods_while_a_device_sends_and_nothing_is_lost
         .unwrap();
         assert_stored_exactly_once(run, &sent.message_ids).await;
     });
+}
+
+/// What of the node `info` describes is still on this machine.
+fn leftovers(info: &NodeInfo) -> Vec<String> {
+    let mut found = Vec::new();
+    if info.dir.exists() {
+        found.push(format!("directory {}", info.dir.display()));
+    }
+    if std::path::Path::new("/run/netns")
+        .join(&info.netns)
+        .exists()
+    {
+        found.push(format!("network namespace {}", info.netns));
+    }
+    if std::path::Path::new("/sys/class/net")
+        .join(&info.host_veth)
+        .exists()
+    {
+        found.push(format!("interface {}", info.host_veth));
+    }
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let cgroup = hierarchy.path().join(&info.cgroup);
+        if cgroup.exists() {
+            found.push(format!("cgroup {}", cgroup.display()));
+        }
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = info.dir.to_string_lossy();
+    found.extend(
+        mountinfo
+            .lines()
+            .filter(|line| line.contains(dir.as_ref()))
+            .map(|line| format!("mount {line}")),
+    );
+    found
+}
+
+/// Lines of this machine's own iptables rules that name Kubernetes chains.
+fn host_kube_rules() -> usize {
+    output_of(Command::new("iptables-save"))
+        .unwrap()
+        .lines()
+        .filter(|line| line.contains("KUBE-"))
+        .count()
+}
+
+#[test]
+fn a_node_leaves_nothing_behind_when_stopped_or_killed() {
+    let _turn = support::turn();
+    let options = NodeOptions {
+        product_images: false,
+    };
+    let rules_before = host_kube_rules();
+
+    // Stopped: SIGTERM, as Ctrl-C, or the death of the test process that started it.
+    let mut stopped = NodeCluster::start(&options).unwrap();
+    let info = stopped.info().clone();
+    let running = leftovers(&info);
+    for part in [
+        "directory",
+        "network namespace",
+        "interface",
+        "cgroup",
+        "mount",
+    ] {
+        assert!(
+            running.iter().any(|what| what.starts_with(part)),
+            "no {part} while running: {running:?}"
+        );
+    }
+    let pods = stopped.get_json(&["pods", "-A"]).unwrap();
+    assert_eq!(
+        pods["items"].as_array().unwrap().len(),
+        3,
+        "the add-ons run"
+    );
+    let status = stopped
+        .process()
+        .stop_with(Signal::SIGTERM, Duration::from_secs(120))
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(leftovers(&info), Vec::<String>::new());
+    assert_eq!(host_kube_rules(), rules_before);
+
+    // Killed: with SIGKILL nothing could clean up, and the pods outlive their owner,
+    // until the next node starts (here: its sweep alone).
+    let mut killed = NodeCluster::start(&options).unwrap();
+    let info = killed.info().clone();
+    killed.process().kill();
+    let left = leftovers(&info);
+    assert!(
+        left.iter()
+            .any(|what| what.starts_with("network namespace")),
+        "{left:?}"
+    );
+    node::sweep_orphans();
+    assert_eq!(leftovers(&info), Vec::<String>::new());
+    assert_eq!(host_kube_rules(), rules_before);
+    println!("a stopped node and a killed one (swept) left nothing: {left:?} went");
 }

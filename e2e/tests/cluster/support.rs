@@ -33,11 +33,16 @@ pub fn start() -> (
     &'static NodeCluster,
     &'static Pipeline,
 ) {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    let turn = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let turn = turn();
     (turn, cluster(), pipeline())
+}
+
+/// A test's turn alone.
+pub fn turn() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The sample pipeline of `manifests/sample/`, installed as the README says: the chart
