@@ -8,8 +8,10 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Serialize;
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
+use crate::metrics::Dependency;
 use crate::state::AppState;
 
 /// How long a dependency may take to answer a health check.
@@ -58,11 +60,7 @@ impl Status {
     )
 )]
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
-    let redis = tokio::time::timeout(CHECK_TIMEOUT, state.queue.ping());
-    let postgres = tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("select 1").execute(&state.db));
-    let (redis, postgres) = tokio::join!(redis, postgres);
-    let redis = redis.unwrap_or(false);
-    let postgres = matches!(postgres, Ok(Ok(_)));
+    let (redis, postgres) = check(&state).await;
     let healthy = redis && postgres;
     let status = if healthy {
         StatusCode::OK
@@ -79,6 +77,35 @@ pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
             timestamp: OffsetDateTime::now_utc(),
         }),
     )
+}
+
+/// Whether Redis and PostgreSQL answer, each within [`CHECK_TIMEOUT`]; also recorded in
+/// `logpipeline_api_dependency_up`.
+async fn check(state: &AppState) -> (bool, bool) {
+    let redis = tokio::time::timeout(CHECK_TIMEOUT, state.queue.ping());
+    let postgres = tokio::time::timeout(CHECK_TIMEOUT, sqlx::query("select 1").execute(&state.db));
+    let (redis, postgres) = tokio::join!(redis, postgres);
+    let redis = redis.unwrap_or(false);
+    let postgres = matches!(postgres, Ok(Ok(_)));
+    state.metrics.set_dependency_up(Dependency::Redis, redis);
+    state
+        .metrics
+        .set_dependency_up(Dependency::Postgres, postgres);
+    (redis, postgres)
+}
+
+/// Checks the dependencies every `every` until `shutdown`, so the metrics say whether
+/// they answer even when nobody asks `/health`.
+pub async fn watch(state: AppState, every: Duration, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        check(&state).await;
+    }
 }
 
 /// The process serves HTTP. Independent of Redis and PostgreSQL, so an outage of a

@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, ErrorBody, Result};
 use crate::extract::{JsonBody, parse};
+use crate::metrics::Endpoint;
 use crate::state::AppState;
 
 /// The answer to `POST /api/log`.
@@ -73,7 +74,7 @@ pub async fn create_log(
     logs_json.extend_from_slice(&body);
     logs_json.push(b']');
     let entry_id = state.queue.publish(received_at, &logs_json).await?;
-    state.metrics.log_accepted(log.log_level);
+    state.metrics.log_accepted(log.log_level, Endpoint::Log);
     Ok(Json(LogAccepted {
         status: RECEIVED.into(),
         message_id: codec::log_id(&entry_id, 0, 1),
@@ -128,7 +129,7 @@ pub async fn create_batch(
         .publish(received_at, raw.logs.get().as_bytes())
         .await?;
     for log in &logs {
-        state.metrics.log_accepted(log.log_level);
+        state.metrics.log_accepted(log.log_level, Endpoint::Log);
     }
     Ok(Json(BatchAccepted {
         status: RECEIVED.into(),

@@ -40,6 +40,9 @@ pub use crate::metrics::Metrics;
 pub use crate::queue::Queue;
 pub use crate::state::AppState;
 
+/// How often the api checks Redis and PostgreSQL for its metrics.
+const DEPENDENCY_CHECK_EVERY: Duration = Duration::from_secs(5);
+
 /// The api's routes, with request ids, tracing spans and metrics around every request.
 pub fn app(state: AppState) -> Router {
     Router::new()
@@ -145,6 +148,12 @@ pub async fn run(config: Config) -> Result<()> {
         query_cache_ttl: Duration::from_secs(config.query_cache_ttl_secs),
         stats_cache_ttl: Duration::from_secs(config.stats_cache_ttl_secs),
     };
+    state.metrics.set_stream_capacity(config.stream_capacity);
+    tokio::spawn(health::watch(
+        state.clone(),
+        DEPENDENCY_CHECK_EVERY,
+        shutdown.clone(),
+    ));
     let listener = logpipeline_core::net::listen(config.listen).map_err(|source| Error::Bind {
         address: config.listen,
         source,

@@ -10,7 +10,9 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use logpipeline_core::record::LogLevel;
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use crate::error::ErrorCode;
 
@@ -19,6 +21,46 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
+
+/// The ingest endpoint a log arrived through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /api/log`.
+    Log,
+    /// `POST /api/logs/batch`.
+    Batch,
+}
+
+impl Endpoint {
+    const ALL: [Self; 2] = [Self::Log, Self::Batch];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Log => "log",
+            Self::Batch => "batch",
+        }
+    }
+}
+
+/// A dependency the api checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dependency {
+    /// The stream and the cache.
+    Redis,
+    /// The stored logs.
+    Postgres,
+}
+
+impl Dependency {
+    const ALL: [Self; 2] = [Self::Redis, Self::Postgres];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::Postgres => "postgres",
+        }
+    }
+}
 
 /// The api's metrics, registered in their own registry.
 #[derive(Clone)]
@@ -30,11 +72,14 @@ struct Inner {
     registry: Registry,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
+    /// Per endpoint, then per level, in the order of `Endpoint::ALL` and `LogLevel::ALL`.
     logs_accepted: Vec<IntCounter>,
     rejected: IntCounterVec,
     cache_lookups: IntCounterVec,
     redis_duration: HistogramVec,
     postgres_duration: HistogramVec,
+    stream_capacity: IntGauge,
+    dependency_up: IntGaugeVec,
 }
 
 impl Metrics {
@@ -59,9 +104,9 @@ impl Metrics {
         let accepted = IntCounterVec::new(
             Opts::new(
                 "logpipeline_api_logs_accepted_total",
-                "Logs accepted onto the stream, by level",
+                "Logs accepted onto the stream, by level and ingest endpoint",
             ),
-            &["level"],
+            &["level", "endpoint"],
         )?;
         let rejected = IntCounterVec::new(
             Opts::new(
@@ -93,6 +138,20 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["query"],
         )?;
+        let stream_capacity = IntGauge::new(
+            "logpipeline_api_stream_capacity_entries",
+            "Most unprocessed entries the stream may hold before the api answers 503",
+        )?;
+        let dependency_up = IntGaugeVec::new(
+            Opts::new(
+                "logpipeline_api_dependency_up",
+                "1 when the dependency answered the api's last check, else 0",
+            ),
+            &["dependency"],
+        )?;
+        registry.register(Box::new(stream_capacity.clone()))?;
+        registry.register(Box::new(dependency_up.clone()))?;
+        logpipeline_core::metrics::register_process(&registry, env!("CARGO_PKG_VERSION"))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(accepted.clone()))?;
@@ -104,9 +163,16 @@ impl Metrics {
         for result in ["hit", "miss"] {
             cache_lookups.with_label_values(&[result]);
         }
-        let logs_accepted = LogLevel::ALL
+        for dependency in Dependency::ALL {
+            dependency_up.with_label_values(&[dependency.label()]);
+        }
+        let logs_accepted = Endpoint::ALL
             .iter()
-            .map(|level| accepted.with_label_values(&[level.as_str()]))
+            .flat_map(|endpoint| {
+                LogLevel::ALL
+                    .iter()
+                    .map(|level| accepted.with_label_values(&[level.as_str(), endpoint.label()]))
+            })
             .collect();
         Ok(Self {
             inner: Arc::new(Inner {
@@ -118,15 +184,33 @@ impl Metrics {
                 cache_lookups,
                 redis_duration,
                 postgres_duration,
+                stream_capacity,
+                dependency_up,
             }),
         })
     }
 
-    /// Counts one accepted log of `level`.
-    pub fn log_accepted(&self, level: LogLevel) {
-        if let Some(counter) = self.inner.logs_accepted.get(level as usize) {
+    /// Counts one log of `level` accepted through `endpoint`.
+    pub fn log_accepted(&self, level: LogLevel, endpoint: Endpoint) {
+        let index = endpoint as usize * LogLevel::ALL.len() + level as usize;
+        if let Some(counter) = self.inner.logs_accepted.get(index) {
             counter.inc();
         }
+    }
+
+    /// Records the stream capacity the api enforces.
+    pub fn set_stream_capacity(&self, entries: u64) {
+        self.inner
+            .stream_capacity
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
+    /// Records whether `dependency` answered the last check.
+    pub fn set_dependency_up(&self, dependency: Dependency, up: bool) {
+        self.inner
+            .dependency_up
+            .with_label_values(&[dependency.label()])
+            .set(i64::from(up));
     }
 
     /// Counts a cache lookup.

@@ -6,6 +6,7 @@
 #   node            kubelet, kube-proxy, pause (the pod sandbox's process)
 #   add-ons         coredns, metrics-server, traefik (the ingress controller)
 #   clients         helm
+#   CRDs            the Prometheus Operator's PodMonitor and PrometheusRule (crds/)
 #
 #   e2e/k8s/build-tools.sh              build what is missing (a no-op when all are there)
 #   e2e/k8s/build-tools.sh --check      exit 0 when every tool is there, 1 otherwise
@@ -29,9 +30,13 @@ fi
 
 all=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy pause
     coredns metrics-server traefik helm)
+crds=(monitoring.coreos.com_podmonitors.yaml monitoring.coreos.com_prometheusrules.yaml)
 missing=()
 for tool in "${all[@]}"; do
     [[ -x $tools_dir/$tool ]] || missing+=("$tool")
+done
+for crd in "${crds[@]}"; do
+    [[ -f $tools_dir/crds/$crd ]] || { missing+=(crds); break; }
 done
 ((${#missing[@]})) || exit 0
 [[ ${1:-} != --check ]] || exit 1
@@ -175,6 +180,19 @@ if needs helm; then
     done
     step "helm $HELM_VERSION (about 2 minutes cold)" env GOBIN="$work/helm-bin" go install -trimpath -ldflags "$helm_ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
     mv "$work/helm-bin/helm" "$tools_dir/helm"
+fi
+
+# Copies the CRDs from the Prometheus Operator's module.
+copy_crds() {
+    local source_dir
+    source_dir=$(module_dir "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION")/example/prometheus-operator-crd
+    mkdir -p "$tools_dir/crds"
+    for crd in "${crds[@]}"; do
+        cp "$source_dir/$crd" "$tools_dir/crds/$crd"
+    done
+}
+if needs crds; then
+    step "Prometheus Operator CRDs $PROMETHEUS_OPERATOR_VERSION" copy_crds
 fi
 
 log "tools ready in $tools_dir"

@@ -131,7 +131,7 @@ pub struct Continuous {
 /// Sends logs of run `run` as `devices` devices at once, `logs_per_request` logs per
 /// request (1 to `POST /api/log`, more to `/api/logs/batch`), each device pausing
 /// `pause` after each answer, until `stop` is set. A 503 is a refusal: the same logs are
-/// sent again after the answer's Retry-After.
+/// sent again after the answer's Retry-After, until `stop` is set.
 pub async fn send_until(
     client: &reqwest::Client,
     base_url: &str,
@@ -184,7 +184,7 @@ pub async fn send_until(
                     break;
                 }
                 *sent.refused.entry(status).or_default() += 1;
-                if status != 503 {
+                if status != 503 || stop.load(Ordering::Relaxed) {
                     break;
                 }
                 let retry_after = response

@@ -7,9 +7,11 @@
 pub mod devices;
 pub mod kube;
 pub mod load;
+pub mod monitoring;
 pub mod node;
 pub mod postgres;
 pub mod process;
+pub mod prometheus;
 pub mod redis;
 pub mod services;
 pub mod stack;

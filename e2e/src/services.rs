@@ -144,7 +144,17 @@ impl WorkerProcess {
     /// Starts a worker against `redis_url` and `database_url` with extra settings `env`
     /// (e.g. `LOGPIPELINE_CONSUMER_NAME`), and waits until it serves its probes.
     pub fn start(redis_url: &str, database_url: &str, env: &Env) -> Result<Self> {
-        let metrics_port = free_port()?;
+        Self::start_on(free_port()?, redis_url, database_url, env)
+    }
+
+    /// Like [`start`](Self::start), serving its metrics on `metrics_port` (a restarted
+    /// worker keeps its scrape target).
+    pub fn start_on(
+        metrics_port: u16,
+        redis_url: &str,
+        database_url: &str,
+        env: &Env,
+    ) -> Result<Self> {
         let mut settings = Env::from([
             ("REDIS_URL".into(), redis_url.into()),
             ("DATABASE_URL".into(), database_url.into()),
@@ -165,6 +175,11 @@ impl WorkerProcess {
             metrics_port,
             _dir: dir,
         })
+    }
+
+    /// The port of its metrics and probes.
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
     }
 
     /// `http://127.0.0.1:<port>` of its metrics and probes.

@@ -175,20 +175,34 @@ fn the_chart_lints_renders_installs_and_its_rbac_is_enough_for_the_operator() {
 fn the_plain_manifests_pass_a_server_side_dry_run() {
     let cluster = start();
     let manifests = repo_root().join("manifests");
-    // A dry run creates nothing, so what later files need must exist for real first.
-    for file in ["install/00-namespace.yaml", "install/01-crd.yaml"] {
+    // A dry run creates nothing, so what later files need must exist for real first:
+    // the namespace, the CRD, and the Prometheus Operator's CRDs the monitoring
+    // manifests' PodMonitors and PrometheusRule are checked against.
+    let crds = cluster.tools().dir.join("crds");
+    for file in [
+        manifests.join("install/00-namespace.yaml"),
+        manifests.join("install/01-crd.yaml"),
+        crds.join("monitoring.coreos.com_podmonitors.yaml"),
+        crds.join("monitoring.coreos.com_prometheusrules.yaml"),
+    ] {
         cluster
-            .kubectl(&["apply", "-f", &manifests.join(file).to_string_lossy()])
+            .kubectl(&["apply", "--server-side", "-f", &file.to_string_lossy()])
             .unwrap();
     }
-    cluster
-        .kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/logpipelines.logpipeline.io",
-        ])
-        .unwrap();
+    for crd in [
+        "logpipelines.logpipeline.io",
+        "podmonitors.monitoring.coreos.com",
+        "prometheusrules.monitoring.coreos.com",
+    ] {
+        cluster
+            .kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                &format!("crd/{crd}"),
+            ])
+            .unwrap();
+    }
     let output = cluster
         .kubectl(&[
             "apply",
@@ -203,10 +217,102 @@ fn the_plain_manifests_pass_a_server_side_dry_run() {
         "deployment.apps/logpipeline-operator",
         "logpipeline.logpipeline.io/logs",
         "secret/logpipeline-redis",
+        "podmonitor.monitoring.coreos.com/logpipeline-pipelines",
+        "prometheusrule.monitoring.coreos.com/logpipeline",
+        "configmap/logpipeline-overview-dashboard",
     ] {
         assert!(
             output.contains(object),
             "{object} is in the dry run: {output}"
         );
     }
+}
+
+#[test]
+fn the_chart_ships_the_dashboards_alert_rules_and_pod_monitors_when_asked() {
+    let cluster = start();
+    let chart = repo_root().join("charts/logpipeline");
+    let chart = chart.to_string_lossy();
+    let plain = cluster.helm(&["template", "lp", &chart]).unwrap();
+    for kind in ["PrometheusRule", "PodMonitor"] {
+        assert!(
+            !plain.contains(&format!("kind: {kind}")),
+            "{kind} by default"
+        );
+    }
+
+    let rendered = cluster
+        .helm(&[
+            "template",
+            "lp",
+            &chart,
+            "--namespace",
+            "logpipeline-system",
+            "--set",
+            "monitoring.dashboards.enabled=true",
+            "--set",
+            "monitoring.prometheusRule.enabled=true",
+            "--set",
+            "monitoring.prometheusRule.labels.release=prometheus",
+            "--set",
+            "monitoring.podMonitor.enabled=true",
+        ])
+        .unwrap();
+    let objects: Vec<serde_json::Value> = rendered
+        .split("\n---")
+        .filter_map(|document| serde_yaml::from_str(document).ok())
+        .filter(|object: &serde_json::Value| object.is_object())
+        .collect();
+    let of_kind = |kind: &str| -> Vec<&serde_json::Value> {
+        objects
+            .iter()
+            .filter(|object| object["kind"] == kind)
+            .collect()
+    };
+
+    let dashboards: Vec<_> = of_kind("ConfigMap")
+        .into_iter()
+        .filter(|map| map["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .collect();
+    let shipped = logpipeline_e2e::monitoring::dashboards().unwrap();
+    assert_eq!(dashboards.len(), shipped.len());
+    for (stem, json) in &shipped {
+        let key = format!("{stem}.json");
+        let found = dashboards
+            .iter()
+            .find_map(|map| map["data"][&key].as_str())
+            .unwrap_or_else(|| panic!("no ConfigMap holds {key}"));
+        let parsed: serde_json::Value = serde_json::from_str(found).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::from_str::<serde_json::Value>(json).unwrap()
+        );
+    }
+
+    let rules = of_kind("PrometheusRule");
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0]["metadata"]["labels"]["release"], "prometheus");
+    let source: serde_json::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo_root().join(logpipeline_e2e::monitoring::RULES)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rules[0]["spec"]["groups"], source["groups"]);
+
+    let monitors = of_kind("PodMonitor");
+    assert_eq!(monitors.len(), 2, "the operator's and the pipelines'");
+    let pipelines = monitors
+        .iter()
+        .find(|monitor| monitor["spec"]["namespaceSelector"]["any"] == true)
+        .expect("a PodMonitor for pipelines in every namespace");
+    let ports: Vec<&str> = pipelines["spec"]["podMetricsEndpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|endpoint| endpoint["port"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ports,
+        ["http", "metrics"],
+        "the api's and the worker's ports"
+    );
 }

@@ -154,17 +154,18 @@ async fn reconcile_inner(lp: &LogPipeline, ctx: &Context) -> Result<Action> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let redis_url = secret_value(&secrets, &ns, &lp.spec.redis_secret_ref).await?;
     let database_url = secret_value(&secrets, &ns, &lp.spec.database_secret_ref).await?;
-    let (backlog, mut problem) = match redis_url {
+    let (reading, mut problem) = match redis_url {
         Ok(url) => {
             let reading = lag::read(
                 &lag::resolve_in_namespace(&url, &ns),
                 &lp.spec.stream.name,
                 &lp.spec.stream.group,
                 ctx.redis_timeout,
+                lag::active_within(lp.spec.worker.block_ms),
             )
             .await;
             match reading {
-                Ok(backlog) => (Some(backlog), None),
+                Ok(reading) => (Some(reading), None),
                 Err(error) => (
                     None,
                     Some(Problem {
@@ -182,13 +183,7 @@ async fn reconcile_inner(lp: &LogPipeline, ctx: &Context) -> Result<Action> {
     if let Err(database_problem) = database_url {
         problem.get_or_insert(database_problem);
     }
-    if let Some(backlog) = backlog {
-        let total = backlog.lag.saturating_add(backlog.pending);
-        ctx.metrics
-            .lag
-            .with_label_values(&[&ns, &name])
-            .set(i64::try_from(total).unwrap_or(i64::MAX));
-    }
+    let backlog = reading.map(|reading| reading.backlog);
 
     // How many workers.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
@@ -221,7 +216,7 @@ async fn reconcile_inner(lp: &LogPipeline, ctx: &Context) -> Result<Action> {
             &policy,
         ),
     };
-    ctx.metrics.record_decision(decision);
+    ctx.metrics.record_decision(&ns, &name, decision);
 
     // The children.
     let scaled_at = match decision {
@@ -273,6 +268,7 @@ async fn reconcile_inner(lp: &LogPipeline, ctx: &Context) -> Result<Action> {
         scaled_at,
     };
     let next = status::next(&previous, &observed, now);
+    ctx.metrics.observe(&ns, &name, &next, reading);
     announce_degradation(ctx, &reference, &previous, &next).await;
     if next != previous {
         write_status(client, &ns, &name, &next).await?;

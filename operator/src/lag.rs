@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use redis::streams::StreamInfoGroupsReply;
+use redis::streams::{StreamInfoConsumersReply, StreamInfoGroupsReply};
 
 use crate::scaling::Backlog;
 use crate::{Error, Result};
@@ -28,13 +28,39 @@ pub fn resolve_in_namespace(url: &str, namespace: &str) -> String {
     }
 }
 
-/// Reads `lag` and `pending` of `group` on `stream` with `XINFO GROUPS`.
+/// What the operator reads of a pipeline's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reading {
+    /// The group's lag and pending entries.
+    pub backlog: Backlog,
+    /// Consumers of the group that read or claimed within the `active_within` given to
+    /// [`read`].
+    pub consumers_active: u64,
+}
+
+/// How recently a consumer of a pipeline whose workers block `block_ms` per read must
+/// have read (or claimed) to count as active: a live worker does at least every
+/// `block_ms`, and refreshes its claim at least every few seconds while it retries a
+/// batch.
+pub fn active_within(block_ms: i32) -> Duration {
+    Duration::from_millis(u64::try_from(block_ms).unwrap_or(0)) + Duration::from_secs(10)
+}
+
+/// Reads `lag` and `pending` of `group` on `stream` with `XINFO GROUPS`, and its
+/// consumers active within `active_within` with `XINFO CONSUMERS`.
 ///
 /// A stream that does not exist yet has no backlog. A group that does not exist yet
 /// (no worker has started) has the whole stream as lag, and so does a group whose lag
 /// Redis cannot compute (after entries were deleted from the middle of the stream).
-pub async fn read(url: &str, stream: &str, group: &str, timeout: Duration) -> Result<Backlog> {
-    tokio::time::timeout(timeout, read_unbounded(url, stream, group, timeout))
+pub async fn read(
+    url: &str,
+    stream: &str,
+    group: &str,
+    timeout: Duration,
+    active_within: Duration,
+) -> Result<Reading> {
+    let reading = read_unbounded(url, stream, group, timeout, active_within);
+    tokio::time::timeout(timeout, reading)
         .await
         .map_err(|_| Error::RedisTimeout(timeout))?
 }
@@ -44,7 +70,8 @@ async fn read_unbounded(
     stream: &str,
     group: &str,
     timeout: Duration,
-) -> Result<Backlog> {
+    active_within: Duration,
+) -> Result<Reading> {
     let client = redis::Client::open(url)?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
@@ -54,21 +81,39 @@ async fn read_unbounded(
         .await?;
     let exists: bool = con.exists(stream).await?;
     if !exists {
-        return Ok(Backlog { lag: 0, pending: 0 });
+        return Ok(Reading {
+            backlog: Backlog { lag: 0, pending: 0 },
+            consumers_active: 0,
+        });
     }
     let groups: StreamInfoGroupsReply = con.xinfo_groups(stream).await?;
-    let entry = groups.groups.into_iter().find(|g| g.name == group);
-    let (lag, pending) = match entry {
-        Some(g) => (g.lag, g.pending),
-        None => (None, 0),
+    let Some(entry) = groups.groups.into_iter().find(|g| g.name == group) else {
+        let length: i64 = con.xlen(stream).await?;
+        return Ok(Reading {
+            backlog: Backlog {
+                lag: u64::try_from(length).unwrap_or(u64::MAX),
+                pending: 0,
+            },
+            consumers_active: 0,
+        });
     };
-    let lag = match lag {
+    let lag = match entry.lag {
         Some(lag) => lag,
         None => con.xlen(stream).await?,
     };
-    Ok(Backlog {
-        lag: u64::try_from(lag).unwrap_or(u64::MAX),
-        pending: u64::try_from(pending).unwrap_or(u64::MAX),
+    let consumers: StreamInfoConsumersReply = con.xinfo_consumers(stream, group).await?;
+    let active_ms = active_within.as_millis();
+    let consumers_active = consumers
+        .consumers
+        .iter()
+        .filter(|consumer| (consumer.idle as u128) < active_ms)
+        .count() as u64;
+    Ok(Reading {
+        backlog: Backlog {
+            lag: u64::try_from(lag).unwrap_or(u64::MAX),
+            pending: u64::try_from(entry.pending).unwrap_or(u64::MAX),
+        },
+        consumers_active,
     })
 }
 

@@ -56,6 +56,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// Every value of [`Error::metric_label`].
+    pub const METRIC_LABELS: [&'static str; 7] = [
+        "kube",
+        "redis",
+        "serialization",
+        "invalid_object",
+        "io",
+        "metrics",
+        "lease",
+    ];
+
     /// A short label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {

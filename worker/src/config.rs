@@ -82,6 +82,19 @@ pub struct Config {
 
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+
+    /// Without a command the worker runs; `admin` operates on the stream instead.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do instead of running.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Operations on the stream: show it, list or replay dead letters, delete a
+    /// consumer. They use the settings above (`REDIS_URL`, `LOGPIPELINE_STREAM`, …).
+    #[command(subcommand)]
+    Admin(crate::admin::Admin),
 }
 
 impl Config {

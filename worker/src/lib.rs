@@ -5,6 +5,7 @@
 //! ([`maintenance`]), serves metrics and probes ([`ops`]), and on SIGTERM or Ctrl-C lets
 //! the consumers finish and acknowledge the batches in hand before exiting.
 
+pub mod admin;
 pub mod config;
 pub mod consumer;
 mod error;

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use logpipeline_worker::config::Config;
+use logpipeline_worker::config::{Command, Config};
 
 /// mimalloc: the hot path allocates per request from every runtime thread, where glibc's
 /// arenas showed in profiles as lock waits and consolidation.
@@ -11,6 +11,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
+    if let Some(Command::Admin(command)) = &config.command {
+        return match logpipeline_worker::admin::run(&config, command).await {
+            Ok(printed) => {
+                print!("{printed}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("logpipeline-worker admin: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     logpipeline_core::telemetry::init(config.telemetry.log_format);
     match logpipeline_worker::run(config).await {
         Ok(()) => ExitCode::SUCCESS,

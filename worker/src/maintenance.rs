@@ -1,7 +1,7 @@
 //! Periodic upkeep of the stream: trimming acknowledged entries, refreshing the stream
 //! gauges, and removing consumer names left behind by workers that are gone.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -45,6 +45,9 @@ pub async fn run(
                 metrics.stream_length.set(gauge(info.length));
                 metrics.group_lag.set(gauge(info.lag.unwrap_or(0)));
                 metrics.group_pending.set(gauge(info.pending));
+                metrics
+                    .oldest_pending_age
+                    .set(info.oldest_pending_age(SystemTime::now()).as_secs_f64());
             }
             Err(error) => {
                 metrics.redis_errors.inc();

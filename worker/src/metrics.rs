@@ -1,7 +1,8 @@
 //! The worker's Prometheus metrics.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
 };
 
 /// Why an entry went to the dead-letter stream.
@@ -61,6 +62,8 @@ pub struct Metrics {
     pub group_lag: IntGauge,
     /// Entries delivered and not yet acknowledged.
     pub group_pending: IntGauge,
+    /// Age of the oldest of those, in seconds.
+    pub oldest_pending_age: Gauge,
 }
 
 impl Metrics {
@@ -106,6 +109,12 @@ impl Metrics {
             &["command"],
         )?;
         registry.register(Box::new(redis_duration.clone()))?;
+        let oldest_pending_age = Gauge::new(
+            "logpipeline_worker_oldest_pending_age_seconds",
+            "Age of the oldest entry delivered and not yet acknowledged (0 when none)",
+        )?;
+        registry.register(Box::new(oldest_pending_age.clone()))?;
+        logpipeline_core::metrics::register_process(&registry, env!("CARGO_PKG_VERSION"))?;
         Ok(Self {
             batches: counter(
                 "logpipeline_worker_batches_total",
@@ -165,6 +174,7 @@ impl Metrics {
                 "logpipeline_worker_group_pending",
                 "Stream entries delivered and not yet acknowledged",
             )?,
+            oldest_pending_age,
             registry,
         })
     }

@@ -61,7 +61,7 @@ pub struct StreamEntry {
 }
 
 /// The stream's numbers for the consumer group.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupInfo {
     /// Entries in the stream.
     pub length: u64,
@@ -69,6 +69,28 @@ pub struct GroupInfo {
     pub lag: Option<u64>,
     /// Entries delivered and not yet acknowledged.
     pub pending: u64,
+    /// The id of the oldest of those, if any.
+    pub oldest_pending: Option<String>,
+    /// Whether the group exists.
+    pub group_exists: bool,
+}
+
+impl GroupInfo {
+    /// How long ago the oldest pending entry was added to the stream (its id is the
+    /// Redis server's clock in milliseconds then); zero when nothing is pending.
+    pub fn oldest_pending_age(&self, now: std::time::SystemTime) -> Duration {
+        let added_ms = self
+            .oldest_pending
+            .as_deref()
+            .and_then(|id| id.split('-').next()?.parse::<u64>().ok());
+        let Some(added_ms) = added_ms else {
+            return Duration::ZERO;
+        };
+        let now_ms = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        Duration::from_millis(now_ms.saturating_sub(added_ms))
+    }
 }
 
 /// One connection's view of the stream, its consumer group and its dead-letter stream.
@@ -302,35 +324,7 @@ impl Stream {
 
     /// The stream's length and the group's lag and pending count.
     pub async fn group_info(&mut self) -> RedisResult<GroupInfo> {
-        let length: u64 = redis::cmd("XLEN")
-            .arg(&*self.key)
-            .query_async(&mut self.redis)
-            .await?;
-        let groups: Vec<Value> = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&*self.key)
-            .query_async(&mut self.redis)
-            .await?;
-        let mut info = GroupInfo {
-            length,
-            ..GroupInfo::default()
-        };
-        for group in groups {
-            let fields = field_map(group);
-            if fields
-                .iter()
-                .any(|(k, v)| k == "name" && text(v).as_deref() == Some(&*self.group))
-            {
-                for (key, value) in fields {
-                    match (key.as_str(), value) {
-                        ("pending", Value::Int(n)) => info.pending = n.max(0) as u64,
-                        ("lag", Value::Int(n)) => info.lag = Some(n.max(0) as u64),
-                        _ => {}
-                    }
-                }
-            }
-        }
-        Ok(info)
+        read_group_info(&mut self.redis, &self.key, &self.group).await
     }
 
     /// Removes consumers that hold nothing and have not read for longer than `idle`:
@@ -388,7 +382,7 @@ pub fn compare_ids(a: &str, b: &str) -> std::cmp::Ordering {
     parse(a).cmp(&parse(b))
 }
 
-fn text(value: &Value) -> Option<String> {
+pub(crate) fn text(value: &Value) -> Option<String> {
     match value {
         Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
         Value::SimpleString(text) => Some(text.clone()),
@@ -396,8 +390,57 @@ fn text(value: &Value) -> Option<String> {
     }
 }
 
+/// The length of stream `key` and the lag, pending count and oldest pending entry of its
+/// consumer `group` (all zero when they do not exist).
+pub async fn read_group_info<C: redis::aio::ConnectionLike>(
+    redis: &mut C,
+    key: &str,
+    group: &str,
+) -> RedisResult<GroupInfo> {
+    let exists: bool = redis::cmd("EXISTS").arg(key).query_async(redis).await?;
+    if !exists {
+        return Ok(GroupInfo::default());
+    }
+    let length: u64 = redis::cmd("XLEN").arg(key).query_async(redis).await?;
+    let groups: Vec<Value> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(key)
+        .query_async(redis)
+        .await?;
+    let mut info = GroupInfo {
+        length,
+        ..GroupInfo::default()
+    };
+    for described in groups {
+        let fields = field_map(described);
+        if fields
+            .iter()
+            .any(|(k, v)| k == "name" && text(v).as_deref() == Some(group))
+        {
+            info.group_exists = true;
+            for (field, value) in fields {
+                match (field.as_str(), value) {
+                    ("pending", Value::Int(n)) => info.pending = n.max(0) as u64,
+                    ("lag", Value::Int(n)) => info.lag = Some(n.max(0) as u64),
+                    _ => {}
+                }
+            }
+        }
+    }
+    if info.pending > 0 {
+        // XPENDING's summary: count, smallest id, greatest id, consumers.
+        let summary: Vec<Value> = redis::cmd("XPENDING")
+            .arg(key)
+            .arg(group)
+            .query_async(redis)
+            .await?;
+        info.oldest_pending = summary.get(1).and_then(text);
+    }
+    Ok(info)
+}
+
 /// A flat `[key, value, key, value, …]` array (or a map) as pairs.
-fn field_map(value: Value) -> Vec<(String, Value)> {
+pub(crate) fn field_map(value: Value) -> Vec<(String, Value)> {
     match value {
         Value::Array(items) => {
             let mut items = items.into_iter();

@@ -117,7 +117,8 @@ pub fn tools() -> Result<Tools> {
 
 /// The repository root (the workspace this crate belongs to).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    let e2e = Path::new(env!("CARGO_MANIFEST_DIR"));
+    e2e.parent().unwrap_or(e2e).to_path_buf()
 }
 
 /// `kubectl` and `helm` against one cluster, as its admin unless told otherwise.
@@ -523,8 +524,17 @@ pub struct Operator {
 impl Operator {
     /// Starts the operator and waits until it serves its health endpoint.
     pub fn start(cluster: &Kubectl, options: &OperatorOptions) -> Result<Self> {
+        Self::start_on(cluster, options, free_port()?)
+    }
+
+    /// Like [`start`](Self::start), serving its metrics on `metrics_port` (a restarted
+    /// operator keeps its scrape target).
+    pub fn start_on(
+        cluster: &Kubectl,
+        options: &OperatorOptions,
+        metrics_port: u16,
+    ) -> Result<Self> {
         let binary = crate::services::binaries_dir()?.join("logpipeline-operator");
-        let metrics_port = free_port()?;
         let mut command = Command::new(binary);
         command
             .env(
@@ -556,6 +566,11 @@ impl Operator {
             process,
             metrics_port,
         })
+    }
+
+    /// The port of its metrics and probes.
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
     }
 
     /// Its `/metrics` page.

@@ -1,0 +1,506 @@
+//! The dashboards and alert rules LogPipeline ships (`monitoring/`), checked the way an
+//! operator relies on them: promtool's unit tests, the dashboard lint rules, the
+//! generated copies, and a real Prometheus scraping a live api, worker and operator while
+//! the test drives load and faults: every panel's query returns data with the labels its
+//! legend names, and each fault takes its alert through pending to firing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use logpipeline_e2e::devices::{self, Plan};
+use logpipeline_e2e::kube::{self, KubeCluster, Operator, OperatorOptions, repo_root};
+use logpipeline_e2e::monitoring;
+use logpipeline_e2e::prometheus::{PrometheusServer, Target, promtool};
+use logpipeline_e2e::services::{Env, WorkerProcess};
+use logpipeline_e2e::stack::{Stack, wait_for_schema};
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+
+#[test]
+fn the_alert_rules_pass_promtool_and_their_unit_tests() {
+    let dir = repo_root().join("monitoring/alerts");
+    promtool(&dir, &["check", "rules", "logpipeline.rules.yaml"]).unwrap();
+    let printed = promtool(&dir, &["test", "rules", "logpipeline.rules.test.yaml"]).unwrap();
+    println!("{printed}");
+}
+
+#[test]
+fn the_shipped_copies_are_generated_from_monitoring() {
+    for (path, contents) in monitoring::generated().unwrap() {
+        let committed = std::fs::read_to_string(repo_root().join(&path)).unwrap_or_default();
+        assert!(
+            committed == contents,
+            "{} is stale: run `cargo run -p logpipeline-e2e --bin monitoring-gen`",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn the_dashboards_pass_the_lint_rules() {
+    let dashboards = monitoring::dashboards().unwrap();
+    assert!(dashboards.len() >= 2, "{dashboards:?}");
+    for (name, json) in dashboards {
+        let dashboard: Value = serde_json::from_str(&json).unwrap();
+        let problems = monitoring::lint(&dashboard);
+        assert!(problems.is_empty(), "{name}:\n{}", problems.join("\n"));
+    }
+}
+
+/// Every alert state Prometheus has shown, by alert name, as a poller saw them.
+#[derive(Clone, Default)]
+struct SeenAlerts(Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>);
+
+impl SeenAlerts {
+    /// Polls Prometheus' alerts four times a second until the test ends.
+    fn watch(prometheus: &PrometheusServer) -> Self {
+        let seen = Self::default();
+        let recorder = seen.clone();
+        let url = prometheus.url();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            loop {
+                let answer = client.get(format!("{url}/api/v1/alerts")).send().await;
+                if let Ok(response) = answer
+                    && let Ok(body) = response.json::<Value>().await
+                {
+                    let mut seen = recorder.0.lock().unwrap();
+                    for alert in body["data"]["alerts"].as_array().into_iter().flatten() {
+                        let name = alert["labels"]["alertname"].as_str().unwrap_or_default();
+                        let state = alert["state"].as_str().unwrap_or_default();
+                        seen.entry(name.to_owned())
+                            .or_default()
+                            .insert(state.to_owned());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+        seen
+    }
+
+    /// Waits until `alert` has been pending and then firing.
+    async fn wait_for(&self, alert: &str, timeout: Duration) {
+        let started = Instant::now();
+        loop {
+            let states = self
+                .0
+                .lock()
+                .unwrap()
+                .get(alert)
+                .cloned()
+                .unwrap_or_default();
+            if states.contains("pending") && states.contains("firing") {
+                println!(
+                    "{alert}: pending, then firing, {:.0?} after its fault",
+                    started.elapsed()
+                );
+                return;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "{alert} did not go pending then firing within {timeout:?}; seen: {:?}",
+                self.0.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// The shipped rule file with every `for:` shortened to a few seconds, so a test sees
+/// each alert go pending and then firing without waiting minutes; expressions and
+/// thresholds are the shipped ones.
+fn quick_rules(dir: &std::path::Path) -> PathBuf {
+    let rules = std::fs::read_to_string(repo_root().join(monitoring::RULES)).unwrap();
+    let mut rules: Value = serde_yaml::from_str(&rules).unwrap();
+    for group in rules["groups"].as_array_mut().unwrap() {
+        for rule in group["rules"].as_array_mut().unwrap() {
+            if rule.get("alert").is_some() {
+                rule["for"] = json!("3s");
+            }
+        }
+    }
+    let path = dir.join("rules.yaml");
+    std::fs::write(&path, serde_yaml::to_string(&rules).unwrap()).unwrap();
+    path
+}
+
+/// A LogPipeline for the operator to watch, pointing at the stack's Redis.
+fn pipeline_objects(cluster: &KubeCluster, ns: &str, redis_url: &str, database_url: &str) {
+    for (name, url) in [("redis", redis_url), ("postgres", database_url)] {
+        secret(cluster, ns, name, url);
+    }
+    let pipeline = json!({
+        "apiVersion": "logpipeline.io/v1alpha1",
+        "kind": "LogPipeline",
+        "metadata": {"name": "logs"},
+        "spec": {
+            "redisSecretRef": {"name": "redis"},
+            "databaseSecretRef": {"name": "postgres"},
+            "api": {"image": "logpipeline-api:0.1.0", "replicas": 1},
+            "worker": {"image": "logpipeline-worker:0.1.0", "blockMs": 500, "lagPollSecs": 1,
+                       "minReplicas": 1, "maxReplicas": 4, "lagTargetPerReplica": 1000},
+        },
+    });
+    cluster
+        .kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &pipeline.to_string())
+        .unwrap();
+}
+
+fn secret(cluster: &KubeCluster, ns: &str, name: &str, url: &str) {
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name},
+        "stringData": {"url": url},
+    });
+    cluster
+        .kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &secret.to_string())
+        .unwrap();
+}
+
+/// A ServiceAccount that may run the operator's leader election and read pipelines and
+/// Secrets, but not write what it renders: every reconcile fails.
+fn crippled_operator_kubeconfig(cluster: &KubeCluster, ns: &str) -> PathBuf {
+    let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "crippled"}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "crippled"},
+         "rules": [
+            {"apiGroups": ["logpipeline.io"], "resources": ["logpipelines"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["logpipeline.io"], "resources": ["logpipelines/status"], "verbs": ["get", "patch"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+            {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+         ]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "crippled"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "crippled"},
+         "subjects": [{"kind": "ServiceAccount", "name": "crippled", "namespace": ns}]},
+    ]});
+    cluster
+        .kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &objects.to_string())
+        .unwrap();
+    cluster.service_account_kubeconfig(ns, "crippled").unwrap()
+}
+
+/// Waits until `expr` returns something in `prometheus`.
+async fn wait_for_data(prometheus: &PrometheusServer, client: &reqwest::Client, expr: &str) {
+    let started = Instant::now();
+    while prometheus
+        .query(client, expr)
+        .await
+        .map_or(true, |samples| samples.is_empty())
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "`{expr}` returned nothing for a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Replaces the dashboards' variables as Grafana would for this stack.
+fn substitute(expr: &str) -> String {
+    expr.replace("${namespace}", "e2e")
+        .replace("$namespace", "e2e")
+        .replace("${pipeline}", "logs")
+        .replace("$pipeline", "logs")
+        .replace("$__rate_interval", "1m")
+        .replace("$__interval", "15s")
+        .replace("$__range", "10m")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_panel_shows_data_and_each_fault_fires_its_alert() {
+    // The stack, with a small stream capacity (backpressure comes quickly), two
+    // deliveries before a dead letter, and idle entries claimed only after ten minutes.
+    let mut stack = Stack::builder()
+        .own_postgres()
+        .api()
+        .api_env("LOGPIPELINE_STREAM_CAPACITY", 3000)
+        .start()
+        .unwrap();
+    let mut redis = stack.redis().await.unwrap();
+    let pool = stack.pool().await.unwrap();
+    wait_for_schema(&pool).await.unwrap();
+    sqlx::raw_sql(
+        "create function refuse_by_device() returns trigger language plpgsql as $$
+         begin
+             if new.device_id like 'refused-%' then
+                 raise exception 'refused for the test' using errcode = substr(new.device_id, 9);
+             end if;
+             return new;
+         end $$;
+         create trigger refuse_by_device before insert on logs
+             for each row execute function refuse_by_device()",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    // A consumer that died ten minutes ago holding an entry: the oldest pending entry.
+    let now_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let ghost_log = json!([devices::log("ghost", 0, 0)]).to_string();
+    let _: String = redis
+        .xadd(
+            "logs:stream",
+            format!("{}-0", now_ms - 600_000),
+            &[("v", "1"), ("t", "0"), ("logs", ghost_log.as_str())],
+        )
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg(&[
+            "GROUP",
+            "log_workers",
+            "ghost",
+            "COUNT",
+            "1",
+            "STREAMS",
+            "logs:stream",
+            ">",
+        ])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let worker_port = logpipeline_e2e::process::free_port().unwrap();
+    let worker_env = Env::from([
+        ("LOGPIPELINE_MAX_DELIVERIES".into(), "2".into()),
+        ("LOGPIPELINE_CLAIM_IDLE_MS".into(), "600000".into()),
+        ("LOGPIPELINE_BLOCK_MS".into(), "500".into()),
+        ("LOGPIPELINE_CONSUMER_NAME".into(), "worker".into()),
+    ]);
+    let redis_url = stack.redis.url();
+    let database_url = stack.database_url().to_owned();
+    let start_worker =
+        || WorkerProcess::start_on(worker_port, &redis_url, &database_url, &worker_env).unwrap();
+    let mut worker = start_worker();
+
+    // The operator, watching a LogPipeline that points at the stack.
+    let cluster = kube::shared().unwrap();
+    let ns = "e2e";
+    cluster.create_namespace(ns).unwrap();
+    pipeline_objects(cluster, ns, &redis_url, &database_url);
+    let mut options = OperatorOptions::new(ns);
+    let mut operator = Operator::start(cluster, &options).unwrap();
+    let operator_port = operator.metrics_port();
+
+    // Prometheus, scraping all three with the labels a PodMonitor gives them.
+    let target = |component: &str, port: u16, honor_labels: bool| {
+        let namespace = if component == "operator" {
+            "logpipeline-system"
+        } else {
+            ns
+        };
+        Target {
+            job: format!("logpipeline-{component}"),
+            address: format!("127.0.0.1:{port}"),
+            labels: BTreeMap::from([
+                ("namespace".into(), namespace.into()),
+                ("pipeline".into(), "logs".into()),
+                ("component".into(), component.into()),
+                ("pod".into(), format!("{component}-0")),
+            ]),
+            honor_labels,
+        }
+    };
+    let api_port = stack.api.as_ref().unwrap().port();
+    let rules_dir = tempfile::tempdir().unwrap();
+    let prometheus = PrometheusServer::start(
+        &[
+            target("api", api_port, false),
+            target("worker", worker_port, false),
+            target("operator", operator_port, true),
+        ],
+        &[quick_rules(rules_dir.path())],
+    )
+    .unwrap();
+    let seen = SeenAlerts::watch(&prometheus);
+    let client = reqwest::Client::new();
+    let url = stack.api_url().unwrap();
+
+    // Healthy traffic: both endpoints, bad requests, queries answered from the database
+    // and then from the cache, statistics.
+    let healthy = Plan {
+        run: "monitoring".into(),
+        devices: 10,
+        single_logs_per_device: 100,
+        batches_per_device: 20,
+        batch_size: 5,
+    };
+    devices::send(&client, &url, &healthy).await.unwrap();
+    for body in ["{", "[1]"] {
+        let _ = client
+            .post(format!("{url}/api/log"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+    for _ in 0..3 {
+        client
+            .get(format!("{url}/api/logs/device-000"))
+            .send()
+            .await
+            .unwrap();
+        client.get(format!("{url}/api/stats")).send().await.unwrap();
+    }
+
+    // The ghost's entry has been pending for ten minutes.
+    seen.wait_for("LogPipelinePendingTooOld", Duration::from_secs(60))
+        .await;
+
+    // A poison entry: refused by PostgreSQL twice, then dead-lettered.
+    let mut poison = devices::log("monitoring-poison", 0, 0);
+    poison["device_id"] = "refused-XX000".into();
+    client
+        .post(format!("{url}/api/log"))
+        .json(&poison)
+        .send()
+        .await
+        .unwrap();
+    seen.wait_for("LogPipelineDeadLetters", Duration::from_secs(60))
+        .await;
+
+    // PostgreSQL stops while devices keep sending: the worker retries, the backlog grows
+    // until the stream is full and the api answers 503.
+    stack.postgres.as_mut().unwrap().stop().unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let sending = devices::send_until(
+        &client,
+        &url,
+        "monitoring-outage",
+        20,
+        1,
+        Duration::ZERO,
+        &stop,
+    );
+    let waiting = async {
+        seen.wait_for("LogPipelinePostgresUnavailable", Duration::from_secs(90))
+            .await;
+        seen.wait_for("LogPipelineLagGrowing", Duration::from_secs(90))
+            .await;
+        seen.wait_for("LogPipelineBackpressure", Duration::from_secs(90))
+            .await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let (sent, ()) = tokio::join!(sending, waiting);
+    assert!(
+        sent.refused.get(&503).is_some_and(|count| *count > 0),
+        "{:?}",
+        sent.refused
+    );
+    stack.postgres.as_mut().unwrap().start_again().unwrap();
+
+    // The worker stops: no consumer reads while an entry waits (the ghost's). It comes
+    // back, twice, each start seen by Prometheus.
+    worker.terminate(Duration::from_secs(30)).unwrap();
+    seen.wait_for("LogPipelineNoLiveConsumer", Duration::from_secs(90))
+        .await;
+    for restarts in 1..=2 {
+        if restarts == 2 {
+            worker.terminate(Duration::from_secs(30)).unwrap();
+        }
+        worker = start_worker();
+        let changes = format!(
+            r#"changes(process_start_time_seconds{{component="worker"}}[10m]) >= {restarts}"#
+        );
+        wait_for_data(&prometheus, &client, &changes).await;
+    }
+    seen.wait_for("LogPipelineRestarting", Duration::from_secs(90))
+        .await;
+
+    // The pipeline's Redis Secret goes: the operator marks it Degraded.
+    cluster
+        .kubectl(&["delete", "secret", "redis", "-n", ns])
+        .unwrap();
+    seen.wait_for("LogPipelineDegraded", Duration::from_secs(90))
+        .await;
+    secret(cluster, ns, "redis", &redis_url);
+
+    // An operator that may not write what it renders fails every reconcile.
+    operator.stop().unwrap();
+    options.kubeconfig = Some(crippled_operator_kubeconfig(cluster, ns));
+    let mut crippled = Operator::start_on(cluster, &options, operator_port).unwrap();
+    seen.wait_for(
+        "LogPipelineOperatorReconcileErrors",
+        Duration::from_secs(120),
+    )
+    .await;
+    // And without any operator, nothing reconciles.
+    crippled.stop().unwrap();
+    seen.wait_for("LogPipelineOperatorDown", Duration::from_secs(60))
+        .await;
+    options.kubeconfig = None;
+    let _operator = Operator::start_on(cluster, &options, operator_port).unwrap();
+    wait_for_data(
+        &prometheus,
+        &client,
+        r#"logpipeline_operator_stream_consumers_active{namespace="e2e"}"#,
+    )
+    .await;
+
+    // Redis stops while devices send: the api cannot accept logs and answers 503
+    // queue_unavailable, an ingest error.
+    stack.redis.stop().unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let sending = devices::send_until(
+        &client,
+        &url,
+        "monitoring-redis-down",
+        100,
+        1,
+        Duration::ZERO,
+        &stop,
+    );
+    let waiting = async {
+        seen.wait_for("LogPipelineRedisUnavailable", Duration::from_secs(90))
+            .await;
+        seen.wait_for("LogPipelineIngestErrors", Duration::from_secs(90))
+            .await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    tokio::join!(sending, waiting);
+    stack.redis.start_again().unwrap();
+    worker.process().ensure_running().unwrap();
+
+    // Every panel's queries return data, with every label their legends name.
+    let mut checked = 0;
+    for (dashboard, json) in monitoring::dashboards().unwrap() {
+        let dashboard_json: Value = serde_json::from_str(&json).unwrap();
+        for (title, expr, legend) in monitoring::targets(&dashboard_json) {
+            let query = substitute(&expr);
+            let samples = prometheus
+                .query(&client, &query)
+                .await
+                .unwrap_or_else(|error| {
+                    panic!(
+                        "{dashboard} / {title}: {error:#}\n{}",
+                        prometheus.log_tail()
+                    )
+                });
+            assert!(
+                !samples.is_empty(),
+                "{dashboard} / {title}: `{query}` returns no data"
+            );
+            for label in monitoring::legend_labels(&legend) {
+                assert!(
+                    samples
+                        .iter()
+                        .all(|sample| sample.metric.contains_key(&label)),
+                    "{dashboard} / {title}: `{query}` has no `{label}` label for its legend {legend:?}: {samples:?}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    println!("{checked} panel queries return data with their legends' labels");
+    println!("alerts seen: {:?}", seen.0.lock().unwrap());
+}
