@@ -48,7 +48,7 @@ async fn dead_letters_are_listed_and_replayed_once_their_cause_is_fixed() {
         .execute(&pool)
         .await
         .unwrap();
-    let client = reqwest::Client::new();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
     let url = stack.api_url().unwrap();
     for seq in 0..3 {
         let mut log = devices::log("replayed", 0, seq);
@@ -148,7 +148,7 @@ async fn dead_letters_are_listed_and_replayed_once_their_cause_is_fixed() {
 async fn a_consumer_is_deleted_only_once_it_holds_nothing() {
     let stack = Stack::builder().api().start().unwrap();
     let mut redis = stack.redis().await.unwrap();
-    let client = reqwest::Client::new();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
     client
         .post(format!("{}/api/log", stack.api_url().unwrap()))
         .json(&devices::log("consumers", 0, 0))

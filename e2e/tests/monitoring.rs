@@ -62,7 +62,7 @@ impl SeenAlerts {
         let recorder = seen.clone();
         let url = prometheus.url();
         tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
             loop {
                 let answer = client.get(format!("{url}/api/v1/alerts")).send().await;
                 if let Ok(response) = answer
@@ -101,11 +101,10 @@ impl SeenAlerts {
                 );
                 return;
             }
-            assert!(
-                started.elapsed() < timeout,
-                "{alert} did not go pending then firing within {timeout:?}; seen: {:?}",
-                self.0.lock().unwrap()
-            );
+            if started.elapsed() > timeout {
+                let seen = format!("{:?}", self.0.lock().unwrap());
+                panic!("{alert} did not go pending then firing within {timeout:?}; seen: {seen}");
+            }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
@@ -172,7 +171,7 @@ fn crippled_operator_kubeconfig(cluster: &KubeCluster, ns: &str) -> PathBuf {
             {"apiGroups": ["logpipeline.io"], "resources": ["logpipelines"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": ["logpipeline.io"], "resources": ["logpipelines/status"], "verbs": ["get", "patch"]},
             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch", "update"]},
             {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
          ]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "crippled"},
@@ -322,7 +321,7 @@ async fn every_panel_shows_data_and_each_fault_fires_its_alert() {
     )
     .unwrap();
     let seen = SeenAlerts::watch(&prometheus);
-    let client = reqwest::Client::new();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
     let url = stack.api_url().unwrap();
 
     // Healthy traffic: both endpoints, bad requests, queries answered from the database

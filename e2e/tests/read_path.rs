@@ -20,7 +20,7 @@ async fn get(client: &reqwest::Client, url: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persisted_log_is_visible_to_the_very_next_query() {
     let stack = Stack::builder().api().workers(1).start().unwrap();
-    let client = reqwest::Client::new();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
     let api = stack.api_url().unwrap();
     let query = format!("{api}/api/logs/sensor-9?limit=1000");
     wait_for_schema(&stack.pool().await.unwrap()).await.unwrap();
@@ -62,7 +62,7 @@ async fn a_persisted_log_is_visible_to_the_very_next_query() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stats_are_exact_after_a_known_load() {
     let stack = Stack::builder().api().workers(2).start().unwrap();
-    let client = reqwest::Client::new();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
     let api = stack.api_url().unwrap();
     // Twelve devices send 50 logs each, whose levels cycle through all five; a
     // thirteenth sends one more, to lead the ranking.
@@ -140,7 +140,7 @@ fn families(text: &str) -> HashMap<String, &'static str> {
 async fn both_services_expose_prometheus_metrics() {
     let mut stack = Stack::builder().api().start().unwrap();
     stack.start_worker(&Env::new()).unwrap();
-    let client = reqwest::Client::new();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
     let api = stack.api_url().unwrap();
     let plan = Plan {
         run: "metrics".into(),
@@ -244,7 +244,7 @@ async fn request_ids_are_propagated_and_logs_can_be_json() {
         .api_env("RUST_LOG", "info,tower_http=debug")
         .start()
         .unwrap();
-    let client = reqwest::Client::new();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
     let api = stack.api_url().unwrap();
     let given = client
         .get(format!("{api}/livez"))

@@ -58,7 +58,7 @@ async fn every_accepted_log_is_stored_exactly_once() {
         .start()
         .unwrap();
     let plan = hundred_thousand_logs("exactly-once");
-    let client = reqwest::Client::new();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
     let started = Instant::now();
     let sent = devices::send(&client, &stack.api_url().unwrap(), &plan)
         .await
@@ -139,7 +139,14 @@ async fn a_worker_killed_mid_batch_twice_loses_and_duplicates_nothing() {
     let url = stack.api_url().unwrap();
     let sending = tokio::spawn({
         let plan = plan.clone();
-        async move { devices::send(&reqwest::Client::new(), &url, &plan).await }
+        async move {
+            devices::send(
+                &logpipeline_e2e::http_client(|builder| builder).unwrap(),
+                &url,
+                &plan,
+            )
+            .await
+        }
     });
     let mut redis = stack.redis().await.unwrap();
 
@@ -228,7 +235,7 @@ async fn entries_pending_on_a_dead_consumer_are_claimed_after_the_idle_timeout()
         .worker_env("LOGPIPELINE_CLAIM_IDLE_MS", 2000)
         .start()
         .unwrap();
-    let client = reqwest::Client::new();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
     for seq in 0..10 {
         let response = client
             .post(format!("{}/api/log", stack.api_url().unwrap()))
@@ -312,7 +319,7 @@ async fn logs_accepted_while_postgres_is_down_are_stored_when_it_returns() {
         .workers(1)
         .start()
         .unwrap();
-    let client = reqwest::Client::new();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
     let url = stack.api_url().unwrap();
     let plan = |run: &str| Plan {
         run: run.into(),
@@ -384,7 +391,7 @@ async fn entries_that_keep_failing_are_dead_lettered_without_blocking_the_rest()
         .await
         .unwrap();
 
-    let client = reqwest::Client::new();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
     let url = stack.api_url().unwrap();
     let poison = |seq| {
         let mut log = devices::log("poisoned", 0, seq);
@@ -530,7 +537,7 @@ async fn entries_refused_with_any_sqlstate_are_dead_lettered_while_the_logs_behi
         "54001", "53200", "XX000", "57014", "P0001", "08006", "42501",
     ];
 
-    let client = reqwest::Client::new();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
     let url = stack.api_url().unwrap();
     let mut refused_ids = HashSet::new();
     for (seq, class) in classes.iter().enumerate() {
@@ -668,7 +675,7 @@ async fn a_postgres_that_refuses_every_write_is_an_outage_and_dead_letters_nothi
     };
     read_only(true).await;
 
-    let client = reqwest::Client::new();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
     let url = stack.api_url().unwrap();
     let plan = Plan {
         run: "read-only".into(),
@@ -716,7 +723,7 @@ async fn a_full_stream_refuses_new_logs_and_loses_none_it_accepted() {
         .api_env("LOGPIPELINE_STREAM_CAPACITY", 20)
         .start()
         .unwrap();
-    let client = reqwest::Client::new();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
     let url = stack.api_url().unwrap();
     let mut accepted = Vec::new();
     for seq in 0..20 {
@@ -806,7 +813,8 @@ async fn sigterm_lets_the_api_finish_requests_in_flight() {
         },
     );
     let request = tokio::spawn(
-        reqwest::Client::new()
+        logpipeline_e2e::http_client(|builder| builder)
+            .unwrap()
             .post(format!("{url}/api/log"))
             .header("content-type", "application/json")
             .body(reqwest::Body::wrap_stream(chunks))
@@ -858,7 +866,7 @@ async fn sigterm_lets_the_worker_store_and_acknowledge_its_batch() {
         .execute(&mut *lock)
         .await
         .unwrap();
-    let client = reqwest::Client::new();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
     let url = stack.api_url().unwrap();
     for seq in 0..50 {
         let response = client
@@ -932,7 +940,7 @@ async fn a_worker_dying_between_commit_and_acknowledgement_causes_no_duplicate()
         .execute(&mut *lock)
         .await
         .unwrap();
-    let client = reqwest::Client::new();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
     let url = stack.api_url().unwrap();
     let batch = serde_json::json!({"logs": (0..10).map(|seq| devices::log("commit-no-ack", 0, seq)).collect::<Vec<_>>()});
     let response = client
@@ -1025,7 +1033,7 @@ async fn an_entry_delivered_too_often_is_dead_lettered_when_claimed() {
         .worker_env("LOGPIPELINE_MAX_DELIVERIES", 3)
         .start()
         .unwrap();
-    let client = reqwest::Client::new();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
     let response = client
         .post(format!("{}/api/log", stack.api_url().unwrap()))
         .json(&devices::log("crashing", 0, 0))
@@ -1122,7 +1130,8 @@ async fn an_oversized_body_is_refused_before_it_is_read_whole() {
         .chain(futures::stream::pending());
     let response = tokio::time::timeout(
         Duration::from_secs(20),
-        reqwest::Client::new()
+        logpipeline_e2e::http_client(|builder| builder)
+            .unwrap()
             .post(format!("{}/api/logs/batch", stack.api_url().unwrap()))
             .header("content-type", "application/json")
             .header("content-length", (100u64 << 20).to_string())

@@ -98,6 +98,9 @@ pub enum AdminError {
     Refused(String),
 }
 
+/// An entry's fields as Redis returns them.
+type Fields = Vec<(String, Vec<u8>)>;
+
 /// Moves a dead letter back onto the stream and off the dead-letter stream, atomically.
 /// KEYS: stream, dead-letter stream. ARGV: dead letter id, then the entry's fields.
 const REPLAY: &str = r"
@@ -295,27 +298,26 @@ impl Target {
         count: usize,
     ) -> Result<Vec<DeadLetter>, AdminError> {
         Ok(self
-            .dead_entries(redis, count)
+            .dead_entries(redis, Some(count))
             .await?
             .into_iter()
             .map(|(letter, _)| letter)
             .collect())
     }
 
-    /// Dead letters oldest first, each with the fields of the entry as it was accepted.
+    /// Dead letters oldest first (at most `count`, or all), each with the fields of the
+    /// entry as it was accepted.
     async fn dead_entries(
         &self,
         redis: &mut MultiplexedConnection,
-        count: usize,
-    ) -> Result<Vec<(DeadLetter, Vec<(String, Vec<u8>)>)>, AdminError> {
-        let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
-            .arg(&self.dead)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(count)
-            .query_async(redis)
-            .await?;
+        count: Option<usize>,
+    ) -> Result<Vec<(DeadLetter, Fields)>, AdminError> {
+        let mut range = redis::cmd("XRANGE");
+        range.arg(&self.dead).arg("-").arg("+");
+        if let Some(count) = count {
+            range.arg("COUNT").arg(count);
+        }
+        let entries: Vec<(String, Fields)> = range.query_async(redis).await?;
         Ok(entries
             .into_iter()
             .map(|(id, fields)| {
@@ -326,7 +328,7 @@ impl Target {
                         .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
                         .unwrap_or_default()
                 };
-                let original: Vec<(String, Vec<u8>)> = fields
+                let original: Fields = fields
                     .iter()
                     .filter(|(key, _)| {
                         [
@@ -362,11 +364,7 @@ impl Target {
         replay: &Replay,
     ) -> Result<String, AdminError> {
         // Without ids, the oldest `count`; with ids, those among all dead letters.
-        let scan = if replay.ids.is_empty() {
-            replay.count
-        } else {
-            usize::MAX
-        };
+        let scan = replay.ids.is_empty().then_some(replay.count);
         let mut out = String::new();
         let (mut moved, mut kept) = (0, 0);
         let script = redis::Script::new(REPLAY);
@@ -393,13 +391,10 @@ impl Target {
                 invocation.arg(key).arg(value.as_slice());
             }
             let new_id: Option<String> = invocation.invoke_async(redis).await?;
-            match new_id {
-                Some(new_id) => {
-                    moved += 1;
-                    let _ = writeln!(out, "replayed {letter} as {new_id}");
-                }
-                // Replayed or removed by someone else meanwhile.
-                None => {}
+            // None: replayed or removed by someone else meanwhile.
+            if let Some(new_id) = new_id {
+                moved += 1;
+                let _ = writeln!(out, "replayed {letter} as {new_id}");
             }
         }
         let verb = if replay.dry_run {

@@ -77,7 +77,7 @@ async fn run(args: Args) -> Result<()> {
     logpipeline_e2e::stack::wait_for_count(&pool, schema, 2, Duration::from_secs(60)).await?;
 
     fill(&pool, args.rows, args.devices).await?;
-    let client = reqwest::Client::new();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
     let base = api.url();
 
     // Every request a query of its own (another device, another `until`): all misses.

@@ -106,13 +106,13 @@ impl Pipeline {
             "postgres://logpipeline:change-me@{node_ip}:{}/logpipeline",
             node_port(cluster, "postgres")?
         );
-        // The workspace's TLS uses ring; reqwest takes the process's default provider.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let devices = reqwest::Client::builder()
-            .tls_certs_only([reqwest::Certificate::from_pem(ca.as_bytes())?])
-            .resolve(HOST, SocketAddr::from((node_ip, INGRESS_HTTPS_PORT)))
-            .timeout(Duration::from_secs(30))
-            .build()?;
+        let certificate = reqwest::Certificate::from_pem(ca.as_bytes())?;
+        let devices = logpipeline_e2e::http_client(|builder| {
+            builder
+                .tls_certs_only([certificate])
+                .resolve(HOST, SocketAddr::from((node_ip, INGRESS_HTTPS_PORT)))
+                .timeout(Duration::from_secs(30))
+        })?;
         let base_url = format!("https://{HOST}:{INGRESS_HTTPS_PORT}");
         // The ingress controller routes the host once it has seen the Ingress, its
         // Service's endpoints and the TLS Secret.
