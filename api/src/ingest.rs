@@ -129,7 +129,7 @@ pub async fn create_batch(
         .publish(received_at, raw.logs.get().as_bytes())
         .await?;
     for log in &logs {
-        state.metrics.log_accepted(log.log_level, Endpoint::Log);
+        state.metrics.log_accepted(log.log_level, Endpoint::Batch);
     }
     Ok(Json(BatchAccepted {
         status: RECEIVED.into(),

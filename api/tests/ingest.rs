@@ -361,14 +361,17 @@ async fn accepted_logs_are_counted_by_level() {
         .post_json("/api/log", &json!({"device_id": "d"}))
         .await;
     let text = fixture.get("/metrics").await.text;
-    assert!(
-        text.contains("logpipeline_api_logs_accepted_total{level=\"WARNING\"} 2"),
-        "{text}"
-    );
-    assert!(
-        text.contains("logpipeline_api_logs_accepted_total{level=\"ERROR\"} 1"),
-        "{text}"
-    );
+    for (endpoint, level, count) in [
+        ("log", "WARNING", 1),
+        ("batch", "WARNING", 1),
+        ("batch", "ERROR", 1),
+        ("log", "ERROR", 0),
+    ] {
+        let series = format!(
+            "logpipeline_api_logs_accepted_total{{endpoint=\"{endpoint}\",level=\"{level}\"}} {count}\n"
+        );
+        assert!(text.contains(&series), "{series} in {text}");
+    }
     assert!(
         text.contains("logpipeline_api_requests_rejected_total{reason=\"invalid_log\"} 1"),
         "{text}"
