@@ -444,7 +444,9 @@ fn lag_in_redis_scales_the_workers_up_at_once_and_down_after_the_window() {
         "{notes:?}"
     );
     let scaled = operator
-        .metric("logpipeline_operator_scaling_decisions_total{direction=\"down\"}")
+        .metric(&format!(
+            "logpipeline_operator_scaling_decisions_total{{direction=\"down\",namespace=\"{ns}\",pipeline=\"logs\"}}"
+        ))
         .unwrap();
     assert_eq!(scaled, Some(1.0));
 }
