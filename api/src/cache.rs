@@ -43,8 +43,8 @@ impl Cache {
         }
     }
 
-    /// The current generation of `device`'s logs (0 before its first commit), or None
-    /// when Redis fails.
+    /// The current generation of the logs of `device`, scoped to its tenant as
+    /// `<tenant>/<device>` (0 before its first commit), or None when Redis fails.
     pub async fn generation(&self, device: &str) -> Option<u64> {
         let started = Instant::now();
         let generation: redis::RedisResult<Option<u64>> = redis::cmd("HGET")

@@ -1,14 +1,92 @@
 //! The api's settings: flags with environment-variable fallbacks (`--help` lists them).
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
 use logpipeline_core::config::{CacheArgs, DatabaseArgs, RedisArgs, StreamArgs, TelemetryArgs};
 
 /// LogPipeline's HTTP service: accepts logs into a Redis Stream and serves them back.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "logpipeline-api", version)]
+#[command(
+    name = "logpipeline-api",
+    version,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Config {
+    /// A tool instead of the service.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// How clients authenticate: `keys` needs an API key on ingest, queries and stats
+    /// (from `--api-keys-file` or `--api-keys`); `off` lets anyone write and read every
+    /// log, as tenant `default` (a local stack only; the api warns at start-up).
+    #[arg(long, env = "LOGPIPELINE_AUTH", value_enum, default_value_t = AuthMode::Keys)]
+    pub auth: AuthMode,
+
+    /// The API keys file (see docs/security.md), re-read when it changes.
+    #[arg(long, env = "LOGPIPELINE_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// The API keys file's contents, inline (instead of `--api-keys-file`).
+    #[arg(
+        long,
+        env = "LOGPIPELINE_API_KEYS",
+        hide_env_values = true,
+        conflicts_with = "api_keys_file"
+    )]
+    pub api_keys: Option<String>,
+
+    /// Seconds between checks of the API keys file for changes.
+    #[arg(long, env = "LOGPIPELINE_API_KEYS_RELOAD_SECS", default_value_t = 5)]
+    pub api_keys_reload_secs: u64,
+
+    /// Requests per second each API key may make (429 beyond); no limit when unset.
+    #[arg(long, env = "LOGPIPELINE_RATE_LIMIT_PER_KEY")]
+    pub rate_limit_per_key: Option<NonZeroU32>,
+
+    /// Requests an API key may make at once above its rate; one second's worth when
+    /// unset.
+    #[arg(long, env = "LOGPIPELINE_RATE_LIMIT_PER_KEY_BURST")]
+    pub rate_limit_per_key_burst: Option<NonZeroU32>,
+
+    /// Requests per second each client address may make to ingest, queries and stats
+    /// (429 beyond); no limit when unset.
+    #[arg(long, env = "LOGPIPELINE_RATE_LIMIT_PER_ADDRESS")]
+    pub rate_limit_per_address: Option<NonZeroU32>,
+
+    /// Requests a client address may make at once above its rate; one second's worth
+    /// when unset.
+    #[arg(long, env = "LOGPIPELINE_RATE_LIMIT_PER_ADDRESS_BURST")]
+    pub rate_limit_per_address_burst: Option<NonZeroU32>,
+
+    /// Proxies (CIDRs, comma-separated) whose `X-Forwarded-For` gives the client
+    /// address, and whose connections are not limited per address: the Ingress
+    /// controller's pods.
+    #[arg(long, env = "LOGPIPELINE_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// Seconds a client has to send a request's headers, from the connection's start or
+    /// the end of its previous request; also how long an idle connection stays open.
+    #[arg(long, env = "LOGPIPELINE_HEADER_READ_TIMEOUT_SECS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_read_timeout_secs: u64,
+
+    /// Most connections open at once; more are closed on arrival.
+    #[arg(long, env = "LOGPIPELINE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Most connections open at once from one client address (trusted proxies aside);
+    /// more are closed on arrival.
+    #[arg(
+        long,
+        env = "LOGPIPELINE_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 1000
+    )]
+    pub max_connections_per_address: usize,
+
     /// Address to serve HTTP on: ingest, queries, health, probes and metrics.
     #[arg(long, env = "LOGPIPELINE_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
@@ -39,12 +117,14 @@ pub struct Config {
     #[arg(long, env = "LOGPIPELINE_STREAM_CAPACITY", default_value_t = 100_000)]
     pub stream_capacity: u64,
 
-    /// Largest request body accepted, in bytes; larger bodies get 413 before they are
-    /// read whole.
-    #[arg(long, env = "LOGPIPELINE_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    /// Largest request body accepted, in bytes (after gzip decoding); larger bodies get
+    /// 413 before they are read whole. The default holds the largest batch the field
+    /// rules allow (1,000 logs of 5,000 characters of 3 bytes, about 15 MB) with room.
+    #[arg(long, env = "LOGPIPELINE_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
-    /// Seconds to wait for Redis to answer a command before the request fails with 503.
+    /// Seconds to wait for Redis to answer a command before the request fails (with 504
+    /// `outcome_unknown` for ingest: the entry may have been added).
     #[arg(long, env = "LOGPIPELINE_REDIS_TIMEOUT_SECS", default_value_t = 5)]
     pub redis_timeout_secs: u64,
 
@@ -55,4 +135,39 @@ pub struct Config {
 
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+}
+
+/// How clients authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// API keys, per tenant.
+    Keys,
+    /// None: everyone is tenant `default`.
+    Off,
+}
+
+/// Tools of the api binary.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// What to do with API keys.
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysCommand {
+    /// Prints a new random key, and its entry for the keys file (which holds only its
+    /// SHA-256).
+    Generate {
+        /// The tenant the key belongs to.
+        #[arg(long)]
+        tenant: String,
+        /// The key's name within the tenant, such as `gateways-2026-12`.
+        #[arg(long)]
+        name: String,
+        /// What the key allows: `write`, `read`; repeat for both.
+        #[arg(long = "scope", required = true, value_parser = ["write", "read"])]
+        scopes: Vec<String>,
+    },
 }

@@ -5,7 +5,8 @@ use axum::Router;
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
-use utoipa::OpenApi;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::ErrorBody;
@@ -31,6 +32,7 @@ use crate::{health, ingest, metrics, query, stats};
         metrics::endpoint,
     ),
     components(schemas(ErrorBody)),
+    modifiers(&SecuritySchemes),
     tags(
         (name = "ingest", description = "Sending logs"),
         (name = "query", description = "Reading them back"),
@@ -38,6 +40,35 @@ use crate::{health, ingest, metrics, query, stats};
     )
 )]
 pub struct ApiDoc;
+
+/// The two ways to present an API key. Each operation that needs one lists the scope
+/// (`write` or `read`) as the role its key must have; probes, metrics and these
+/// documents need none.
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key, as `Authorization: Bearer <key>` (`logpipeline-api keys generate` makes one)",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "An API key, as `X-API-Key: <key>`",
+            ))),
+        );
+    }
+}
 
 /// The document as pretty JSON, as served at `/openapi.json`.
 pub fn openapi_json() -> String {

@@ -8,6 +8,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tracing::{error, warn};
 
+use crate::auth::Scope;
+
 /// The api's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -29,9 +31,39 @@ pub enum Error {
         limit: usize,
     },
 
-    /// The body is not declared as JSON.
-    #[error("the request body must be JSON, sent with `Content-Type: application/json`")]
+    /// The body is not declared as JSON in UTF-8.
+    #[error("the request body must be JSON in UTF-8, sent with `Content-Type: application/json`")]
     UnsupportedMediaType,
+
+    /// The body is compressed with an encoding the api does not decode.
+    #[error("the request body's Content-Encoding must be gzip or identity, got {0:?}")]
+    UnsupportedEncoding(String),
+
+    /// The path is not valid UTF-8 after percent-decoding.
+    #[error("the path is invalid: {0}")]
+    InvalidPath(String),
+
+    /// No API key, or one that is not in force.
+    #[error(
+        "a valid API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"
+    )]
+    Unauthorized,
+
+    /// The key is valid but lacks the scope.
+    #[error("this API key lacks the `{}` scope this endpoint needs", scope.as_str())]
+    Forbidden {
+        /// The scope the endpoint needs.
+        scope: Scope,
+    },
+
+    /// A rate limit is reached.
+    #[error("the rate limit per {limit} is reached; retry after {retry_after_secs} s")]
+    RateLimited {
+        /// `key` or `address`.
+        limit: &'static str,
+        /// When a request will be admitted again.
+        retry_after_secs: u64,
+    },
 
     /// The JSON breaks a field rule.
     #[error("{0}")]
@@ -64,9 +96,20 @@ pub enum Error {
         capacity: u64,
     },
 
-    /// Redis failed or did not answer.
-    #[error("the log queue is unavailable; retry later")]
+    /// Redis refused the request or could not be reached: nothing was accepted.
+    #[error("the log queue is unavailable and nothing was accepted; retry later")]
     QueueUnavailable(#[source] redis::RedisError),
+
+    /// Redis did not confirm in time, or the connection broke after the entry was sent:
+    /// the logs may or may not have been accepted.
+    #[error(
+        "the log queue did not confirm in time: the logs may or may not have been accepted; a retry may store them twice"
+    )]
+    OutcomeUnknown(#[source] redis::RedisError),
+
+    /// Start-up: the settings cannot work.
+    #[error("{0}")]
+    Config(String),
 
     /// Start-up: Redis cannot be used safely (or at all).
     #[error("cannot use Redis: {0}")]
@@ -86,7 +129,7 @@ pub enum Error {
     Serve(#[from] std::io::Error),
 }
 
-/// Seconds a client should wait before retrying after a 503.
+/// Seconds a client should wait before retrying after a 503 or 504.
 const RETRY_AFTER_SECS: &str = "1";
 
 impl Error {
@@ -95,7 +138,14 @@ impl Error {
         match self {
             Self::MalformedJson(_) | Self::UnreadableBody => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UnsupportedMediaType | Self::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            Self::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::InvalidLog(_) | Self::InvalidQuery(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -103,7 +153,7 @@ impl Error {
             | Self::QueueUnavailable(_)
             | Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::RedisSetup(_) | Self::Bind { .. } | Self::Serve(_) => {
+            Self::Config(_) | Self::RedisSetup(_) | Self::Bind { .. } | Self::Serve(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         }
@@ -116,6 +166,12 @@ impl Error {
             Self::UnreadableBody => "unreadable_body",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::UnsupportedEncoding(_) => "unsupported_encoding",
+            Self::InvalidPath(_) => "invalid_path",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden { .. } => "forbidden",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::OutcomeUnknown(_) => "outcome_unknown",
             Self::InvalidLog(_) => "invalid_log",
             Self::InvalidQuery(_) => "invalid_query",
             Self::DatabaseUnavailable(_) => "database_unavailable",
@@ -124,7 +180,9 @@ impl Error {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Backpressure { .. } => "backpressure",
             Self::QueueUnavailable(_) => "queue_unavailable",
-            Self::RedisSetup(_) | Self::Bind { .. } | Self::Serve(_) => "internal",
+            Self::Config(_) | Self::RedisSetup(_) | Self::Bind { .. } | Self::Serve(_) => {
+                "internal"
+            }
         }
     }
 }
@@ -137,9 +195,10 @@ pub struct ErrorCode(pub &'static str);
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Machine-readable name: `malformed_json`, `unreadable_body`, `payload_too_large`,
-    /// `unsupported_media_type`, `invalid_log`, `invalid_query`, `not_found`,
-    /// `method_not_allowed`, `backpressure`, `queue_unavailable`, `database_unavailable`,
-    /// `internal`.
+    /// `unsupported_media_type`, `unsupported_encoding`, `invalid_path`, `invalid_log`,
+    /// `invalid_query`, `unauthorized`, `forbidden`, `rate_limited`, `not_found`,
+    /// `method_not_allowed`, `backpressure`, `queue_unavailable`, `outcome_unknown`,
+    /// `database_unavailable`, `internal`.
     #[schema(example = "invalid_log")]
     pub error: &'static str,
     /// What went wrong, for people.
@@ -152,9 +211,12 @@ impl IntoResponse for Error {
         let status = self.status();
         match &self {
             Self::QueueUnavailable(source) => warn!(error = %source, "Redis call failed"),
+            Self::OutcomeUnknown(source) => {
+                warn!(error = %source, "Redis did not confirm an entry; its outcome is unknown")
+            }
             Self::DatabaseUnavailable(source) => warn!(error = %source, "PostgreSQL query failed"),
             Self::Internal(detail) => error!(%detail, "internal error"),
-            Self::RedisSetup(_) | Self::Bind { .. } | Self::Serve(_) => {
+            Self::Config(_) | Self::RedisSetup(_) | Self::Bind { .. } | Self::Serve(_) => {
                 error!(error = %self, "internal error")
             }
             _ => {}
@@ -166,11 +228,30 @@ impl IntoResponse for Error {
         let code = self.code();
         let mut response = (status, Json(body)).into_response();
         response.extensions_mut().insert(ErrorCode(code));
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(RETRY_AFTER_SECS),
-            );
+        let headers = response.headers_mut();
+        match self {
+            Self::RateLimited {
+                retry_after_secs, ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            _ if matches!(
+                status,
+                StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+            ) =>
+            {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECS),
+                );
+            }
+            Self::Unauthorized => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"logpipeline\""),
+                );
+            }
+            _ => {}
         }
         response
     }

@@ -2,13 +2,30 @@
 //! name the offending field.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
 use serde_json::error::Category;
 
 use crate::error::{Error, Result};
 use crate::state::AppState;
+
+/// The one parameter of a route's path, percent-decoded; a path that does not decode to
+/// UTF-8 gets the JSON error shape like every other mistake.
+#[derive(Debug)]
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| Self(value))
+            .map_err(|rejection| Error::InvalidPath(rejection.body_text()))
+    }
+}
 
 /// A request body declared as JSON and no larger than the limit, not parsed yet.
 #[derive(Debug)]
@@ -33,7 +50,8 @@ impl FromRequest<AppState> for JsonBody {
     }
 }
 
-/// `application/json`, or an `application/*+json` type, with any parameters.
+/// `application/json`, or an `application/*+json` type, with no charset or UTF-8 (the
+/// only one JSON allows, RFC 8259).
 fn is_json(headers: &HeaderMap) -> bool {
     let Some(content_type) = headers
         .get(header::CONTENT_TYPE)
@@ -41,14 +59,17 @@ fn is_json(headers: &HeaderMap) -> bool {
     else {
         return false;
     };
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let mut parts = content_type.split(';');
+    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let utf8 = parts.all(|parameter| match parameter.split_once('=') {
+        Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
+            let value = value.trim().trim_matches('"');
+            value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("utf8")
+        }
+        _ => true,
+    });
+    utf8 && (essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json")))
 }
 
 /// Parses `bytes` as a `T`: 400 when it is not JSON, 422 with the field's path when it is
@@ -104,6 +125,15 @@ mod tests {
             "application/x-www-form-urlencoded"
         )));
         assert!(!is_json(&HeaderMap::new()));
+        assert!(is_json(&with_content_type(
+            "application/json; charset=\"UTF-8\""
+        )));
+        assert!(!is_json(&with_content_type(
+            "application/json; charset=iso-8859-1"
+        )));
+        assert!(!is_json(&with_content_type(
+            "application/json;charset=utf-16"
+        )));
     }
 
     #[test]

@@ -4,14 +4,15 @@
 //! are stored in the stream as the JSON text the device sent (after validation), so the
 //! hot path parses each body once to check it and never re-serialises it.
 
-use axum::Json;
 use axum::extract::State;
+use axum::{Extension, Json};
 use logpipeline_core::codec;
 use logpipeline_core::record::{LogBatch, LogRecord, MAX_BATCH_LOGS};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
+use crate::auth::Principal;
 use crate::error::{Error, ErrorBody, Result};
 use crate::extract::{JsonBody, parse};
 use crate::metrics::Endpoint;
@@ -47,24 +48,32 @@ pub struct BatchAccepted {
 
 const RECEIVED: &str = "received";
 
-/// Accepts one log. The answer comes once Redis holds it.
+/// Accepts one log of the key's tenant. The answer comes once Redis holds it.
 #[utoipa::path(
     post,
     path = "/api/log",
     tag = "ingest",
     request_body = LogRecord,
+    security(("bearer" = ["write"]), ("api_key" = ["write"])),
     responses(
         (status = 200, description = "Accepted", body = LogAccepted),
         (status = 400, description = "The body is not JSON", body = ErrorBody),
+        (status = 401, description = "No valid API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `write` scope", body = ErrorBody),
         (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
+        (status = 415, description = "The body is not declared as JSON in UTF-8, or is compressed otherwise than with gzip", body = ErrorBody),
         (status = 422, description = "A field breaks a rule", body = ErrorBody),
-        (status = 503, description = "The queue is full or unavailable; retry after `Retry-After` seconds", body = ErrorBody,
+        (status = 429, description = "A rate limit is reached; retry after `Retry-After` seconds", body = ErrorBody,
+         headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 503, description = "The queue is full or unavailable: nothing was accepted; retry after `Retry-After` seconds", body = ErrorBody,
+         headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 504, description = "Redis did not confirm in time: the logs may or may not have been accepted", body = ErrorBody,
          headers(("Retry-After" = u32, description = "Seconds to wait"))),
     )
 )]
 pub async fn create_log(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<LogAccepted>> {
     let received_at = now();
@@ -73,7 +82,10 @@ pub async fn create_log(
     logs_json.push(b'[');
     logs_json.extend_from_slice(&body);
     logs_json.push(b']');
-    let entry_id = state.queue.publish(received_at, &logs_json).await?;
+    let entry_id = state
+        .queue
+        .publish(received_at, &principal.tenant, &logs_json)
+        .await?;
     state.metrics.log_accepted(log.log_level, Endpoint::Log);
     Ok(Json(LogAccepted {
         status: RECEIVED.into(),
@@ -89,24 +101,33 @@ struct RawBatch<'a> {
     logs: &'a RawValue,
 }
 
-/// Accepts 1 to 1000 logs, all or none. The answer comes once Redis holds them.
+/// Accepts 1 to 1000 logs of the key's tenant, all or none. The answer comes once Redis
+/// holds them.
 #[utoipa::path(
     post,
     path = "/api/logs/batch",
     tag = "ingest",
     request_body = LogBatch,
+    security(("bearer" = ["write"]), ("api_key" = ["write"])),
     responses(
         (status = 200, description = "Accepted", body = BatchAccepted),
         (status = 400, description = "The body is not JSON", body = ErrorBody),
+        (status = 401, description = "No valid API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `write` scope", body = ErrorBody),
         (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
+        (status = 415, description = "The body is not declared as JSON in UTF-8, or is compressed otherwise than with gzip", body = ErrorBody),
         (status = 422, description = "A field breaks a rule, or there are not 1 to 1000 logs", body = ErrorBody),
-        (status = 503, description = "The queue is full or unavailable; retry after `Retry-After` seconds", body = ErrorBody,
+        (status = 429, description = "A rate limit is reached; retry after `Retry-After` seconds", body = ErrorBody,
+         headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 503, description = "The queue is full or unavailable: nothing was accepted; retry after `Retry-After` seconds", body = ErrorBody,
+         headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 504, description = "Redis did not confirm in time: the logs may or may not have been accepted", body = ErrorBody,
          headers(("Retry-After" = u32, description = "Seconds to wait"))),
     )
 )]
 pub async fn create_batch(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<BatchAccepted>> {
     let received_at = now();
@@ -126,7 +147,7 @@ pub async fn create_batch(
     }
     let entry_id = state
         .queue
-        .publish(received_at, raw.logs.get().as_bytes())
+        .publish(received_at, &principal.tenant, raw.logs.get().as_bytes())
         .await?;
     for log in &logs {
         state.metrics.log_accepted(log.log_level, Endpoint::Batch);

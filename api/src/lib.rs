@@ -3,20 +3,24 @@
 //! [`app`] builds the router from an [`AppState`]; [`run`] connects to Redis, serves
 //! until SIGTERM or Ctrl-C, then drains in-flight requests.
 
+pub mod auth;
 mod cache;
 pub mod config;
 pub mod docs;
 mod error;
 mod extract;
 mod health;
+mod hygiene;
 mod ingest;
+pub mod limits;
 mod metrics;
 mod query;
 mod queue;
+pub mod server;
 mod state;
 mod stats;
 
-use std::future::Future;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use axum::Router;
@@ -25,31 +29,55 @@ use axum::routing::{get, post};
 use logpipeline_core::retry::until_done;
 use logpipeline_core::{shutdown, stream};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
+use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use tracing::{info, warn};
 
+pub use crate::auth::{Auth, Keys};
 pub use crate::cache::Cache;
-use crate::config::Config;
+use crate::config::{AuthMode, Config};
 pub use crate::error::{Error, ErrorBody, Result};
 pub use crate::ingest::{BatchAccepted, LogAccepted};
+pub use crate::limits::{RateLimit, RateLimits};
 pub use crate::metrics::Metrics;
 pub use crate::queue::Queue;
+use crate::server::ConnectionLimits;
 pub use crate::state::AppState;
+
+/// How often the rate limiters forget the clients they have not seen lately.
+const FORGET_IDLE_LIMITS_EVERY: Duration = Duration::from_secs(60);
 
 /// How often the api checks Redis and PostgreSQL for its metrics.
 const DEPENDENCY_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// The api's routes, with request ids, tracing spans and metrics around every request.
+/// Ingest needs a key of scope `write`, queries and stats `read` (within the rate
+/// limits); health, probes, metrics and the API's documents are open.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let guard = auth::Guard {
+        auth: state.auth.clone(),
+        limits: state.rate_limits.clone(),
+    };
+    let write = Router::new()
         .route("/api/log", post(ingest::create_log))
         .route("/api/logs/batch", post(ingest::create_batch))
+        .route_layer(axum::middleware::from_fn_with_state(
+            guard.clone(),
+            auth::require_write,
+        ));
+    let read = Router::new()
         .route("/api/logs/{device_id}", get(query::get_logs))
         .route("/api/stats", get(stats::get_stats))
+        .route_layer(axum::middleware::from_fn_with_state(
+            guard,
+            auth::require_read,
+        ));
+    Router::new()
+        .merge(write)
+        .merge(read)
         .route("/health", get(health::health))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
@@ -58,12 +86,15 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { Error::NotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(RequestDecompressionLayer::new())
+        .layer(axum::middleware::from_fn(hygiene::content_encoding))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::track,
         ))
         .layer(
             ServiceBuilder::new()
+                .layer(axum::middleware::from_fn(hygiene::request_id))
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(TraceLayer::new_for_http().make_span_with(request_span))
                 .layer(PropagateRequestIdLayer::x_request_id()),
@@ -114,6 +145,25 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .map_err(Error::RedisSetup)?;
     let metrics = Metrics::new().map_err(|error| Error::Internal(error.to_string()))?;
+    let auth = authentication(&config, &shutdown)?;
+    let rate_limits = RateLimits::new(
+        rate_limit(config.rate_limit_per_key, config.rate_limit_per_key_burst),
+        rate_limit(
+            config.rate_limit_per_address,
+            config.rate_limit_per_address_burst,
+        ),
+        config.trusted_proxies.clone(),
+    );
+    tokio::spawn({
+        let rate_limits = rate_limits.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            let mut ticks = tokio::time::interval(FORGET_IDLE_LIMITS_EVERY);
+            while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
+                rate_limits.forget_idle();
+            }
+        }
+    });
     let db = logpipeline_core::db::lazy_pool(&config.database)
         .map_err(|error| Error::Internal(format!("invalid database settings: {error}")))?;
     // Queries need the schema, ingest does not: apply it in the background, so the api
@@ -143,7 +193,9 @@ pub async fn run(config: Config) -> Result<()> {
             metrics.clone(),
         ),
         db,
-        metrics,
+        metrics: metrics.clone(),
+        auth,
+        rate_limits: rate_limits.clone(),
         max_body_bytes: config.max_body_bytes,
         query_cache_ttl: Duration::from_secs(config.query_cache_ttl_secs),
         stats_cache_ttl: Duration::from_secs(config.stats_cache_ttl_secs),
@@ -160,7 +212,64 @@ pub async fn run(config: Config) -> Result<()> {
     })?;
     info!(address = %config.listen, stream = %config.stream.stream, "serving");
     let drain = Duration::from_secs(config.shutdown_timeout_secs);
-    serve(listener, app(state), shutdown.cancelled_owned(), drain).await
+    let limits = ConnectionLimits {
+        header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
+        max_connections: config.max_connections,
+        max_connections_per_address: config.max_connections_per_address,
+    };
+    server::serve(
+        listener,
+        app(state),
+        limits,
+        rate_limits,
+        metrics,
+        shutdown.cancelled_owned(),
+        drain,
+    )
+    .await
+}
+
+/// The authentication `config` asks for; with a keys file, re-read while serving.
+fn authentication(config: &Config, shutdown: &CancellationToken) -> Result<Auth> {
+    match (config.auth, &config.api_keys_file, &config.api_keys) {
+        (AuthMode::Off, ..) => {
+            warn!(
+                "AUTHENTICATION IS OFF (LOGPIPELINE_AUTH=off): anyone who reaches this api \
+                 can write and read every log; use this for a local stack only"
+            );
+            Ok(Auth::Off)
+        }
+        (AuthMode::Keys, Some(path), _) => {
+            let keys = Keys::read(path).map_err(|error| Error::Config(error.to_string()))?;
+            info!(keys = keys.len(), path = %path.display(), "API keys read");
+            let auth = Auth::with_keys(keys);
+            tokio::spawn(auth::watch(
+                auth.clone(),
+                path.clone(),
+                Duration::from_secs(config.api_keys_reload_secs.max(1)),
+                shutdown.clone(),
+            ));
+            Ok(auth)
+        }
+        (AuthMode::Keys, None, Some(text)) => {
+            let keys = Keys::parse(text).map_err(|error| Error::Config(error.to_string()))?;
+            info!(keys = keys.len(), "API keys read from LOGPIPELINE_API_KEYS");
+            Ok(Auth::with_keys(keys))
+        }
+        (AuthMode::Keys, None, None) => Err(Error::Config(
+            "API keys are required: set LOGPIPELINE_API_KEYS_FILE (or LOGPIPELINE_API_KEYS), \
+             or LOGPIPELINE_AUTH=off to accept requests without a key (a local stack only)"
+                .into(),
+        )),
+    }
+}
+
+/// A limit of `per_second` with `burst`, one second's worth when unset.
+fn rate_limit(per_second: Option<NonZeroU32>, burst: Option<NonZeroU32>) -> Option<RateLimit> {
+    per_second.map(|per_second| RateLimit {
+        per_second,
+        burst: burst.unwrap_or(per_second),
+    })
 }
 
 async fn connect_redis(
@@ -173,30 +282,4 @@ async fn connect_redis(
         .set_connection_timeout(Some(timeout))
         .set_max_delay(Duration::from_secs(2));
     ConnectionManager::new_with_config(client.clone(), manager_config).await
-}
-
-/// Serves `app` until `stop` completes; then stops accepting connections and waits up to
-/// `drain` for in-flight requests to finish.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    stop: impl Future<Output = ()> + Send + 'static,
-    drain: Duration,
-) -> Result<()> {
-    let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
-    let signalled = stopping.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        stop.await;
-        signalled.notify_one();
-    });
-    let deadline = async {
-        stopping.notified().await;
-        tokio::time::sleep(drain).await;
-    };
-    tokio::select! {
-        served = server => served?,
-        () = deadline => warn!(?drain, "in-flight requests did not finish in time; exiting"),
-    }
-    info!("stopped");
-    Ok(())
 }

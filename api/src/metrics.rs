@@ -6,7 +6,7 @@ use std::time::Instant;
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
+use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use logpipeline_core::record::LogLevel;
@@ -80,6 +80,8 @@ struct Inner {
     postgres_duration: HistogramVec,
     stream_capacity: IntGauge,
     dependency_up: IntGaugeVec,
+    connections_open: IntGauge,
+    connections_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -149,6 +151,20 @@ impl Metrics {
             ),
             &["dependency"],
         )?;
+        let connections_open =
+            IntGauge::new("logpipeline_api_connections_open", "HTTP connections open")?;
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "logpipeline_api_connections_refused_total",
+                "Connections closed on arrival, by the limit they reached (total or per_address)",
+            ),
+            &["limit"],
+        )?;
+        for limit in ["total", "per_address"] {
+            connections_refused.with_label_values(&[limit]);
+        }
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(stream_capacity.clone()))?;
         registry.register(Box::new(dependency_up.clone()))?;
         logpipeline_core::metrics::register_process(&registry, env!("CARGO_PKG_VERSION"))?;
@@ -186,8 +202,23 @@ impl Metrics {
                 postgres_duration,
                 stream_capacity,
                 dependency_up,
+                connections_open,
+                connections_refused,
             }),
         })
+    }
+
+    /// Counts a connection opened (`+1`) or closed (`-1`).
+    pub fn connections_open(&self, change: i64) {
+        self.inner.connections_open.add(change);
+    }
+
+    /// Counts a connection closed on arrival because it reached `limit`.
+    pub fn connection_refused(&self, limit: &'static str) {
+        self.inner
+            .connections_refused
+            .with_label_values(&[limit])
+            .inc();
     }
 
     /// Counts one log of `level` accepted through `endpoint`.
@@ -246,21 +277,41 @@ pub async fn track(State(metrics): State<Metrics>, request: Request, next: Next)
     let started = Instant::now();
     let matched = request.extensions().get::<MatchedPath>().cloned();
     let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let method = request.method().clone();
+    let method = method_label(request.method());
     let response = next.run(request).await;
     let inner = &metrics.inner;
     inner
         .http_duration
-        .with_label_values(&[route, method.as_str()])
+        .with_label_values(&[route, method])
         .observe(started.elapsed().as_secs_f64());
     inner
         .http_requests
-        .with_label_values(&[route, method.as_str(), response.status().as_str()])
+        .with_label_values(&[route, method, response.status().as_str()])
         .inc();
     if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
         inner.rejected.with_label_values(&[*code]).inc();
     }
     response
+}
+
+/// The `method` label of a request: one of the standard methods, or `other`. Clients
+/// choose the method, so any other value would let them add series without bound.
+fn method_label(method: &Method) -> &'static str {
+    const STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    STANDARD
+        .iter()
+        .find(|standard| *standard == method)
+        .map_or("other", Method::as_str)
 }
 
 /// The api's metrics in Prometheus' text format.
@@ -275,4 +326,19 @@ pub async fn endpoint(State(metrics): State<Metrics>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
         metrics.render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_standard_methods_become_labels() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        assert_eq!(method_label(&Method::OPTIONS), "OPTIONS");
+        for invented in ["PURGE", "X1", "get"] {
+            let method = Method::from_bytes(invented.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), "other", "{invented}");
+        }
+    }
 }

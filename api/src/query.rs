@@ -3,11 +3,11 @@
 
 use std::time::Instant;
 
+use axum::Extension;
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use axum::extract::{RawQuery, State};
 use logpipeline_core::record::{DeviceId, LogLevel};
+use logpipeline_core::tenant::Tenant;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sqlx::{FromRow, Postgres, QueryBuilder};
@@ -15,7 +15,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::auth::Principal;
 use crate::error::{Error, ErrorBody, Result};
+use crate::extract::PathParam;
 use crate::state::AppState;
 
 /// Logs per page when `limit` is not given.
@@ -42,12 +44,17 @@ pub struct LogsParams {
     #[param(value_type = Option<String>, format = DateTime)]
     until: Option<String>,
     /// Where to continue: the `next` of the previous page.
+    #[param(
+        pattern = r"^-?[0-9]{1,17}\.[0-9a-f]{1,16}$",
+        example = "1795308807997201.1f"
+    )]
     cursor: Option<String>,
 }
 
 /// A validated query: what a page holds, and the identity of its cached copy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LogQuery {
+    tenant: String,
     device: String,
     limit: u32,
     levels: Vec<LogLevel>,
@@ -68,16 +75,27 @@ pub struct Cursor {
 }
 
 impl Cursor {
+    /// `<micros>.<id in hexadecimal>`: every text of that form is a position (the schema's
+    /// pattern says so), so a client can only be refused a cursor for its form.
     fn encode(self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{}:{}", self.micros, self.id))
+        format!("{}.{:x}", self.micros, self.id as u64)
     }
 
     fn decode(text: &str) -> Option<Self> {
-        let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
-        let (micros, id) = std::str::from_utf8(&bytes).ok()?.split_once(':')?;
+        let (micros, id) = text.split_once('.')?;
+        let digits = micros.strip_prefix('-').unwrap_or(micros);
+        let decimal =
+            (1..=17).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+        let hex = (1..=16).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !decimal || !hex {
+            return None;
+        }
         Some(Self {
             micros: micros.parse().ok()?,
-            id: id.parse().ok()?,
+            id: u64::from_str_radix(id, 16).ok()? as i64,
         })
     }
 
@@ -87,8 +105,9 @@ impl Cursor {
 }
 
 impl LogQuery {
-    /// Checks the path and query string; errors name the parameter.
-    pub fn parse(device: String, query: Option<&str>) -> Result<Self> {
+    /// Checks the path and query string of a request of `tenant`; errors name the
+    /// parameter.
+    pub fn parse(tenant: &Tenant, device: String, query: Option<&str>) -> Result<Self> {
         let device =
             DeviceId::try_from(device).map_err(|error| Error::InvalidQuery(error.to_string()))?;
         let params: LogsParams = match query {
@@ -138,10 +157,13 @@ impl LogQuery {
             .map(|text| {
                 Cursor::decode(&text)
                     .filter(|cursor| cursor.at().is_some())
-                    .ok_or_else(|| Error::InvalidQuery("cursor is not one this api gave".into()))
+                    .ok_or_else(|| Error::InvalidQuery(
+                        "cursor must be the `next` of a previous page, such as 1795308807997201.1f".into(),
+                    ))
             })
             .transpose()?;
         Ok(Self {
+            tenant: tenant.as_str().to_owned(),
             device: device.as_str().to_owned(),
             limit,
             levels,
@@ -220,27 +242,37 @@ struct CachedPage {
     next: Option<String>,
 }
 
-/// A device's logs, newest first.
+/// A device's logs, newest first: those of the key's tenant.
 #[utoipa::path(
     get,
     path = "/api/logs/{device_id}",
     tag = "query",
-    params(("device_id" = String, Path, description = "The device, 1 to 50 characters"), LogsParams),
+    params(("device_id" = DeviceId, Path, description = "The device: 1 to 50 characters, not only whitespace, no control characters"), LogsParams),
+    security(("bearer" = ["read"]), ("api_key" = ["read"])),
     responses(
         (status = 200, description = "A page of logs", body = LogPage),
+        (status = 400, description = "The path is not valid UTF-8", body = ErrorBody),
+        (status = 401, description = "No valid API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `read` scope", body = ErrorBody),
         (status = 422, description = "An invalid parameter", body = ErrorBody),
+        (status = 429, description = "A rate limit is reached; retry after `Retry-After` seconds", body = ErrorBody,
+         headers(("Retry-After" = u32, description = "Seconds to wait"))),
         (status = 503, description = "PostgreSQL is unavailable", body = ErrorBody),
     )
 )]
 pub async fn get_logs(
     State(state): State<AppState>,
-    Path(device): Path<String>,
+    Extension(principal): Extension<Principal>,
+    PathParam(device): PathParam,
     RawQuery(query): RawQuery,
 ) -> Result<Json<LogPage>> {
-    let query = LogQuery::parse(device, query.as_deref())?;
+    let query = LogQuery::parse(&principal.tenant, device, query.as_deref())?;
     // Read the generation before the database, so a result cached under it can only be
     // older than a commit that bumped it after.
-    let generation = state.cache.generation(&query.device).await;
+    let generation = state
+        .cache
+        .generation(&principal.tenant.scope(&query.device))
+        .await;
     let key = generation.map(|generation| state.cache.key("logs", &(generation, &query)));
     if let Some(key) = &key
         && let Some(cached) = state.cache.get(key).await
@@ -268,9 +300,10 @@ pub async fn get_logs(
 async fn fetch(state: &AppState, query: &LogQuery) -> Result<CachedPage> {
     let mut sql = QueryBuilder::<Postgres>::new(
         "select id, message_id, device_id, log_level, message, log_data::text as log_data, created_at \
-         from logs where device_id = ",
+         from logs where tenant = ",
     );
-    sql.push_bind(&query.device);
+    sql.push_bind(&query.tenant);
+    sql.push(" and device_id = ").push_bind(&query.device);
     if !query.levels.is_empty() {
         let levels: Vec<&str> = query.levels.iter().map(|level| level.as_str()).collect();
         sql.push(" and log_level = any(")
@@ -284,7 +317,8 @@ async fn fetch(state: &AppState, query: &LogQuery) -> Result<CachedPage> {
         sql.push(" and created_at < ").push_bind(until);
     }
     if let Some((cursor, at)) = query.cursor.and_then(|cursor| Some((cursor, cursor.at()?))) {
-        // The first condition lets the (device_id, created_at) index bound the scan.
+        // The first condition lets the (tenant, device_id, created_at) index bound the
+        // scan.
         sql.push(" and created_at <= ").push_bind(at);
         sql.push(" and (created_at, id) < (")
             .push_bind(at)
@@ -327,12 +361,12 @@ mod tests {
     use super::*;
 
     fn parse(query: &str) -> Result<LogQuery> {
-        LogQuery::parse("device-1".into(), Some(query))
+        LogQuery::parse(&Tenant::default(), "device-1".into(), Some(query))
     }
 
     #[test]
     fn defaults_apply_without_a_query_string() {
-        let query = LogQuery::parse("device-1".into(), None).unwrap();
+        let query = LogQuery::parse(&Tenant::default(), "device-1".into(), None).unwrap();
         assert_eq!(query.limit, 100);
         assert!(query.levels.is_empty() && query.since.is_none() && query.cursor.is_none());
     }
@@ -354,12 +388,19 @@ mod tests {
             ("level=LOUD", "level: unknown log level `LOUD`"),
             ("since=yesterday", "since must be an RFC 3339 time"),
             ("until=2026-13-01T00:00:00Z", "until must be"),
-            ("cursor=nonsense", "cursor is not one this api gave"),
+            (
+                "cursor=nonsense",
+                "cursor must be the `next` of a previous page",
+            ),
+            ("cursor=", "cursor must be"),
+            ("cursor=12.FF", "cursor must be"),
+            ("cursor=123456789012345678.1", "cursor must be"),
+            ("cursor=1.12345678901234567", "cursor must be"),
         ] {
             let error = parse(query).unwrap_err().to_string();
             assert!(error.contains(expected), "{query}: {error}");
         }
-        let long = LogQuery::parse("x".repeat(51), None)
+        let long = LogQuery::parse(&Tenant::default(), "x".repeat(51), None)
             .unwrap_err()
             .to_string();
         assert!(long.contains("device_id must be 1 to 50"), "{long}");
@@ -371,7 +412,11 @@ mod tests {
             micros: 1_795_308_807_997_201,
             id: 42,
         };
+        assert_eq!(cursor.encode(), "1795308807997201.2a");
         assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
+        // Ids past i64::MAX in hexadecimal wrap as the database's bigint does.
+        let negative = Cursor { micros: -5, id: -1 };
+        assert_eq!(Cursor::decode(&negative.encode()), Some(negative));
         let query = parse(&format!("cursor={}", cursor.encode())).unwrap();
         assert_eq!(query.cursor, Some(cursor));
     }

@@ -5,7 +5,9 @@ use std::time::Duration;
 use axum::extract::FromRef;
 use sqlx::PgPool;
 
+use crate::auth::Auth;
 use crate::cache::Cache;
+use crate::limits::RateLimits;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 
@@ -20,6 +22,12 @@ pub struct AppState {
     pub cache: Cache,
     /// The api's metrics.
     pub metrics: Metrics,
+    /// How requests are authenticated.
+    #[from_ref(skip)]
+    pub auth: Auth,
+    /// Request-rate limits.
+    #[from_ref(skip)]
+    pub rate_limits: RateLimits,
     /// Largest request body accepted, in bytes.
     #[from_ref(skip)]
     pub max_body_bytes: usize,

@@ -7,12 +7,14 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use axum::Json;
 use axum::extract::State;
+use axum::{Extension, Json};
+use logpipeline_core::tenant::Tenant;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
+use crate::auth::Principal;
 use crate::error::{Error, ErrorBody, Result};
 use crate::state::AppState;
 
@@ -47,44 +49,57 @@ pub struct DeviceActivity {
     pub last_log_at: Option<OffsetDateTime>,
 }
 
-/// Statistics of all stored logs, cached briefly.
+/// Statistics of the key's tenant's stored logs, cached briefly.
 #[utoipa::path(
     get,
     path = "/api/stats",
     tag = "query",
+    security(("bearer" = ["read"]), ("api_key" = ["read"])),
     responses(
         (status = 200, description = "Statistics", body = Stats),
+        (status = 401, description = "No valid API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `read` scope", body = ErrorBody),
+        (status = 429, description = "A rate limit is reached; retry after `Retry-After` seconds", body = ErrorBody,
+         headers(("Retry-After" = u32, description = "Seconds to wait"))),
         (status = 503, description = "PostgreSQL is unavailable", body = ErrorBody),
     )
 )]
-pub async fn get_stats(State(state): State<AppState>) -> Result<Json<Stats>> {
-    let key = state.cache.key("stats", &TOP_DEVICES);
+pub async fn get_stats(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Stats>> {
+    let tenant = &principal.tenant;
+    let key = state.cache.key("stats", &(tenant.as_str(), TOP_DEVICES));
     if let Some(cached) = state.cache.get(&key).await
         && let Ok(stats) = serde_json::from_slice::<Stats>(&cached)
     {
         return Ok(Json(stats));
     }
-    let stats = read(&state).await?;
+    let stats = read(&state, tenant).await?;
     if let Ok(cached) = serde_json::to_vec(&stats) {
         state.cache.put(&key, &cached, state.stats_cache_ttl).await;
     }
     Ok(Json(stats))
 }
 
-async fn read(state: &AppState) -> Result<Stats> {
+async fn read(state: &AppState, tenant: &Tenant) -> Result<Stats> {
     let started = Instant::now();
     // Counts per level, summed over devices and stripes.
     let by_level: Vec<(String, i64)> = sqlx::query_as(
-        "select log_level, sum(count)::bigint from log_counts group by log_level order by log_level",
+        "select log_level, sum(count)::bigint from log_counts where tenant = $1 \
+         group by log_level order by log_level",
     )
+    .bind(tenant.as_str())
     .fetch_all(&state.db)
     .await
     .map_err(Error::DatabaseUnavailable)?;
     // The devices with the most logs.
     let devices: Vec<DeviceActivity> = sqlx::query_as(
         "select device_id, sum(count)::bigint as count, max(last_at) as last_log_at \
-         from log_counts group by device_id order by count desc, device_id limit $1",
+         from log_counts where tenant = $1 group by device_id \
+         order by count desc, device_id limit $2",
     )
+    .bind(tenant.as_str())
     .bind(TOP_DEVICES)
     .fetch_all(&state.db)
     .await

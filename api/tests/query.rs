@@ -167,7 +167,10 @@ async fn repeated_queries_are_served_from_the_cache_until_a_commit_retires_them(
     assert_eq!(seqs(&api.get("/api/logs/pump-7").await.body), [2, 1, 0]);
     // …and once it has, the next query goes to PostgreSQL and sees the new log.
     let mut redis = api.con.clone();
-    let _: i64 = redis.hincr("cache:generations", "pump-7", 1).await.unwrap();
+    let _: i64 = redis
+        .hincr("cache:generations", "default/pump-7", 1)
+        .await
+        .unwrap();
     let fresh = api.get("/api/logs/pump-7").await;
     assert_eq!(fresh.body["source"], "database");
     assert_eq!(seqs(&fresh.body), [3, 2, 1, 0]);

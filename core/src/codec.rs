@@ -9,11 +9,13 @@
 //! | `v`    | codec version, `1`                                       |
 //! | `t`    | when the API received the request, µs since the epoch    |
 //! | `logs` | a JSON array of [`LogRecord`]s                           |
+//! | `n`    | the tenant the logs belong to; absent for `default`      |
 
 use serde::Deserialize;
 use time::OffsetDateTime;
 
 use crate::record::LogRecord;
+use crate::tenant::{DEFAULT_TENANT, Tenant};
 
 /// The codec version this build writes and reads.
 pub const VERSION: &str = "1";
@@ -23,6 +25,9 @@ pub const FIELD_VERSION: &str = "v";
 pub const FIELD_RECEIVED_AT: &str = "t";
 /// Field holding the JSON array of logs.
 pub const FIELD_LOGS: &str = "logs";
+/// Field holding the tenant, written only for tenants other than the default one (so
+/// entries of deployments without tenants are as they always were).
+pub const FIELD_TENANT: &str = "n";
 
 /// The id of log `index` of the `count` logs in stream entry `entry_id`: the entry id
 /// itself when the entry holds one log (as in the seed, where every log was an entry),
@@ -45,20 +50,25 @@ pub fn unix_micros(at: OffsetDateTime) -> i64 {
     (at.unix_timestamp_nanos() / 1000) as i64
 }
 
-/// The fields to `XADD` for logs received at `received_at`, given as the JSON text of
-/// an array of valid [`LogRecord`]s.
+/// The fields to `XADD` for logs of `tenant` received at `received_at`, given as the
+/// JSON text of an array of valid [`LogRecord`]s.
 pub fn encode<'a>(
     received_at: OffsetDateTime,
+    tenant: &'a Tenant,
     logs_json: &'a [u8],
-) -> [(&'static str, Field<'a>); 3] {
-    [
+) -> Vec<(&'static str, Field<'a>)> {
+    let mut fields = vec![
         (FIELD_VERSION, Field::Text(VERSION.into())),
         (
             FIELD_RECEIVED_AT,
             Field::Text(unix_micros(received_at).to_string()),
         ),
         (FIELD_LOGS, Field::Bytes(logs_json)),
-    ]
+    ];
+    if tenant.as_str() != DEFAULT_TENANT {
+        fields.push((FIELD_TENANT, Field::Bytes(tenant.as_str().as_bytes())));
+    }
+    fields
 }
 
 /// A field value of an encoded entry.
@@ -83,6 +93,8 @@ impl Field<'_> {
 /// A stream entry, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
+    /// The tenant its logs belong to.
+    pub tenant: Tenant,
     /// When the API received the request.
     pub received_at: OffsetDateTime,
     /// Its logs, at least one.
@@ -108,6 +120,9 @@ pub enum DecodeError {
     /// The logs array is empty.
     #[error("the entry holds no logs")]
     NoLogs,
+    /// The tenant is not a valid tenant name.
+    #[error("the entry's tenant is invalid: {0}")]
+    BadTenant(String),
 }
 
 /// Decodes an entry from its `(field, value)` pairs as Redis returns them.
@@ -139,7 +154,18 @@ pub fn decode<K: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(K, V)]) -> Result<Entry
     if logs.is_empty() {
         return Err(DecodeError::NoLogs);
     }
-    Ok(Entry { received_at, logs })
+    let tenant = match field(FIELD_TENANT) {
+        Ok(name) => std::str::from_utf8(name)
+            .ok()
+            .and_then(|name| Tenant::parse(name).ok())
+            .ok_or_else(|| DecodeError::BadTenant(String::from_utf8_lossy(name).into_owned()))?,
+        Err(_) => Tenant::default(),
+    };
+    Ok(Entry {
+        tenant,
+        received_at,
+        logs,
+    })
 }
 
 #[cfg(test)]
@@ -160,8 +186,10 @@ mod tests {
     #[test]
     fn an_entry_round_trips() {
         let at = OffsetDateTime::from_unix_timestamp_nanos(1_732_233_914_123_456_000).unwrap();
-        let entry = decode(&as_pairs(&encode(at, LOGS.as_bytes()))).unwrap();
+        let tenant = Tenant::default();
+        let entry = decode(&as_pairs(&encode(at, &tenant, LOGS.as_bytes()))).unwrap();
         assert_eq!(entry.received_at, at);
+        assert_eq!(entry.tenant, Tenant::default());
         assert_eq!(entry.logs.len(), 2);
         assert_eq!(entry.logs[1].log_level, LogLevel::Error);
         assert_eq!(
@@ -173,7 +201,8 @@ mod tests {
     #[test]
     fn receive_times_keep_microseconds() {
         let at = OffsetDateTime::from_unix_timestamp_nanos(1_732_233_914_123_456_789).unwrap();
-        let entry = decode(&as_pairs(&encode(at, LOGS.as_bytes()))).unwrap();
+        let tenant = Tenant::default();
+        let entry = decode(&as_pairs(&encode(at, &tenant, LOGS.as_bytes()))).unwrap();
         assert_eq!(unix_micros(entry.received_at), 1_732_233_914_123_456);
     }
 
@@ -192,7 +221,12 @@ mod tests {
 
     #[test]
     fn bad_entries_say_why() {
-        let ok = as_pairs(&encode(OffsetDateTime::UNIX_EPOCH, LOGS.as_bytes()));
+        let tenant = Tenant::default();
+        let ok = as_pairs(&encode(
+            OffsetDateTime::UNIX_EPOCH,
+            &tenant,
+            LOGS.as_bytes(),
+        ));
         let without = |name: &str| -> Vec<(Vec<u8>, Vec<u8>)> {
             ok.iter()
                 .filter(|(k, _)| k != name.as_bytes())
@@ -221,5 +255,20 @@ mod tests {
         assert!(
             matches!(decode(&invalid), Err(DecodeError::BadLogs(m)) if m.contains("device_id must be"))
         );
+        assert!(matches!(
+            decode(&with("n", "Not A Tenant")),
+            Err(DecodeError::BadTenant(_))
+        ));
+    }
+
+    #[test]
+    fn only_other_tenants_than_the_default_are_written() {
+        let at = OffsetDateTime::UNIX_EPOCH;
+        let tenant = Tenant::default();
+        let default = encode(at, &tenant, LOGS.as_bytes());
+        assert!(default.iter().all(|(name, _)| *name != FIELD_TENANT));
+        let acme = Tenant::parse("acme").unwrap();
+        let entry = decode(&as_pairs(&encode(at, &acme, LOGS.as_bytes()))).unwrap();
+        assert_eq!(entry.tenant, acme);
     }
 }

@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod config;
 pub mod db;
+pub mod fuzz;
 pub mod metrics;
 pub mod net;
 pub mod record;
@@ -11,3 +12,4 @@ pub mod retry;
 pub mod shutdown;
 pub mod stream;
 pub mod telemetry;
+pub mod tenant;

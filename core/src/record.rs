@@ -12,6 +12,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{AnyOfBuilder, ArrayBuilder, ObjectBuilder, Ref, Schema, Type};
 
 /// Most logs one batch request may carry.
 pub const MAX_BATCH_LOGS: usize = 1000;
@@ -39,7 +41,6 @@ pub struct LogRecord {
     /// Structured data attached to the log: a JSON object, kept byte for byte, whose
     /// objects and arrays nest at most 64 levels deep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
     pub log_data: Option<LogData>,
 }
 
@@ -117,9 +118,15 @@ impl fmt::Display for LogLevel {
     }
 }
 
-/// A device id: 1 to 50 characters, no NUL.
+/// Text without NUL, as a JSON Schema pattern (also [`Message`]'s).
+const NO_NUL_PATTERN: &str = "^[^\\u0000]*$";
+
+/// A device id: 1 to 50 characters, not only whitespace, without control characters
+/// (Unicode category Cc).
+// The schema's pattern says the same: no Cc character, and one at least that is not
+// Unicode White_Space either (the set of `char::is_whitespace`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[schema(value_type = String, min_length = 1, max_length = 50, example = "device-001")]
+#[schema(value_type = String, min_length = 1, max_length = 50, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\u0000-\\u0020\\u007f-\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000-\\u001f\\u007f-\\u009f]*$", example = "device-001")]
 #[serde(try_from = "String", into = "String")]
 pub struct DeviceId(String);
 
@@ -135,6 +142,14 @@ impl TryFrom<String> for DeviceId {
 
     fn try_from(value: String) -> Result<Self, FieldError> {
         check_text("device_id", &value, MAX_DEVICE_ID_CHARS)?;
+        if value.chars().all(char::is_whitespace) {
+            return Err(FieldError("device_id must not be only whitespace".into()));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(FieldError(
+                "device_id must not contain control characters".into(),
+            ));
+        }
         Ok(Self(value))
     }
 }
@@ -147,7 +162,7 @@ impl From<DeviceId> for String {
 
 /// A log message: 1 to 5000 characters, no NUL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[schema(value_type = String, min_length = 1, max_length = 5000)]
+#[schema(value_type = String, min_length = 1, max_length = 5000, pattern = "^[^\\u0000]*$")]
 #[serde(try_from = "String", into = "String")]
 pub struct Message(String);
 
@@ -199,6 +214,51 @@ impl LogData {
     pub fn as_json(&self) -> &str {
         self.0.get()
     }
+}
+
+/// `log_data` in the API's documents: an object of JSON values whose keys and strings
+/// hold no NUL, at any depth (`LogValue`, a recursive schema). The depth limit is not
+/// expressible in JSON Schema and is stated in the description.
+impl utoipa::PartialSchema for LogData {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "Structured data: a JSON object, kept byte for byte, whose objects and arrays \
+                 nest at most 64 levels deep and whose keys and strings hold no NUL",
+            ))
+            .property_names(Some(no_nul_string()))
+            .additional_properties(Some(Ref::from_schema_name(LOG_VALUE)))
+            .into()
+    }
+}
+
+impl ToSchema for LogData {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        let object = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property_names(Some(no_nul_string()))
+            .additional_properties(Some(Ref::from_schema_name(LOG_VALUE)));
+        let array = ArrayBuilder::new().items(Ref::from_schema_name(LOG_VALUE));
+        let value = AnyOfBuilder::new()
+            .description(Some("A JSON value of `log_data`"))
+            .item(no_nul_string())
+            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .item(ObjectBuilder::new().schema_type(Type::Boolean))
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .item(array)
+            .item(object);
+        schemas.push((LOG_VALUE.to_owned(), value.into()));
+    }
+}
+
+/// The schema name of a value inside `log_data`.
+const LOG_VALUE: &str = "LogValue";
+
+fn no_nul_string() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(NO_NUL_PATTERN))
 }
 
 impl PartialEq for LogData {
@@ -310,6 +370,53 @@ mod tests {
         serde_json::from_str(json).map_err(|error| error.to_string())
     }
 
+    /// The `pattern` of a type's schema, as a regex.
+    fn pattern_of<T: utoipa::PartialSchema>() -> regex::Regex {
+        let RefOr::T(Schema::Object(object)) = T::schema() else {
+            panic!("not an inline object schema");
+        };
+        regex::Regex::new(&object.pattern.expect("a pattern")).unwrap()
+    }
+
+    #[test]
+    fn the_documented_patterns_agree_with_the_rules() {
+        let device = pattern_of::<DeviceId>();
+        for id in [
+            "d",
+            " d ",
+            "日本",
+            "a b",
+            "\u{a0}x",
+            "x\u{3000}",
+            "a/b",
+            "\u{ad}",
+            "\u{200b}",
+            " ",
+            "\u{a0}",
+            "\u{2000}\u{3000}",
+            "\t",
+            "a\tb",
+            "a\u{7f}",
+            "\u{85}",
+            "a\u{9f}",
+            "\u{1b}[31m",
+        ] {
+            assert_eq!(
+                device.is_match(id),
+                DeviceId::try_from(id.to_owned()).is_ok(),
+                "{id:?}"
+            );
+        }
+        let message = pattern_of::<Message>();
+        for text in ["m", "a\tb", "\u{85}", "a\0b", "\0"] {
+            assert_eq!(
+                message.is_match(text),
+                Message::try_from(text.to_owned()).is_ok(),
+                "{text:?}"
+            );
+        }
+    }
+
     #[test]
     fn a_seed_log_parses() {
         let log = parse(
@@ -341,6 +448,18 @@ mod tests {
             (
                 format!(r#"{{"device_id":"{long_id}","log_level":"INFO","message":"m"}}"#),
                 "device_id must be 1 to 50",
+            ),
+            (
+                r#"{"device_id":"   ","log_level":"INFO","message":"m"}"#.to_owned(),
+                "device_id must not be only whitespace",
+            ),
+            (
+                r#"{"device_id":"a\tb","log_level":"INFO","message":"m"}"#.to_owned(),
+                "device_id must not contain control characters",
+            ),
+            (
+                r#"{"device_id":"a\u007fb","log_level":"INFO","message":"m"}"#.to_owned(),
+                "device_id must not contain control characters",
             ),
             (
                 r#"{"device_id":"d","log_level":"TRACE","message":"m"}"#.to_owned(),

@@ -4,6 +4,7 @@
 //! in temporary directories, and every server stops when its handle is dropped or the
 //! test process exits.
 
+pub mod auth;
 pub mod devices;
 pub mod kube;
 pub mod load;

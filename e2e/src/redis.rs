@@ -93,6 +93,15 @@ impl RedisServer {
         Ok(())
     }
 
+    /// Sends `signal` to the server: SIGSTOP freezes it with its connections open (a
+    /// Redis that stops answering), SIGCONT thaws it.
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        self.process
+            .as_ref()
+            .context("redis-server is stopped")?
+            .signal(signal)
+    }
+
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)

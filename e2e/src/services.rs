@@ -96,6 +96,8 @@ impl ApiProcess {
             ("REDIS_URL".into(), redis_url.into()),
             ("DATABASE_URL".into(), database_url.into()),
             ("LOGPIPELINE_LISTEN".into(), format!("127.0.0.1:{port}")),
+            // A local stack, as the tests' default; tests of authentication set `keys`.
+            ("LOGPIPELINE_AUTH".into(), "off".into()),
         ]);
         settings.extend(env.clone());
         let dir = scratch_dir("logpipeline-api-")?;

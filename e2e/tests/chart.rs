@@ -3,7 +3,7 @@
 use logpipeline_e2e::kube::{KubeCluster, Operator, OperatorOptions, repo_root};
 use logpipeline_e2e::process::wait_until;
 use logpipeline_e2e::redis::RedisServer;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -46,12 +46,23 @@ fn the_chart_lints_renders_installs_and_its_rbac_is_enough_for_the_operator() {
         "RoleBinding",
         "Deployment",
         "Service",
+        "NetworkPolicy",
     ] {
         assert!(
             rendered.contains(&format!("\nkind: {kind}\n")),
             "helm template renders a {kind}"
         );
     }
+    let without_policy = cluster
+        .helm(&[
+            "template",
+            "lp",
+            &chart,
+            "--set",
+            "networkPolicy.enabled=false",
+        ])
+        .unwrap();
+    assert!(!without_policy.contains("kind: NetworkPolicy"));
     assert!(
         !rendered.contains("\nkind: LogPipeline\n"),
         "no sample unless asked for"
@@ -60,6 +71,45 @@ fn the_chart_lints_renders_installs_and_its_rbac_is_enough_for_the_operator() {
         .helm(&["template", "lp", &chart, "--set", "crds.create=false"])
         .unwrap();
     assert!(!without_crd.contains("kind: CustomResourceDefinition"));
+
+    // The sample's API keys: by default a Secret of the chart's, which the pipeline
+    // names; or an existing Secret; or, said explicitly, none.
+    let sample = |extra: &[&str]| -> Vec<Value> {
+        let mut args = vec!["template", "lp", &chart, "--set", "sample.enabled=true"];
+        for value in extra {
+            args.extend(["--set", *value]);
+        }
+        let rendered = cluster.helm(&args).unwrap();
+        rendered
+            .split("\n---")
+            .filter_map(|document| serde_yaml::from_str(document).ok())
+            .filter(|object: &Value| object.is_object())
+            .collect()
+    };
+    let find = |objects: &[Value], kind: &str, name: &str| -> Option<Value> {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .cloned()
+    };
+    let objects = sample(&[]);
+    let keys = find(&objects, "Secret", "logs-api-keys").expect("the sample's keys Secret");
+    let file: Value =
+        serde_yaml::from_str(keys["stringData"]["keys.yaml"].as_str().unwrap()).unwrap();
+    assert!(file["tenants"].is_object(), "{file}");
+    let lp = find(&objects, "LogPipeline", "logs").unwrap();
+    assert_eq!(
+        lp["spec"]["auth"],
+        json!({"keysSecretRef": {"name": "logs-api-keys", "key": "keys.yaml"}})
+    );
+    let objects = sample(&["sample.auth.keysSecretRef.name=my-keys"]);
+    assert!(find(&objects, "Secret", "logs-api-keys").is_none());
+    let lp = find(&objects, "LogPipeline", "logs").unwrap();
+    assert_eq!(lp["spec"]["auth"]["keysSecretRef"]["name"], "my-keys");
+    let objects = sample(&["sample.auth.enabled=false"]);
+    assert!(find(&objects, "Secret", "logs-api-keys").is_none());
+    let lp = find(&objects, "LogPipeline", "logs").unwrap();
+    assert_eq!(lp["spec"]["auth"], json!({"enabled": false}));
 
     // The sample comes on an upgrade: its kind is the CRD this release installs, which
     // a post-install hook may not find registered yet without `--wait`, and `--wait`
@@ -141,6 +191,28 @@ fn the_chart_lints_renders_installs_and_its_rbac_is_enough_for_the_operator() {
         !denied.unwrap().status.success(),
         "the operator may not delete Deployments"
     );
+    for (verb, what) in [
+        ("create", "networkpolicies.networking.k8s.io"),
+        ("patch", "networkpolicies.networking.k8s.io"),
+        ("delete", "networkpolicies.networking.k8s.io"),
+    ] {
+        let allowed = cluster
+            .kubectl_output(
+                &[
+                    "--kubeconfig",
+                    &kubeconfig.to_string_lossy(),
+                    "auth",
+                    "can-i",
+                    verb,
+                    what,
+                    "-n",
+                    "elsewhere",
+                ],
+                None,
+            )
+            .unwrap();
+        assert!(allowed.status.success(), "the operator may {verb} {what}");
+    }
     let options = OperatorOptions {
         kubeconfig: Some(kubeconfig),
         ..OperatorOptions::new(ns)
@@ -162,6 +234,9 @@ fn the_chart_lints_renders_installs_and_its_rbac_is_enough_for_the_operator() {
             Ok(healthy
                 && cluster
                     .get_json(&["-n", ns, "deployment/logs-worker"])
+                    .is_ok()
+                && cluster
+                    .get_json(&["-n", ns, "networkpolicy/logs-worker"])
                     .is_ok())
         },
     )
@@ -229,6 +304,7 @@ fn the_plain_manifests_pass_a_server_side_dry_run() {
         "deployment.apps/logpipeline-operator",
         "logpipeline.logpipeline.io/logs",
         "secret/logpipeline-redis",
+        "secret/logpipeline-api-keys",
         "podmonitor.monitoring.coreos.com/logpipeline-pipelines",
         "prometheusrule.monitoring.coreos.com/logpipeline",
         "configmap/logpipeline-overview-dashboard",

@@ -140,6 +140,8 @@ fn pipeline_objects(cluster: &KubeCluster, ns: &str, redis_url: &str, database_u
         "spec": {
             "redisSecretRef": {"name": "redis"},
             "databaseSecretRef": {"name": "postgres"},
+            // What is watched here is the operator, not the api's clients.
+            "auth": {"enabled": false},
             "api": {"image": "logpipeline-api:0.1.0", "replicas": 1},
             "worker": {"image": "logpipeline-worker:0.1.0", "blockMs": 500, "lagPollSecs": 1,
                        "minReplicas": 1, "maxReplicas": 4, "lagTargetPerReplica": 1000},

@@ -11,7 +11,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -154,6 +154,7 @@ async fn reconcile_inner(lp: &LogPipeline, ctx: &Context) -> Result<Action> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let redis_url = secret_value(&secrets, &ns, &lp.spec.redis_secret_ref).await?;
     let database_url = secret_value(&secrets, &ns, &lp.spec.database_secret_ref).await?;
+    let api_keys = api_keys_problem(&secrets, &ns, lp).await?;
     let (reading, mut problem) = match redis_url {
         Ok(url) => {
             let reading = lag::read(
@@ -182,6 +183,9 @@ async fn reconcile_inner(lp: &LogPipeline, ctx: &Context) -> Result<Action> {
     };
     if let Err(database_problem) = database_url {
         problem.get_or_insert(database_problem);
+    }
+    if let Some(keys_problem) = api_keys {
+        problem.get_or_insert(keys_problem);
     }
     let backlog = reading.map(|reading| reading.backlog);
 
@@ -279,6 +283,30 @@ async fn reconcile_inner(lp: &LogPipeline, ctx: &Context) -> Result<Action> {
     Ok(Action::requeue(Duration::from_secs(poll)))
 }
 
+/// What keeps the API from reading its keys: no Secret named while auth is on (which
+/// the CRD's rule refuses), or a missing Secret or key, as for Redis and PostgreSQL.
+async fn api_keys_problem(
+    secrets: &Api<Secret>,
+    ns: &str,
+    lp: &LogPipeline,
+) -> Result<Option<Problem>> {
+    let auth = &lp.spec.auth;
+    if !auth.enabled {
+        return Ok(None);
+    }
+    let Some(keys) = &auth.keys_secret_ref else {
+        return Ok(Some(Problem {
+            reason: "ApiKeysSecretNotSet",
+            message: "auth.keysSecretRef is required while auth.enabled is true".to_owned(),
+        }));
+    };
+    let reference = SecretKeyRef {
+        name: keys.name.clone(),
+        key: keys.key.clone(),
+    };
+    Ok(secret_value(secrets, ns, &reference).await?.err())
+}
+
 /// Reads a Secret key; a missing Secret or key is a [`Problem`], not an error.
 async fn secret_value(
     secrets: &Api<Secret>,
@@ -338,8 +366,18 @@ async fn apply_children(
 ) -> Result<Vec<Change>> {
     let name = lp.name_any();
     let api_name = render::component_name(&name, Component::Api);
+    let worker_name = render::component_name(&name, Component::Worker);
+    // The NetworkPolicies before the pods they protect.
     let changes = vec![
         apply(client, ns, &children.settings).await?,
+        match &children.api_network_policy {
+            Some(policy) => apply(client, ns, policy).await?,
+            None => remove::<NetworkPolicy>(client, lp, ns, &api_name).await?,
+        },
+        match &children.worker_network_policy {
+            Some(policy) => apply(client, ns, policy).await?,
+            None => remove::<NetworkPolicy>(client, lp, ns, &worker_name).await?,
+        },
         apply(client, ns, &children.api_deployment).await?,
         apply(client, ns, &children.api_service).await?,
         apply(client, ns, &children.api_disruption_budget).await?,

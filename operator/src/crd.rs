@@ -14,11 +14,19 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod security;
+
+pub use security::{
+    API_ACCESS_LABEL, ApiKeysSecretRef, AuthSpec, METRICS_ACCESS_LABEL, NetworkPolicySpec,
+    RateLimit, RateLimits,
+};
+use security::{auth_rule, cidrs_rule};
+
 /// A log pipeline: the HTTP API that accepts logs into a Redis Stream, and the workers
 /// that persist the stream into PostgreSQL, scaled on the consumer group's lag.
 // The printer columns repeat `type_` and `json_path`, which clippy takes for duplicates.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "logpipeline.io",
     version = "v1alpha1",
@@ -55,6 +63,7 @@ use serde::{Deserialize, Serialize};
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = auth_rule())]
 pub struct LogPipelineSpec {
     /// The Secret key that holds the Redis URL (for example `redis://redis:6379`).
     /// The API, the workers and the operator (to read the stream lag) use it.
@@ -64,6 +73,11 @@ pub struct LogPipelineSpec {
     /// The Redis Stream the API writes to and the workers read from.
     #[serde(default)]
     pub stream: StreamSpec,
+    /// Who may use the API: API keys per tenant, on unless `enabled: false`. A pipeline
+    /// without `auth` gets `{enabled: true}` and is refused until it names
+    /// `keysSecretRef`, so running without keys is always an explicit choice.
+    #[serde(default)]
+    pub auth: AuthSpec,
     /// The HTTP API that accepts and serves logs.
     pub api: ApiSpec,
     /// The workers that move logs from the stream into PostgreSQL.
@@ -134,6 +148,28 @@ pub struct ApiSpec {
     #[serde(default = "default_shutdown_timeout_secs")]
     #[schemars(range(min = 1, max = 600))]
     pub shutdown_timeout_secs: i64,
+    /// Request-rate limits per API key and per client address; none when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<RateLimits>,
+    /// Open connections each API pod accepts at once from one peer address (as the
+    /// seed's nginx `limit_conn`). Behind an Ingress every connection comes from the
+    /// controller's pods: keep this above their upstream connection pool, and limit
+    /// connections per client at the controller.
+    #[serde(default = "default_max_connections_per_address")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub max_connections_per_address: i32,
+    /// CIDRs of proxies, such as the Ingress controller's pod range, whose
+    /// `X-Forwarded-For` header the API believes for the client address (used by the
+    /// per-address rate limit). Empty: the client address is the connection's
+    /// peer, which behind an Ingress is the controller's pod, so all clients share one
+    /// per-address limit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 64)))]
+    #[x_kube(validation = cidrs_rule())]
+    pub trusted_proxies: Vec<String>,
+    /// NetworkPolicies for the API and worker pods; on by default.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
 }
 
 /// CPU-based autoscaling of the API (an autoscaling/v2 HorizontalPodAutoscaler).
@@ -343,6 +379,9 @@ fn default_api_scale_down_stabilization_secs() -> i32 {
 fn default_shutdown_timeout_secs() -> i64 {
     20
 }
+fn default_max_connections_per_address() -> i32 {
+    1000
+}
 fn default_batch_size() -> i32 {
     100
 }
@@ -403,11 +442,13 @@ pub(crate) mod fixtures {
     use super::*;
 
     impl LogPipeline {
-        /// A valid pipeline named `logs` in namespace `default`, with defaults everywhere.
+        /// A valid pipeline named `logs` in namespace `default`, with defaults everywhere
+        /// but the API keys Secret (`logs-api-keys`), which a valid pipeline must name.
         pub fn test() -> Self {
             let spec: LogPipelineSpec = serde_json::from_value(serde_json::json!({
                 "redisSecretRef": {"name": "redis"},
                 "databaseSecretRef": {"name": "postgres"},
+                "auth": {"keysSecretRef": {"name": "logs-api-keys"}},
                 "api": {"image": "logpipeline-api:1.0.0"},
                 "worker": {"image": "logpipeline-worker:1.0.0"},
             }))
@@ -439,6 +480,36 @@ pub(crate) mod fixtures {
             self
         }
 
+        pub fn without_auth(mut self) -> Self {
+            self.spec.auth = AuthSpec {
+                enabled: false,
+                keys_secret_ref: None,
+            };
+            self
+        }
+
+        pub fn with_rate_limits(
+            mut self,
+            per_key: Option<RateLimit>,
+            per_address: Option<RateLimit>,
+        ) -> Self {
+            self.spec.api.rate_limits = Some(RateLimits {
+                per_key,
+                per_address,
+            });
+            self
+        }
+
+        pub fn with_trusted_proxies(mut self, cidrs: &[&str]) -> Self {
+            self.spec.api.trusted_proxies = cidrs.iter().map(|c| (*c).to_owned()).collect();
+            self
+        }
+
+        pub fn without_network_policy(mut self) -> Self {
+            self.spec.api.network_policy.enabled = false;
+            self
+        }
+
         pub fn with_worker_bounds(mut self, min: i32, max: i32, lag_target: i64) -> Self {
             self.spec.worker.min_replicas = min;
             self.spec.worker.max_replicas = max;
@@ -464,6 +535,134 @@ mod tests {
         assert_eq!(lp.spec.worker.concurrency, 4);
         assert_eq!(lp.spec.api.replicas, 2);
         assert_eq!(lp.spec.log_level, "info");
+        assert!(lp.spec.auth.enabled);
+        assert_eq!(
+            lp.spec
+                .auth
+                .keys_secret_ref
+                .as_ref()
+                .map(|r| r.key.as_str()),
+            Some("keys.yaml")
+        );
+        assert_eq!(lp.spec.api.rate_limits, None);
+        assert_eq!(lp.spec.api.max_connections_per_address, 1000);
+        assert!(lp.spec.api.trusted_proxies.is_empty());
+        let policy = &lp.spec.api.network_policy;
+        assert!(policy.enabled);
+        assert_eq!(policy.ingress_from.len(), 2);
+        assert_eq!(policy.metrics_from.len(), 1);
+    }
+
+    #[test]
+    fn a_spec_without_auth_means_auth_on_without_keys() {
+        let spec: LogPipelineSpec = serde_json::from_value(serde_json::json!({
+            "redisSecretRef": {"name": "redis"},
+            "databaseSecretRef": {"name": "postgres"},
+            "api": {"image": "api"},
+            "worker": {"image": "worker"},
+        }))
+        .unwrap();
+        assert_eq!(
+            spec.auth,
+            AuthSpec {
+                enabled: true,
+                keys_secret_ref: None
+            },
+            "what the CEL rule refuses: opting out must be explicit"
+        );
+    }
+
+    /// The schema of `spec`, as the API server gets it.
+    fn spec_schema() -> serde_json::Value {
+        let crd = serde_json::to_value(LogPipeline::crd()).unwrap();
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
+    }
+
+    #[test]
+    fn auth_is_on_by_default_and_its_rule_lives_on_the_spec() {
+        let spec = spec_schema();
+        let auth = &spec["properties"]["auth"];
+        assert_eq!(auth["default"], serde_json::json!({"enabled": true}));
+        assert_eq!(auth["properties"]["enabled"]["default"], true);
+        assert_eq!(
+            auth["properties"]["keysSecretRef"]["properties"]["key"]["default"],
+            "keys.yaml"
+        );
+        // The API server checks schema defaults against the CEL rules of the node that
+        // holds them: a rule on `auth` itself would refuse its own default, and the CRD.
+        assert!(auth.get("x-kubernetes-validations").is_none());
+        let rules = spec["x-kubernetes-validations"].as_array().unwrap();
+        let rule = rules
+            .iter()
+            .find(|r| r["fieldPath"] == ".auth")
+            .expect("a rule on spec for auth");
+        assert!(
+            rule["message"]
+                .as_str()
+                .unwrap()
+                .contains("auth.keysSecretRef is required")
+        );
+        assert_eq!(rule["reason"], "FieldValueRequired");
+    }
+
+    #[test]
+    fn api_limits_have_bounds_defaults_and_a_cidr_rule() {
+        let api = &spec_schema()["properties"]["api"]["properties"];
+        let per_key = &api["rateLimits"]["properties"]["perKey"]["properties"];
+        // Bounds come out of schemars as numbers with a fraction (`1.0`).
+        let bounds =
+            |schema: &serde_json::Value| (schema["minimum"].as_f64(), schema["maximum"].as_f64());
+        for field in ["requestsPerSecond", "burst"] {
+            assert_eq!(
+                bounds(&per_key[field]),
+                (Some(1.0), Some(1_000_000.0)),
+                "{field}"
+            );
+        }
+        let connections = &api["maxConnectionsPerAddress"];
+        assert_eq!(connections["default"], 1000);
+        assert_eq!(bounds(connections), (Some(1.0), Some(100_000.0)));
+        let proxies = &api["trustedProxies"];
+        assert_eq!(proxies["items"]["maxLength"], 64);
+        assert_eq!(
+            proxies["x-kubernetes-validations"][0]["rule"],
+            "self.all(c, isCIDR(c))"
+        );
+        let policy = &api["networkPolicy"];
+        assert_eq!(policy["default"]["enabled"], true);
+        assert_eq!(
+            policy["default"]["ingressFrom"],
+            serde_json::json!([
+                {"podSelector": {}},
+                {"namespaceSelector": {"matchLabels": {"logpipeline.io/api-access": "true"}}},
+            ])
+        );
+        assert_eq!(
+            policy["properties"]["metricsFrom"]["default"],
+            serde_json::json!([
+                {"namespaceSelector": {"matchLabels": {"logpipeline.io/metrics-access": "true"}}},
+            ])
+        );
+        assert!(
+            policy["properties"]["ingressFrom"]["x-kubernetes-validations"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("ipBlock alone")
+        );
+    }
+
+    #[test]
+    fn a_rate_limit_without_burst_bursts_one_second() {
+        let limit = RateLimit {
+            requests_per_second: 50,
+            burst: None,
+        };
+        assert_eq!(limit.effective_burst(), 50);
+        let limit = RateLimit {
+            burst: Some(200),
+            ..limit
+        };
+        assert_eq!(limit.effective_burst(), 200);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
-    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+    IngressServiceBackend, IngressSpec, IngressTLS, NetworkPolicy, ServiceBackendPort,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -33,6 +33,10 @@ use sha2::{Digest, Sha256};
 
 use crate::crd::{LogPipeline, PullPolicy, SecretKeyRef};
 use crate::{Error, Result};
+
+mod security;
+
+pub use security::API_KEYS_DIR;
 
 /// The field manager of every server-side apply, and `app.kubernetes.io/managed-by`.
 pub const MANAGER: &str = "logpipeline-operator";
@@ -75,7 +79,7 @@ pub fn settings_name(pipeline: &str) -> String {
     format!("{pipeline}-settings")
 }
 
-/// Name of the Deployment, Service, HPA, Ingress and PDB of a component.
+/// Name of the Deployment, Service, HPA, Ingress, PDB and NetworkPolicy of a component.
 pub fn component_name(pipeline: &str, component: Component) -> String {
     format!("{pipeline}-{}", component.as_str())
 }
@@ -89,8 +93,10 @@ pub struct Children {
     pub api_autoscaler: Option<HorizontalPodAutoscaler>,
     pub api_ingress: Option<Ingress>,
     pub api_disruption_budget: PodDisruptionBudget,
+    pub api_network_policy: Option<NetworkPolicy>,
     pub worker_deployment: Deployment,
     pub worker_disruption_budget: PodDisruptionBudget,
+    pub worker_network_policy: Option<NetworkPolicy>,
 }
 
 /// Renders the child objects of `lp`, with `worker_replicas` worker pods last changed
@@ -103,6 +109,7 @@ pub fn render(
     let ctx = RenderContext::new(lp)?;
     let settings = settings(lp);
     let checksum = checksum(&settings);
+    let (api_network_policy, worker_network_policy) = security::network_policies(lp, &ctx).unzip();
     Ok(Children {
         settings: ConfigMap {
             metadata: ctx.meta(settings_name(&ctx.name), "settings"),
@@ -114,6 +121,7 @@ pub fn render(
         api_autoscaler: api_autoscaler(lp, &ctx),
         api_ingress: api_ingress(lp, &ctx),
         api_disruption_budget: disruption_budget(&ctx, Component::Api),
+        api_network_policy,
         worker_deployment: {
             let mut deployment = worker_deployment(lp, &ctx, &checksum, worker_replicas);
             if let Some(at) = scaled_at {
@@ -125,6 +133,7 @@ pub fn render(
             deployment
         },
         worker_disruption_budget: disruption_budget(&ctx, Component::Worker),
+        worker_network_policy,
     })
 }
 
@@ -403,15 +412,20 @@ fn api_deployment(lp: &LogPipeline, ctx: &RenderContext, checksum: &str) -> Depl
             resources: &api.resources,
             port_name: "http",
             port: API_PORT,
-            extra_env: vec![plain_env(
+            extra_env: [plain_env(
                 "LOGPIPELINE_SHUTDOWN_TIMEOUT_SECS",
                 api.shutdown_timeout_secs.to_string(),
-            )],
+            )]
+            .into_iter()
+            .chain(security::api_env(lp))
+            .collect(),
         },
     );
+    let keys = security::api_keys_volume(lp);
     // Keep serving a few seconds after the pod is marked terminating, so the Service
     // stops routing to it before SIGTERM starts the drain.
     let container = Container {
+        volume_mounts: keys.as_ref().map(|(_, mount)| vec![mount.clone()]),
         lifecycle: Some(Lifecycle {
             pre_stop: Some(LifecycleHandler {
                 sleep: Some(SleepAction {
@@ -424,7 +438,10 @@ fn api_deployment(lp: &LogPipeline, ctx: &RenderContext, checksum: &str) -> Depl
         ..container
     };
     let grace = API_PRE_STOP_SECS + api.shutdown_timeout_secs + GRACE_SLACK_SECS;
-    let template = pod_template(ctx, Component::Api, checksum, API_PORT, grace, container);
+    let mut template = pod_template(ctx, Component::Api, checksum, API_PORT, grace, container);
+    if let (Some(pod), Some((volume, _))) = (template.spec.as_mut(), keys) {
+        pod.volumes = Some(vec![volume]);
+    }
     // With autoscaling the HPA owns the replicas: leave the field out of the apply.
     let replicas = api.autoscaling.is_none().then_some(api.replicas);
     deployment(ctx, Component::Api, replicas, template)
@@ -637,13 +654,17 @@ mod tests {
         let children = render(&LogPipeline::test(), 3, None).unwrap();
         assert!(children.api_autoscaler.is_none());
         assert!(children.api_ingress.is_none());
+        let api_policy = children.api_network_policy.as_ref().unwrap();
+        let worker_policy = children.worker_network_policy.as_ref().unwrap();
         let metas = [
             &children.settings.metadata,
             &children.api_deployment.metadata,
             &children.api_service.metadata,
             &children.api_disruption_budget.metadata,
+            &api_policy.metadata,
             &children.worker_deployment.metadata,
             &children.worker_disruption_budget.metadata,
+            &worker_policy.metadata,
         ];
         for meta in metas {
             let owner = &meta.owner_references.as_ref().unwrap()[0];

@@ -395,9 +395,16 @@ impl Rejected {
     }
 }
 
-/// The distinct devices whose logs `entries` hold.
-fn devices_of<'a>(entries: impl Iterator<Item = &'a Decoded>) -> BTreeSet<&'a str> {
+/// The distinct devices whose logs `entries` hold, each scoped to its tenant.
+fn devices_of<'a>(entries: impl Iterator<Item = &'a Decoded>) -> BTreeSet<String> {
     entries
-        .flat_map(|decoded| decoded.entry.logs.iter().map(|log| log.device_id.as_str()))
+        .flat_map(|decoded| {
+            let tenant = &decoded.entry.tenant;
+            decoded
+                .entry
+                .logs
+                .iter()
+                .map(move |log| tenant.scope(log.device_id.as_str()))
+        })
         .collect()
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use logpipeline_core::codec::{self, Entry};
+use logpipeline_core::tenant::DEFAULT_TENANT;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use tracing::debug;
@@ -13,25 +14,25 @@ use tracing::debug;
 use crate::stream::StreamEntry;
 
 /// Stores a batch of logs given as one array per column, and counts the logs inserted
-/// per device and level in stripe `$7` of `log_counts`, in one statement (one
+/// per tenant, device and level in stripe `$8` of `log_counts`, in one statement (one
 /// transaction). A log whose `message_id` is stored already (its entry was delivered
 /// again after a crash) is skipped and not counted, so each log is stored and counted
 /// exactly once however often its entry is delivered. Returns the number inserted.
 const INSERT: &str = "
 with inserted as (
-    insert into logs (message_id, device_id, log_level, message, log_data, created_at)
-    select message_id, device_id, log_level, message, log_data::jsonb, created_at
-    from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
-        as batch (message_id, device_id, log_level, message, log_data, created_at)
+    insert into logs (message_id, tenant, device_id, log_level, message, log_data, created_at)
+    select message_id, tenant, device_id, log_level, message, log_data::jsonb, created_at
+    from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+        as batch (message_id, tenant, device_id, log_level, message, log_data, created_at)
     on conflict (message_id) do nothing
-    returning device_id, log_level, created_at
+    returning tenant, device_id, log_level, created_at
 ), counted as (
-    insert into log_counts (device_id, log_level, stripe, count, last_at)
-    select device_id, log_level, $7, count(*), max(created_at)
+    insert into log_counts (tenant, device_id, log_level, stripe, count, last_at)
+    select tenant, device_id, log_level, $8, count(*), max(created_at)
     from inserted
-    group by device_id, log_level
-    order by device_id, log_level
-    on conflict (device_id, log_level, stripe) do update
+    group by tenant, device_id, log_level
+    order by tenant, device_id, log_level
+    on conflict (tenant, device_id, log_level, stripe) do update
         set count = log_counts.count + excluded.count,
             last_at = greatest(log_counts.last_at, excluded.last_at)
 )
@@ -138,6 +139,7 @@ impl Store {
         let stripe = self.next_stripe();
         let columns = Columns {
             message_id: vec![format!("{PROBE_DEVICE}:{}:{stripe}", std::process::id())],
+            tenant: vec![DEFAULT_TENANT],
             device_id: vec![PROBE_DEVICE],
             log_level: vec!["INFO"],
             message: vec!["probe"],
@@ -174,6 +176,7 @@ async fn insert<'e>(
 ) -> Result<u64, sqlx::Error> {
     let inserted: i64 = sqlx::query_scalar(INSERT)
         .bind(columns.message_id)
+        .bind(columns.tenant)
         .bind(columns.device_id)
         .bind(columns.log_level)
         .bind(columns.message)
@@ -189,6 +192,7 @@ async fn insert<'e>(
 #[derive(Default)]
 struct Columns<'a> {
     message_id: Vec<String>,
+    tenant: Vec<&'a str>,
     device_id: Vec<&'a str>,
     log_level: Vec<&'static str>,
     message: Vec<&'a str>,
@@ -201,6 +205,7 @@ impl<'a> Columns<'a> {
         let logs = entries.iter().map(|decoded| decoded.entry.logs.len()).sum();
         let mut columns = Columns {
             message_id: Vec::with_capacity(logs),
+            tenant: Vec::with_capacity(logs),
             device_id: Vec::with_capacity(logs),
             log_level: Vec::with_capacity(logs),
             message: Vec::with_capacity(logs),
@@ -213,6 +218,7 @@ impl<'a> Columns<'a> {
                 columns
                     .message_id
                     .push(codec::log_id(&decoded.raw.id, index, count));
+                columns.tenant.push(decoded.entry.tenant.as_str());
                 columns.device_id.push(log.device_id.as_str());
                 columns.log_level.push(log.log_level.as_str());
                 columns.message.push(log.message.as_str());

@@ -227,12 +227,13 @@ impl Stream {
     }
 
     /// Acknowledges `ids`, which are stored, after retiring the cached query results of
-    /// `devices`, whose logs they hold (one round trip). The order matters: once an entry
-    /// is acknowledged, no query may be answered from a cache that predates its logs.
-    pub async fn ack<'d>(
+    /// `devices` (each `<tenant>/<device>`), whose logs they hold (one round trip). The
+    /// order matters: once an entry is acknowledged, no query may be answered from a
+    /// cache that predates its logs.
+    pub async fn ack(
         &mut self,
         ids: &[String],
-        devices: impl IntoIterator<Item = &'d str>,
+        devices: impl IntoIterator<Item = String>,
     ) -> RedisResult<u64> {
         if ids.is_empty() {
             return Ok(0);

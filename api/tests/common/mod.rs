@@ -9,7 +9,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
-use logpipeline_api::{AppState, Cache, Metrics, Queue, app};
+use logpipeline_api::{AppState, Auth, Cache, Metrics, Queue, RateLimits, app};
+use logpipeline_core::codec;
 use logpipeline_e2e::postgres::{self, PostgresServer};
 use logpipeline_e2e::redis::RedisServer;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -17,6 +18,9 @@ use serde_json::Value;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tower::ServiceExt;
+
+/// A stream entry's field/value pairs.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 
 pub const STREAM: &str = "logs:stream";
 
@@ -39,6 +43,8 @@ pub struct TestApi {
 pub struct Options {
     pub capacity: u64,
     pub own_postgres: bool,
+    pub auth: Auth,
+    pub rate_limits: RateLimits,
 }
 
 impl Default for Options {
@@ -46,6 +52,8 @@ impl Default for Options {
         Self {
             capacity: 1000,
             own_postgres: false,
+            auth: Auth::Off,
+            rate_limits: RateLimits::default(),
         }
     }
 }
@@ -74,7 +82,8 @@ impl TestApi {
         let client = redis::Client::open(redis.url()).unwrap();
         let config = ConnectionManagerConfig::new()
             .set_number_of_retries(1)
-            .set_connection_timeout(Some(Duration::from_secs(1)));
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(1)));
         let con = ConnectionManager::new_with_config(client, config)
             .await
             .unwrap();
@@ -84,6 +93,8 @@ impl TestApi {
             cache: Cache::new(con.clone(), "cache", "cache:generations", metrics.clone()),
             db: db.clone(),
             metrics,
+            auth: options.auth,
+            rate_limits: options.rate_limits,
             max_body_bytes: 1024 * 1024,
             query_cache_ttl: Duration::from_secs(300),
             stats_cache_ttl: Duration::from_secs(60),
@@ -128,6 +139,21 @@ impl TestApi {
             request = request.header(header::CONTENT_TYPE, content_type);
         }
         self.send(request.body(body.into()).unwrap()).await
+    }
+
+    /// The stream's entries as (id, decoded entry).
+    pub async fn entries(&self) -> Vec<(String, codec::Entry)> {
+        let reply: Vec<(String, Fields)> = redis::cmd("XRANGE")
+            .arg(STREAM)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut self.con.clone())
+            .await
+            .unwrap();
+        reply
+            .into_iter()
+            .map(|(id, fields)| (id, codec::decode(&fields).unwrap()))
+            .collect()
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Answer {

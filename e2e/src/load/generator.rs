@@ -16,7 +16,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{CONTENT_TYPE, HOST, RETRY_AFTER};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, RETRY_AFTER};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
@@ -314,11 +314,13 @@ async fn exchange(
     let Some(sender) = sender.as_mut() else {
         return Outcome::Failed(CONNECT);
     };
-    let Ok(request) = Request::post(target.path.as_str())
+    let mut request = Request::post(target.path.as_str())
         .header(HOST, target.authority.as_str())
-        .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(body))
-    else {
+        .header(CONTENT_TYPE, "application/json");
+    if let Some(authorization) = &target.authorization {
+        request = request.header(AUTHORIZATION, authorization.as_str());
+    }
+    let Ok(request) = request.body(Full::new(body)) else {
         return Outcome::Failed(IO);
     };
     if sender.ready().await.is_err() {

@@ -87,6 +87,10 @@ pub struct LoadOptions {
     /// Print no progress lines.
     #[arg(long)]
     pub quiet: bool,
+
+    /// API key sent as `Authorization: Bearer <key>` (an api with authentication on).
+    #[arg(long, env = "LOGPIPELINE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 /// Where requests go.
@@ -96,6 +100,8 @@ pub struct Target {
     pub authority: String,
     /// The path of the endpoint, with any base path of the URL.
     pub path: String,
+    /// The `Authorization` header, when there is an API key.
+    pub authorization: Option<String>,
 }
 
 /// When the run stops sending.
@@ -149,7 +155,10 @@ impl Plan {
             None => Stop::After(Duration::from_secs(options.duration_secs)),
         };
         Ok(Self {
-            target: target(&options.url, logs_per_request)?,
+            target: Target {
+                authorization: options.api_key.as_ref().map(|key| format!("Bearer {key}")),
+                ..target(&options.url, logs_per_request)?
+            },
             devices: u64::from(options.devices),
             connections: options.connections,
             logs_per_request,
@@ -196,6 +205,7 @@ fn target(url: &str, logs_per_request: u64) -> Result<Target> {
     Ok(Target {
         authority: format!("{host}:{port}"),
         path: format!("{base}{endpoint}"),
+        authorization: None,
     })
 }
 

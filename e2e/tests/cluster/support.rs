@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use logpipeline_e2e::auth::{ApiKey, keys_file};
 use logpipeline_e2e::kube::repo_root;
 use logpipeline_e2e::node::{self, INGRESS_HTTPS_PORT, NodeCluster};
 use logpipeline_e2e::process::wait_until;
@@ -20,6 +21,8 @@ pub const NS: &str = "logs";
 /// The sample pipeline's name and Ingress host.
 pub const PIPELINE: &str = "logs";
 pub const HOST: &str = "logs.example.com";
+/// The API keys Secret the sample names.
+pub const KEYS_SECRET: &str = "logpipeline-api-keys";
 
 /// The shared cluster; a test that cannot have it fails with the reason.
 pub fn cluster() -> &'static NodeCluster {
@@ -58,8 +61,14 @@ pub struct Pipeline {
     pub database_url: String,
     /// `https://logs.example.com:30443`, which `devices` resolves to the node.
     pub base_url: String,
-    /// A client that trusts the Ingress's certificate and finds the host on the node.
+    /// The API key of the devices (tenant `acme`, scopes write and read), the one key
+    /// in the sample's keys Secret at first.
+    pub key: ApiKey,
+    /// A client that trusts the Ingress's certificate, finds the host on the node and
+    /// sends `key` with every request.
     pub devices: reqwest::Client,
+    /// The same client without a key.
+    pub anonymous: reqwest::Client,
 }
 
 /// The pipeline, installed on first use.
@@ -93,9 +102,23 @@ impl Pipeline {
         }
         let ca = tls_secret(cluster)?;
 
+        // The Ingress controller's namespace is admitted to the api by the pipeline's
+        // NetworkPolicy, as docs/kubernetes.md says to do (this node's bridge network
+        // does not enforce NetworkPolicies, a production one does).
+        cluster.kubectl(&[
+            "label",
+            "namespace",
+            "traefik",
+            "logpipeline.io/api-access=true",
+            "--overwrite",
+        ])?;
+
         let sample = repo_root().join("manifests/sample");
         let applied = Instant::now();
         cluster.kubectl(&["apply", "-n", NS, "-f", &sample.to_string_lossy()])?;
+        // The sample's key is a placeholder: the devices' key replaces it, as a user's would.
+        let key = ApiKey::new("acme", "devices", &["write", "read"]);
+        keys_secret(cluster, &[&key])?;
         wait_for_condition(cluster, "Ready", "True", Duration::from_secs(300))?;
         let apply_to_ready = applied.elapsed();
         let table_at_ready = cluster.kubectl(&["get", "lp", "-n", NS])?;
@@ -107,23 +130,35 @@ impl Pipeline {
             node_port(cluster, "postgres")?
         );
         let certificate = reqwest::Certificate::from_pem(ca.as_bytes())?;
-        let devices = logpipeline_e2e::http_client(|builder| {
-            builder
-                .tls_certs_only([certificate])
-                .resolve(HOST, SocketAddr::from((node_ip, INGRESS_HTTPS_PORT)))
-                .timeout(Duration::from_secs(30))
-        })?;
+        let client = |key: Option<&ApiKey>| {
+            let mut headers = reqwest::header::HeaderMap::new();
+            if let Some(key) = key {
+                let mut bearer = reqwest::header::HeaderValue::from_str(&key.bearer())?;
+                bearer.set_sensitive(true);
+                headers.insert(reqwest::header::AUTHORIZATION, bearer);
+            }
+            logpipeline_e2e::http_client(|builder| {
+                builder
+                    .tls_certs_only([certificate.clone()])
+                    .resolve(HOST, SocketAddr::from((node_ip, INGRESS_HTTPS_PORT)))
+                    .timeout(Duration::from_secs(30))
+                    .default_headers(headers)
+            })
+        };
+        let devices = client(Some(&key))?;
+        let anonymous = client(None)?;
         let base_url = format!("https://{HOST}:{INGRESS_HTTPS_PORT}");
         // The ingress controller routes the host once it has seen the Ingress, its
-        // Service's endpoints and the TLS Secret.
+        // Service's endpoints and the TLS Secret; the api pods know the devices' key
+        // once the kubelet has the Secret's latest version in their mount.
         let runtime = tokio::runtime::Runtime::new()?;
-        let livez = format!("{base_url}/livez");
+        let stats = format!("{base_url}/api/stats");
         let mut last = String::new();
         wait_until(
-            "the Ingress routes to the api",
-            Duration::from_secs(120),
+            "the Ingress routes to the api, which knows the devices' key",
+            Duration::from_secs(180),
             || {
-                let answer = runtime.block_on(async { devices.get(&livez).send().await });
+                let answer = runtime.block_on(async { devices.get(&stats).send().await });
                 last = format!("{answer:?}");
                 Ok(answer.is_ok_and(|response| response.status() == 200))
             },
@@ -135,7 +170,9 @@ impl Pipeline {
             redis_url,
             database_url,
             base_url,
+            key,
             devices,
+            anonymous,
         })
     }
 
@@ -152,6 +189,19 @@ impl Pipeline {
         let client = redis::Client::open(self.redis_url.as_str())?;
         Ok(client.get_multiplexed_async_connection().await?)
     }
+}
+
+/// Replaces the keys file of the sample's keys Secret with one listing `keys`.
+pub fn keys_secret(cluster: &NodeCluster, keys: &[&ApiKey]) -> Result<()> {
+    let secret = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": KEYS_SECRET},
+        "type": "Opaque",
+        "stringData": {"keys.yaml": keys_file(keys)},
+    });
+    cluster.kubectl_stdin(&["apply", "-n", NS, "-f", "-"], &secret.to_string())?;
+    Ok(())
 }
 
 /// Makes a CA and a certificate for the Ingress host, stores the certificate as the

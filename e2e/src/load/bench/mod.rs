@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::auth::{ApiKey, keys_file};
 use crate::load::{LoadOptions, Report};
 use crate::services::Env;
 use probe::{Diagnosis, Probe};
@@ -78,6 +79,12 @@ pub struct BenchOptions {
     #[arg(long, default_value = "everysec", value_parser = ["everysec", "always", "no"])]
     pub appendfsync: String,
 
+    /// How clients authenticate: `off`, or `keys` (each request carries an API key the api
+    /// checks). `off,keys` alternates the two run by run on the same stack, to compare
+    /// them side by side.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "off")]
+    pub auth: Vec<AuthMode>,
+
     /// More api settings, `NAME=VALUE` (repeatable).
     #[arg(long, value_parser = parse_setting)]
     pub api_env: Vec<(String, String)>,
@@ -115,6 +122,56 @@ pub enum Profile {
     Sustained,
 }
 
+/// How the api authenticates clients during a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// No keys (`LOGPIPELINE_AUTH=off`).
+    Off,
+    /// Every request carries an API key with write scope (`LOGPIPELINE_AUTH=keys`).
+    Keys,
+}
+
+impl AuthMode {
+    fn slug(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Keys => "keys",
+        }
+    }
+}
+
+/// The bench's API key and the keys file that lists it.
+struct BenchKeys {
+    key: ApiKey,
+    file: tempfile::NamedTempFile,
+}
+
+impl BenchKeys {
+    fn new() -> Result<Self> {
+        let key = ApiKey::new("bench", "load", &["write"]);
+        let file = tempfile::NamedTempFile::new()?;
+        std::fs::write(file.path(), keys_file(&[&key]))?;
+        Ok(Self { key, file })
+    }
+
+    /// The api's settings for `mode`.
+    fn api_env(&self, mode: AuthMode) -> Env {
+        let mut env = Env::from([("LOGPIPELINE_AUTH".into(), mode.slug().into())]);
+        if mode == AuthMode::Keys {
+            env.insert(
+                "LOGPIPELINE_API_KEYS_FILE".into(),
+                self.file.path().display().to_string(),
+            );
+        }
+        env
+    }
+
+    /// The key clients send in `mode`.
+    fn client_key(&self, mode: AuthMode) -> Option<String> {
+        (mode == AuthMode::Keys).then(|| self.key.secret.clone())
+    }
+}
+
 impl Profile {
     fn name(self) -> &'static str {
         match self {
@@ -139,8 +196,15 @@ impl Profile {
         }
     }
 
-    /// The load generator's options for run `index` of this profile on `stack`.
-    fn load(self, bench: &BenchOptions, stack: &BenchStack, index: u32) -> LoadOptions {
+    /// The load generator's options for run `index` of this profile on `stack`, sending
+    /// `api_key`.
+    fn load(
+        self,
+        bench: &BenchOptions,
+        stack: &BenchStack,
+        index: u32,
+        api_key: Option<String>,
+    ) -> LoadOptions {
         let (logs_per_request, duration_secs, rate) = match self {
             Self::Seed => (5, bench.duration_secs, None),
             Self::Single => (1, bench.duration_secs, None),
@@ -167,6 +231,7 @@ impl Profile {
             group: "log_workers".into(),
             drain_timeout_secs: bench.drain_timeout_secs,
             quiet: bench.quiet,
+            api_key,
         }
     }
 }
@@ -175,6 +240,7 @@ impl Profile {
 #[derive(Serialize)]
 struct BenchRun<'a> {
     profile: &'static str,
+    auth: &'static str,
     load_average: String,
     settings: &'a StackSettings,
     report: &'a Report,
@@ -214,37 +280,59 @@ async fn run_profiles(
     settings: &StackSettings,
     stack: &mut BenchStack,
 ) -> Result<Vec<Row>> {
+    let keys = BenchKeys::new()?;
+    let modes = &options.auth;
+    let mut running = None;
     let mut rows = Vec::new();
     for &profile in &options.profiles {
         let runs = profile.runs(options);
-        let mut reports = Vec::new();
+        let mut reports: Vec<Vec<Report>> = vec![Vec::new(); modes.len()];
         for index in 1..=runs {
-            stack.truncate()?;
-            let load_average = load_average();
-            println!(
-                "\n== {} — run {index} of {runs} (load average before: {load_average})",
-                profile.name()
-            );
-            let load = profile.load(options, stack, index);
-            let probe = Probe::start(stack).await?;
-            let report = crate::load::run(&load).await?;
-            let diagnosis = probe.finish(stack).await?;
-            print!("{}{}", report.render(), diagnosis.render());
-            if let Some(dir) = &options.json_dir {
-                let path = dir.join(format!("{}-{index}.json", profile.slug()));
-                let run = BenchRun {
-                    profile: profile.slug(),
-                    load_average,
-                    settings,
-                    report: &report,
-                    diagnosis: &diagnosis,
-                };
-                std::fs::write(&path, serde_json::to_vec_pretty(&run)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
+            for (mode_index, &mode) in modes.iter().enumerate() {
+                if running != Some(mode) {
+                    stack.restart_api(settings, &keys.api_env(mode))?;
+                    running = Some(mode);
+                }
+                stack.truncate()?;
+                let load_average = load_average();
+                println!(
+                    "\n== {} — auth {} — run {index} of {runs} (load average before: {load_average})",
+                    profile.name(),
+                    mode.slug(),
+                );
+                let load = profile.load(options, stack, index, keys.client_key(mode));
+                let probe = Probe::start(stack).await?;
+                let report = crate::load::run(&load).await?;
+                let diagnosis = probe.finish(stack).await?;
+                print!("{}{}", report.render(), diagnosis.render());
+                if let Some(dir) = &options.json_dir {
+                    let path = dir.join(format!(
+                        "{}-auth-{}-{index}.json",
+                        profile.slug(),
+                        mode.slug()
+                    ));
+                    let run = BenchRun {
+                        profile: profile.slug(),
+                        auth: mode.slug(),
+                        load_average,
+                        settings,
+                        report: &report,
+                        diagnosis: &diagnosis,
+                    };
+                    std::fs::write(&path, serde_json::to_vec_pretty(&run)?)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+                reports[mode_index].push(report);
             }
-            reports.push(report);
         }
-        rows.push(Row::of(profile.name(), &reports));
+        for (&mode, reports) in modes.iter().zip(&reports) {
+            let name = if modes.len() > 1 || mode != AuthMode::Off {
+                format!("{} · auth {}", profile.name(), mode.slug())
+            } else {
+                profile.name().to_owned()
+            };
+            rows.push(Row::of(&name, reports));
+        }
     }
     Ok(rows)
 }

@@ -93,11 +93,7 @@ impl BenchStack {
             Duration::from_secs(60),
             || Ok(postgres.psql("logs", "select to_regclass('logs') is not null")? == "t"),
         )?;
-        let mut api_env = Env::from([(
-            "LOGPIPELINE_STREAM_CAPACITY".into(),
-            settings.stream_capacity.to_string(),
-        )]);
-        api_env.extend(settings.api_env.clone());
+        let api_env = Self::api_env(settings, &settings.api_env);
         let api = ApiProcess::start(&redis.url(), &database_url, &api_env)?;
         Ok(Self {
             api,
@@ -106,6 +102,26 @@ impl BenchStack {
             redis,
             database_url,
         })
+    }
+
+    /// Replaces the api with one started with `api_env` beside the settings' own, on the
+    /// same Redis, PostgreSQL and workers.
+    pub fn restart_api(&mut self, settings: &StackSettings, api_env: &Env) -> Result<()> {
+        let mut env = settings.api_env.clone();
+        env.extend(api_env.clone());
+        let env = Self::api_env(settings, &env);
+        self.api = ApiProcess::start(&self.redis.url(), &self.database_url, &env)?;
+        Ok(())
+    }
+
+    /// The api's environment: the stream capacity, then `extra`.
+    fn api_env(settings: &StackSettings, extra: &Env) -> Env {
+        let mut env = Env::from([(
+            "LOGPIPELINE_STREAM_CAPACITY".into(),
+            settings.stream_capacity.to_string(),
+        )]);
+        env.extend(extra.clone());
+        env
     }
 
     /// Empties the `logs` table, so every run starts from the same state (the
