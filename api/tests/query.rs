@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use common::{Options, TestApi};
+use logpipeline_e2e::rows::{self, Row};
 use logpipeline_e2e::stack::eventually;
 use redis::AsyncCommands;
 use serde_json::Value;
@@ -23,17 +24,18 @@ const LEVELS: [&str; 5] = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"];
 /// (several logs share a second when `per_second` > 1).
 async fn store(db: &PgPool, device: &str, seq: i64, per_second: i64) -> OffsetDateTime {
     let at = OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_795_000_000 + seq / per_second);
-    sqlx::query(
-        "insert into logs (message_id, device_id, log_level, message, log_data, created_at) \
-         values ($1, $2, $3, $4, jsonb_build_object('seq', $5::bigint), $6)",
+    rows::insert(
+        db,
+        Row {
+            tenant: "default",
+            message_id: format!("{device}-{seq}"),
+            device_id: device,
+            log_level: LEVELS[seq as usize % LEVELS.len()],
+            message: format!("log {seq}"),
+            log_data: Some(format!("{{\"seq\": {seq}}}")),
+            created_at: at,
+        },
     )
-    .bind(format!("{device}-{seq}"))
-    .bind(device)
-    .bind(LEVELS[seq as usize % LEVELS.len()])
-    .bind(format!("log {seq}"))
-    .bind(seq)
-    .bind(at)
-    .execute(db)
     .await
     .unwrap();
     at

@@ -14,6 +14,7 @@ use axum::http::{Method, Request, StatusCode, header};
 use common::{Answer, Options, TestApi};
 use logpipeline_api::{Auth, Keys, RateLimit, RateLimits};
 use logpipeline_e2e::auth::{ApiKey, keys_file};
+use logpipeline_e2e::rows::{self, Row};
 use logpipeline_e2e::stack::eventually;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -85,20 +86,23 @@ impl TestApi {
 }
 
 async fn store(db: &PgPool, tenant: &str, device: &str, message: &str) {
-    sqlx::query(
-        "insert into logs (message_id, tenant, device_id, log_level, message, created_at) \
-         values ($1, $2, $3, 'INFO', $4, now())",
+    rows::insert(
+        db,
+        Row {
+            tenant,
+            message_id: format!("{tenant}-{device}-{message}"),
+            device_id: device,
+            log_level: "INFO",
+            message: message.to_owned(),
+            log_data: None,
+            created_at: time::OffsetDateTime::now_utc(),
+        },
     )
-    .bind(format!("{tenant}-{device}-{message}"))
-    .bind(tenant)
-    .bind(device)
-    .bind(message)
-    .execute(db)
     .await
     .unwrap();
     sqlx::query(
         "insert into log_counts (tenant, device_id, log_level, stripe, count, last_at) \
-         values ($1, $2, 'INFO', 0, 1, now()) on conflict (tenant, device_id, log_level, stripe) \
+         values ($1, $2, 'INFO', 0, 1, now()) on conflict (tenant, device_id, log_level, period, stripe) \
          do update set count = log_counts.count + 1",
     )
     .bind(tenant)

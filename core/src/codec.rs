@@ -40,6 +40,34 @@ pub fn log_id(entry_id: &str, index: usize, count: usize) -> String {
     }
 }
 
+/// Where log keys count their milliseconds from: 2024-01-01T00:00:00Z.
+const KEY_EPOCH_MS: i64 = 1_704_067_200_000;
+/// Bits of a log key below its milliseconds: 12 for the entry's sequence number within
+/// its millisecond, 10 for the log's index in its entry (a batch holds at most 1000).
+const KEY_SEQUENCE_BITS: u32 = 12;
+const KEY_INDEX_BITS: u32 = 10;
+
+/// The `id` column of log `index` of stream entry `entry_id` (`<ms>-<seq>`): the entry's
+/// milliseconds since 2024 (41 bits, until September 2093), its sequence number (12 bits) and the
+/// log's index (10 bits). Together with the log's receive time, which also comes from the
+/// entry, it is the primary key that makes storing idempotent: a re-delivered entry
+/// yields the same keys. A stream gets more than 4096 entries in one millisecond only past
+/// what a Redis server can take (4 million a second); sequence numbers above that wrap,
+/// and two logs would share a key only if their receive times were equal to the
+/// microsecond too. None when `entry_id` is not a stream entry id.
+pub fn log_key(entry_id: &str, index: usize) -> Option<i64> {
+    let (ms, seq) = entry_id.split_once('-')?;
+    let ms: i64 = ms.parse().ok()?;
+    let seq: u64 = seq.parse().ok()?;
+    let index = u64::try_from(index)
+        .ok()
+        .filter(|i| *i < 1 << KEY_INDEX_BITS)?;
+    let low = ((seq % (1 << KEY_SEQUENCE_BITS)) << KEY_INDEX_BITS) | index;
+    let since_epoch = ms.checked_sub(KEY_EPOCH_MS)?;
+    let high = since_epoch.checked_mul(1 << (KEY_SEQUENCE_BITS + KEY_INDEX_BITS))?;
+    Some(high | low as i64)
+}
+
 /// The ids of all logs in an entry, in order.
 pub fn log_ids(entry_id: &str, count: usize) -> Vec<String> {
     (0..count).map(|i| log_id(entry_id, i, count)).collect()
@@ -196,6 +224,30 @@ mod tests {
             entry.logs[1].log_data.as_ref().unwrap().as_json(),
             r#"{"k":1}"#
         );
+    }
+
+    #[test]
+    fn log_keys_are_distinct_and_ordered_by_entry_then_index() {
+        let keys: Vec<i64> = [
+            ("1795308807997-0", 0),
+            ("1795308807997-0", 1),
+            ("1795308807997-0", 999),
+            ("1795308807997-1", 0),
+            ("1795308807997-4095", 999),
+            ("1795308807998-0", 0),
+        ]
+        .iter()
+        .map(|(id, index)| log_key(id, *index).unwrap())
+        .collect();
+        assert!(keys.windows(2).all(|pair| pair[0] < pair[1]), "{keys:?}");
+        assert!(keys.iter().all(|key| *key > 0));
+        // The last millisecond that fits, in September 2093, and the first that does not.
+        assert!(log_key("3903090455551-4095", 1023).unwrap() > 0);
+        assert_eq!(log_key("3903090455552-0", 0), None);
+        assert_eq!(log_key("1795308807997-0", 1024), None);
+        for bad in ["", "17953", "a-1", "1-b", "1795308807997"] {
+            assert_eq!(log_key(bad, 0), None, "{bad}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::DatabaseArgs;
 use crate::retry::until_done;
+use crate::storage;
 
 /// The schema, from `migrations/`: applied at start-up, idempotent, never edited once
 /// released (a change is a new migration).
@@ -23,8 +24,17 @@ pub fn lazy_pool(args: &DatabaseArgs) -> Result<PgPool, sqlx::Error> {
         .connect_lazy(&args.database_url)
 }
 
-/// Applies the migrations not applied yet.
+/// The last migration that runs before `logs` is partitioned; later ones find it
+/// partitioned.
+pub const BEFORE_PARTITIONING: i64 = 4;
+
+/// Applies the migrations not applied yet: those up to [`BEFORE_PARTITIONING`], then the
+/// partitioning of `logs` ([`storage::partition_legacy`], a no-op once done), then the rest.
 pub async fn migrate(pool: &PgPool) -> Result<(), MigrateError> {
+    MIGRATOR.run_to(BEFORE_PARTITIONING, pool).await?;
+    storage::partition_legacy(pool)
+        .await
+        .map_err(MigrateError::Execute)?;
     MIGRATOR.run(pool).await
 }
 

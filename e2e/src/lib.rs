@@ -14,6 +14,7 @@ pub mod postgres;
 pub mod process;
 pub mod prometheus;
 pub mod redis;
+pub mod rows;
 pub mod services;
 pub mod stack;
 

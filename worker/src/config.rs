@@ -5,6 +5,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use logpipeline_core::config::{CacheArgs, DatabaseArgs, RedisArgs, StreamArgs, TelemetryArgs};
+use logpipeline_core::partitions::{PartitionInterval, Retention};
+use logpipeline_core::storage::PartitionSettings;
+
+use crate::store::StoreSettings;
 
 /// LogPipeline's stream consumer: stores accepted logs in PostgreSQL exactly once.
 #[derive(Debug, Clone, Parser)]
@@ -67,6 +71,35 @@ pub struct Config {
     )]
     pub maintenance_interval_ms: u64,
 
+    /// How long logs are kept, such as `30d` or `12h` (at least `1h`): partitions of
+    /// `logs` whose every log was received longer ago are dropped, with their counts, and
+    /// logs that old are not stored. Kept forever when unset.
+    #[arg(long, env = "LOGPIPELINE_RETENTION")]
+    pub retention: Option<Retention>,
+
+    /// Time each partition of `logs` covers, whole hours from `1h` to `31d`. A change
+    /// applies to partitions made from then on.
+    #[arg(long, env = "LOGPIPELINE_PARTITION_INTERVAL", default_value = "1d")]
+    pub partition_interval: PartitionInterval,
+
+    /// Partitions kept ready ahead of the current one.
+    #[arg(long, env = "LOGPIPELINE_PARTITIONS_AHEAD", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=366))]
+    pub partitions_ahead: u32,
+
+    /// Whether partitions carry a GIN index on `log_data`, for queries inside it (no
+    /// api query needs one). The worker builds or drops it concurrently on every
+    /// partition when this changes.
+    #[arg(long, env = "LOGPIPELINE_LOG_DATA_INDEX", default_value_t = false,
+          action = clap::ArgAction::Set)]
+    pub log_data_index: bool,
+
+    /// Seconds between upkeep passes of the table: partitions ahead, retention, counter
+    /// compaction, the GIN setting. One worker runs a pass at a time.
+    #[arg(long, env = "LOGPIPELINE_STORAGE_UPKEEP_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub storage_upkeep_secs: u64,
+
     /// Address serving `/metrics`, `/livez` and `/readyz`.
     #[arg(
         long,
@@ -116,6 +149,18 @@ impl Config {
                 .unwrap_or_else(|| "worker".into());
             format!("{host}-{}", std::process::id())
         })
+    }
+
+    /// How logs are kept.
+    pub fn store_settings(&self) -> StoreSettings {
+        StoreSettings {
+            partitions: PartitionSettings {
+                interval: self.partition_interval,
+                ahead: self.partitions_ahead,
+                log_data_index: self.log_data_index,
+            },
+            retention: self.retention,
+        }
     }
 
     /// How long an entry may stay unacknowledged before it is claimed.

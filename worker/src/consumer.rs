@@ -164,17 +164,16 @@ impl Consumer {
         async {
             let mut decoded = Vec::with_capacity(entries.len());
             for raw in entries {
-                match codec::decode(&raw.fields) {
-                    Ok(entry) => decoded.push(Decoded { raw, entry }),
-                    Err(error) => {
+                let checked = match codec::decode(&raw.fields) {
+                    Ok(entry) => Decoded::new(raw, entry),
+                    Err(error) => Err((raw, error.to_string())),
+                };
+                match checked {
+                    Ok(entry) => decoded.push(entry),
+                    Err((raw, reason)) => {
                         // Decoding is deterministic: no delivery will ever succeed.
-                        self.dead_letter(
-                            &raw,
-                            &error.to_string(),
-                            1,
-                            DeadLetterReason::Undecodable,
-                        )
-                        .await;
+                        self.dead_letter(&raw, &reason, 1, DeadLetterReason::Undecodable)
+                            .await;
                     }
                 }
             }
@@ -197,6 +196,13 @@ impl Consumer {
             self.metrics
                 .logs_duplicate
                 .inc_by(outcome.logs - outcome.inserted);
+            if outcome.expired > 0 {
+                self.metrics.logs_expired.inc_by(outcome.expired);
+                warn!(
+                    logs = outcome.expired,
+                    "logs received longer ago than the retention were not stored"
+                );
+            }
             debug!(
                 logs = outcome.logs,
                 inserted = outcome.inserted,

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod ops;
 pub mod store;
 pub mod stream;
+pub mod upkeep;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,7 +53,7 @@ pub async fn run(config: Config) -> Result<()> {
 /// Runs the worker until `shutdown` is cancelled, then drains.
 pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()> {
     let metrics = Metrics::new()?;
-    let store = Store::new(db::lazy_pool(&config.database)?);
+    let store = Store::new(db::lazy_pool(&config.database)?, config.store_settings());
     let client = redis::Client::open(config.redis.redis_url.as_str())?;
     let dead_letter = config.dead_letter_stream();
     let generations = config.cache.generations_key();
@@ -142,6 +143,12 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
             .run(),
         );
     }
+    tasks.spawn(upkeep::run(
+        store.clone(),
+        metrics.clone(),
+        Duration::from_secs(config.storage_upkeep_secs),
+        shutdown.clone(),
+    ));
     tasks.spawn(maintenance::run(
         stream_on(control.clone()),
         metrics.clone(),

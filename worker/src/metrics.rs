@@ -64,6 +64,14 @@ pub struct Metrics {
     pub group_pending: IntGauge,
     /// Age of the oldest of those, in seconds.
     pub oldest_pending_age: Gauge,
+    /// Logs not stored because they were received longer ago than the retention.
+    pub logs_expired: IntCounter,
+    /// Partitions of `logs`.
+    pub partitions: IntGauge,
+    /// Partitions dropped past the retention.
+    pub partitions_dropped: IntCounter,
+    /// Upkeep passes of the table (partitions, retention) that failed.
+    pub storage_upkeep_errors: IntCounter,
 }
 
 impl Metrics {
@@ -175,6 +183,22 @@ impl Metrics {
                 "Stream entries delivered and not yet acknowledged",
             )?,
             oldest_pending_age,
+            logs_expired: counter(
+                "logpipeline_worker_logs_expired_total",
+                "Logs not stored because they were received longer ago than the retention",
+            )?,
+            partitions: gauge(
+                "logpipeline_worker_partitions",
+                "Partitions of the logs table, as the last upkeep pass found them",
+            )?,
+            partitions_dropped: counter(
+                "logpipeline_worker_partitions_dropped_total",
+                "Partitions of the logs table dropped past the retention",
+            )?,
+            storage_upkeep_errors: counter(
+                "logpipeline_worker_storage_upkeep_errors_total",
+                "Upkeep passes of the logs table (partitions ahead, retention) that failed",
+            )?,
             registry,
         })
     }

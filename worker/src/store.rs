@@ -2,10 +2,12 @@
 //! and isolating the entries PostgreSQL rejects so they do not hold back the rest.
 
 use std::ops::Range;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
 
 use logpipeline_core::codec::{self, Entry};
+use logpipeline_core::partitions::{Partition, Retention};
+use logpipeline_core::storage::{self, PartitionSettings};
 use logpipeline_core::tenant::DEFAULT_TENANT;
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -14,25 +16,32 @@ use tracing::debug;
 use crate::stream::StreamEntry;
 
 /// Stores a batch of logs given as one array per column, and counts the logs inserted
-/// per tenant, device and level in stripe `$8` of `log_counts`, in one statement (one
-/// transaction). A log whose `message_id` is stored already (its entry was delivered
-/// again after a crash) is skipped and not counted, so each log is stored and counted
-/// exactly once however often its entry is delivered. Returns the number inserted.
+/// per tenant, device, level and partition in stripe `$9` of `log_counts`, in one
+/// statement (one transaction). A log whose key `(created_at, id)` is stored already (its
+/// entry was delivered again after a crash) is skipped and not counted, so each log is
+/// stored and counted exactly once however often its entry is delivered. In the legacy
+/// partition, which holds the logs of before partitioning, the unique `message_id` does
+/// the same for entries stored before the upgrade: `on conflict do nothing` honours every
+/// unique index of the partition a row goes to. Returns the number inserted.
 const INSERT: &str = "
 with inserted as (
-    insert into logs (message_id, tenant, device_id, log_level, message, log_data, created_at)
-    select message_id, tenant, device_id, log_level, message, log_data::jsonb, created_at
-    from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
-        as batch (message_id, tenant, device_id, log_level, message, log_data, created_at)
-    on conflict (message_id) do nothing
+    insert into logs (id, message_id, tenant, device_id, log_level, message, log_data, created_at)
+    select id, message_id, tenant, device_id, log_level, message, log_data::jsonb, created_at
+    from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::timestamptz[])
+        as batch (id, message_id, tenant, device_id, log_level, message, log_data, created_at)
+    on conflict do nothing
     returning tenant, device_id, log_level, created_at
 ), counted as (
-    insert into log_counts (tenant, device_id, log_level, stripe, count, last_at)
-    select tenant, device_id, log_level, $8, count(*), max(created_at)
-    from inserted
-    group by tenant, device_id, log_level
-    order by tenant, device_id, log_level
-    on conflict (tenant, device_id, log_level, stripe) do update
+    insert into log_counts (tenant, device_id, log_level, period, stripe, count, last_at)
+    select i.tenant, i.device_id, i.log_level, coalesce(p.from_at, '-infinity'), $9,
+           count(*), max(i.created_at)
+    from inserted i
+    join log_partitions p
+        on (p.from_at is null or i.created_at >= p.from_at) and i.created_at < p.to_at
+    group by 1, 2, 3, 4
+    order by 1, 2, 3, 4
+    on conflict (tenant, device_id, log_level, period, stripe) do update
         set count = log_counts.count + excluded.count,
             last_at = greatest(log_counts.last_at, excluded.last_at)
 )
@@ -54,59 +63,115 @@ pub struct Decoded {
     pub entry: Entry,
 }
 
+impl Decoded {
+    /// `entry`, read as `raw`, when each of its logs has a key ([`codec::log_key`]): the
+    /// entry id is `<ms>-<seq>`, as Redis makes them, and it holds at most 1024 logs.
+    pub fn new(raw: StreamEntry, entry: Entry) -> Result<Self, (StreamEntry, String)> {
+        if codec::log_key(&raw.id, entry.logs.len().saturating_sub(1)).is_none() {
+            let reason = format!(
+                "the entry's {} logs cannot be keyed by its id {:?}",
+                entry.logs.len(),
+                raw.id
+            );
+            return Err((raw, reason));
+        }
+        Ok(Self { raw, entry })
+    }
+
+    /// The `id` column of its log `index`, which [`Decoded::new`] checked.
+    fn key(&self, index: usize) -> i64 {
+        codec::log_key(&self.raw.id, index).unwrap_or_default()
+    }
+}
+
 /// What became of a batch.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
-    /// Indices of the entries now stored (inserted now or before).
+    /// Indices of the entries done with: stored (inserted now or before), or expired.
     pub stored: Vec<usize>,
-    /// Logs of those entries.
+    /// Logs of the stored entries.
     pub logs: u64,
     /// Of those logs, how many were inserted now; the rest were stored already.
     pub inserted: u64,
+    /// Logs not stored because they were received longer ago than the retention.
+    pub expired: u64,
     /// Entries PostgreSQL rejects, with its reason.
     pub rejected: Vec<(usize, String)>,
+}
+
+/// How logs are kept.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreSettings {
+    /// How partitions are made.
+    pub partitions: PartitionSettings,
+    /// How long logs are kept; forever when None.
+    pub retention: Option<Retention>,
 }
 
 /// The `logs` table and its counters.
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    settings: StoreSettings,
+    /// The partitions known to exist, refreshed when a batch needs one that is not.
+    known: Arc<RwLock<Vec<Partition>>>,
     /// Picks the counter stripe of the next batch.
     next_stripe: Arc<AtomicU32>,
 }
 
 impl Store {
     /// The table behind `pool`.
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(pool: PgPool, settings: StoreSettings) -> Self {
         Self {
             pool,
+            settings,
+            known: Arc::default(),
             next_stripe: Arc::new(AtomicU32::new(std::process::id())),
         }
     }
 
-    /// Stores `entries`. When PostgreSQL refuses the batch while it still accepts a
-    /// known-good log (see [`Store::accepts_writes`]), the refusal is about the data: the
-    /// batch is split in halves until the refused entries are alone, and all others are
-    /// stored. Fails for everything else (PostgreSQL down or refusing every write, a
-    /// timeout), which is worth retrying as a whole and says nothing about the entries.
+    /// How logs are kept.
+    pub fn settings(&self) -> StoreSettings {
+        self.settings
+    }
+
+    /// Stores `entries`. Entries received longer ago than the retention are not stored
+    /// (their partition is gone or about to be) and count as done. When PostgreSQL
+    /// refuses the batch while it still accepts a known-good log (see
+    /// [`Store::accepts_writes`]), the refusal is about the data: the batch is split in
+    /// halves until the refused entries are alone, and all others are stored. Fails for
+    /// everything else (PostgreSQL down or refusing every write, a timeout), which is
+    /// worth retrying as a whole and says nothing about the entries.
     pub async fn store(&self, entries: &[Decoded]) -> Result<Outcome, sqlx::Error> {
         let mut outcome = Outcome::default();
-        // Ranges of `entries` still to store, the next one last.
+        let cutoff = self
+            .settings
+            .retention
+            .map(|retention| retention.cutoff(OffsetDateTime::now_utc()));
+        let (expired, live): (Vec<usize>, Vec<usize>) = (0..entries.len()).partition(|&index| {
+            cutoff.is_some_and(|cutoff| entries[index].entry.received_at < cutoff)
+        });
+        for &index in &expired {
+            outcome.expired += entries[index].entry.logs.len() as u64;
+        }
+        outcome.stored.extend(expired);
+        self.ensure_partitions(live.iter().map(|&index| entries[index].entry.received_at))
+            .await?;
+        // Ranges of `live` still to store, the next one last.
         let mut work: Vec<Range<usize>> = Vec::new();
-        work.push(0..entries.len());
+        work.push(0..live.len());
         while let Some(range) = work.pop() {
             if range.is_empty() {
                 continue;
             }
-            let batch = &entries[range.clone()];
-            let error = match insert(Columns::of(batch), self.next_stripe(), &self.pool).await {
+            let batch = || live[range.clone()].iter().map(|&index| &entries[index]);
+            let error = match insert(Columns::of(batch()), self.next_stripe(), &self.pool).await {
                 Ok(inserted) => {
                     outcome.inserted += inserted;
-                    outcome.logs += batch
-                        .iter()
+                    outcome.logs += batch()
                         .map(|decoded| decoded.entry.logs.len() as u64)
                         .sum::<u64>();
-                    outcome.stored.extend(range);
+                    outcome.stored.extend(live[range].iter().copied());
                     continue;
                 }
                 Err(error) if is_refusal(&error) => error,
@@ -119,7 +184,7 @@ impl Store {
             if range.len() == 1 {
                 outcome
                     .rejected
-                    .push((range.start, rejection_reason(&error)));
+                    .push((live[range.start], rejection_reason(&error)));
             } else {
                 let middle = range.start + range.len() / 2;
                 work.push(middle..range.end);
@@ -130,6 +195,33 @@ impl Store {
         Ok(outcome)
     }
 
+    /// Makes sure partitions hold every time of `times`: the partitions known are
+    /// enough almost always; otherwise they are read again, and made when missing.
+    async fn ensure_partitions(
+        &self,
+        times: impl Iterator<Item = OffsetDateTime>,
+    ) -> Result<(), sqlx::Error> {
+        let missing: Vec<OffsetDateTime> = {
+            let known = self
+                .known
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            times
+                .filter(|at| !known.iter().any(|partition| partition.contains(*at)))
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let partitions =
+            storage::ensure_partitions(&self.pool, &missing, self.settings.partitions).await?;
+        *self
+            .known
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = partitions;
+        Ok(())
+    }
+
     /// Checks that PostgreSQL stores a known-good log right now: the statement of every
     /// batch, with one synthetic log, in a transaction that is rolled back. A refusal is
     /// held against an entry only when this succeeds, so an outage that refuses every
@@ -137,14 +229,17 @@ impl Store {
     /// never mistaken for bad data, whatever its SQLSTATE.
     pub async fn accepts_writes(&self) -> Result<(), sqlx::Error> {
         let stripe = self.next_stripe();
+        let now = OffsetDateTime::now_utc();
+        self.ensure_partitions(std::iter::once(now)).await?;
         let columns = Columns {
+            id: vec![i64::from(stripe)],
             message_id: vec![format!("{PROBE_DEVICE}:{}:{stripe}", std::process::id())],
             tenant: vec![DEFAULT_TENANT],
             device_id: vec![PROBE_DEVICE],
             log_level: vec!["INFO"],
             message: vec!["probe"],
             log_data: vec!["{}"],
-            created_at: vec![OffsetDateTime::now_utc()],
+            created_at: vec![now],
         };
         let mut transaction = self.pool.begin().await?;
         insert(columns, stripe, &mut *transaction).await?;
@@ -175,6 +270,7 @@ async fn insert<'e>(
     executor: impl sqlx::PgExecutor<'e>,
 ) -> Result<u64, sqlx::Error> {
     let inserted: i64 = sqlx::query_scalar(INSERT)
+        .bind(columns.id)
         .bind(columns.message_id)
         .bind(columns.tenant)
         .bind(columns.device_id)
@@ -191,6 +287,7 @@ async fn insert<'e>(
 /// The batch's logs, one vector per column.
 #[derive(Default)]
 struct Columns<'a> {
+    id: Vec<i64>,
     message_id: Vec<String>,
     tenant: Vec<&'a str>,
     device_id: Vec<&'a str>,
@@ -201,9 +298,13 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
-    fn of(entries: &'a [Decoded]) -> Self {
-        let logs = entries.iter().map(|decoded| decoded.entry.logs.len()).sum();
+    fn of(entries: impl Iterator<Item = &'a Decoded> + Clone) -> Self {
+        let logs = entries
+            .clone()
+            .map(|decoded| decoded.entry.logs.len())
+            .sum();
         let mut columns = Columns {
+            id: Vec::with_capacity(logs),
             message_id: Vec::with_capacity(logs),
             tenant: Vec::with_capacity(logs),
             device_id: Vec::with_capacity(logs),
@@ -215,6 +316,7 @@ impl<'a> Columns<'a> {
         for decoded in entries {
             let count = decoded.entry.logs.len();
             for (index, log) in decoded.entry.logs.iter().enumerate() {
+                columns.id.push(decoded.key(index));
                 columns
                     .message_id
                     .push(codec::log_id(&decoded.raw.id, index, count));

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
+use logpipeline_core::storage::{self, PartitionSettings};
 use logpipeline_e2e::postgres::{PostgresOptions, PostgresServer};
 use logpipeline_e2e::redis::RedisServer;
 use logpipeline_e2e::services::{ApiProcess, Env};
@@ -166,15 +167,22 @@ async fn fill(pool: &sqlx::PgPool, rows: u64, devices: u64) -> Result<()> {
     const CHUNK: u64 = 250_000;
     let started = Instant::now();
     let mut done = 0;
+    // One log a millisecond from 2026-01-01: the partitions of that span first.
+    let first = time::macros::datetime!(2026-01-01 0:00 UTC);
+    let last = first + Duration::from_millis(rows);
+    let days: Vec<time::OffsetDateTime> = (0..=(last - first).whole_days())
+        .map(|day| first + time::Duration::days(day))
+        .collect();
+    storage::ensure_partitions(pool, &days, PartitionSettings::default()).await?;
     while done < rows {
         let end = (done + CHUNK).min(rows);
         sqlx::query(
-            "insert into logs (message_id, device_id, log_level, message, log_data, created_at) \
-             select 'bench-' || g, 'device-' || (g % $3), \
+            "insert into logs (id, message_id, device_id, log_level, message, log_data, created_at) \
+             select g, 'bench-' || g, 'device-' || (g % $3), \
                     (array['DEBUG','INFO','WARNING','ERROR','CRITICAL'])[1 + g % 5], \
                     'reading ' || g || ' of the pressure sensor is within bounds', \
                     jsonb_build_object('seq', g, 'firmware', '1.4.2', 'bar', (g % 100) / 10.0), \
-                    timestamptz '2026-01-01' + g * interval '1 millisecond' \
+                    timestamptz '2026-01-01 00:00:00+00' + g * interval '1 millisecond' \
              from generate_series($1::bigint, $2::bigint - 1) as g",
         )
         .bind(i64::try_from(done)?)
@@ -189,8 +197,10 @@ async fn fill(pool: &sqlx::PgPool, rows: u64, devices: u64) -> Result<()> {
         );
     }
     sqlx::query(
-        "insert into log_counts (device_id, log_level, stripe, count, last_at) \
-         select device_id, log_level, 0, count(*), max(created_at) from logs group by 1, 2",
+        "insert into log_counts (device_id, log_level, period, stripe, count, last_at) \
+         select l.device_id, l.log_level, p.from_at, 0, count(*), max(l.created_at) \
+         from logs l join log_partitions p on l.created_at >= p.from_at and l.created_at < p.to_at \
+         group by 1, 2, 3",
     )
     .execute(pool)
     .await?;

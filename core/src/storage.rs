@@ -1,0 +1,455 @@
+//! The partitioned `logs` table in PostgreSQL: turning an unpartitioned table into it
+//! without moving a row, creating partitions ahead of ingest, and dropping those past
+//! the retention without stalling writers. The arithmetic is in [`crate::partitions`].
+//!
+//! Every partition has two indexes: the primary key `(created_at, id)`, which makes
+//! inserts idempotent (the key comes from the stream entry, see
+//! [`crate::codec::log_key`]), and `(tenant, device_id, created_at desc)`, which serves
+//! the device query. A GIN index on `log_data` is a setting.
+
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tracing::{info, warn};
+
+use crate::partitions::{
+    self, LEGACY_PARTITION, Partition, PartitionInterval, Retention, partition_name,
+};
+
+/// Advisory lock held while `logs` is turned into a partitioned table.
+const CONVERT_LOCK: i64 = 0x6c70_0001;
+/// Advisory lock (transaction-scoped) held while a partition is created.
+const CREATE_LOCK: i64 = 0x6c70_0002;
+/// Advisory lock held by the one process running upkeep: retention, compaction.
+pub const UPKEEP_LOCK: i64 = 0x6c70_0003;
+
+/// The partitioned table: the seed's columns, the tenant and the stable ids. Its primary
+/// key includes the partition key, as PostgreSQL requires of unique indexes.
+const PARENT: &str = r#"
+create table logs (
+    id bigint not null,
+    device_id varchar(50) not null,
+    log_level varchar(20) not null,
+    message text,
+    log_data jsonb,
+    created_at timestamptz not null,
+    indexed_at timestamptz default now(),
+    message_id text collate "C",
+    tenant text collate "C" not null default 'default',
+    constraint logs_key primary key (created_at, id)
+) partition by range (created_at)
+"#;
+
+/// The device query's index, on the parent (and so on every partition).
+const DEVICE_INDEX: &str =
+    "create index logs_tenant_device_created on logs (tenant, device_id, created_at desc)";
+
+/// How partitions are made.
+#[derive(Debug, Clone, Copy)]
+pub struct PartitionSettings {
+    /// Time each partition covers.
+    pub interval: PartitionInterval,
+    /// Partitions made ahead of the current one.
+    pub ahead: u32,
+    /// Whether partitions have a GIN index on `log_data`.
+    pub log_data_index: bool,
+}
+
+impl Default for PartitionSettings {
+    fn default() -> Self {
+        Self {
+            interval: PartitionInterval::DAY,
+            ahead: 2,
+            log_data_index: false,
+        }
+    }
+}
+
+/// The partitions, oldest first.
+pub async fn partitions(db: impl sqlx::PgExecutor<'_>) -> Result<Vec<Partition>, sqlx::Error> {
+    let rows = sqlx::query("select name, from_at, to_at from log_partitions order by to_at")
+        .fetch_all(db)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let name: String = row.try_get("name")?;
+            if !is_partition_name(&name) {
+                return Err(sqlx::Error::Protocol(format!(
+                    "log_partitions lists {name:?}, which is not a partition name"
+                )));
+            }
+            Ok(Partition {
+                name,
+                from: row.try_get("from_at")?,
+                to: row.try_get("to_at")?,
+            })
+        })
+        .collect()
+}
+
+/// Makes sure a partition holds each of `times`, creating the missing ones. Concurrent
+/// callers wait for each other; a partition is attached to `logs` already made, which
+/// takes a lock that lets inserts and queries go on.
+pub async fn ensure_partitions(
+    pool: &PgPool,
+    times: &[OffsetDateTime],
+    settings: PartitionSettings,
+) -> Result<Vec<Partition>, sqlx::Error> {
+    let known = partitions(pool).await?;
+    if times
+        .iter()
+        .all(|at| known.iter().any(|partition| partition.contains(*at)))
+    {
+        return Ok(known);
+    }
+    let mut transaction = pool.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(CREATE_LOCK)
+        .execute(&mut *transaction)
+        .await?;
+    let mut existing = partitions(&mut *transaction).await?;
+    for &at in times {
+        let Some(range) = partitions::range_for(at, settings.interval, &existing) else {
+            continue;
+        };
+        let name = partition_name(range.from);
+        let (from, to) = (literal(range.from), literal(range.to));
+        let statements = [
+            format!("create table {name} (like logs including defaults including constraints)"),
+            format!("alter table logs attach partition {name} for values from ({from}) to ({to})"),
+        ];
+        for statement in &statements {
+            sqlx::query(ddl(statement.clone()))
+                .execute(&mut *transaction)
+                .await?;
+        }
+        if settings.log_data_index {
+            sqlx::query(ddl(log_data_index_ddl(&name)))
+                .execute(&mut *transaction)
+                .await?;
+        }
+        sqlx::query("insert into log_partitions (name, from_at, to_at) values ($1, $2, $3)")
+            .bind(&name)
+            .bind(range.from)
+            .bind(range.to)
+            .execute(&mut *transaction)
+            .await?;
+        info!(partition = %name, from = %range.from, to = %range.to, "partition created");
+        existing.push(Partition {
+            name,
+            from: Some(range.from),
+            to: range.to,
+        });
+    }
+    transaction.commit().await?;
+    existing.sort_by_key(|partition| partition.to);
+    Ok(existing)
+}
+
+/// A statement naming partitions and indexes, which cannot be bind parameters: every
+/// name comes from [`partition_name`], from `log_partitions` (checked by [`partitions`]),
+/// or from the catalog quoted by [`quote_ident`]; every time from [`literal`].
+fn ddl(statement: String) -> AssertSqlSafe<String> {
+    AssertSqlSafe(statement)
+}
+
+/// `name` as a quoted SQL identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Whether `name` is one [`partition_name`] makes, or the legacy partition's.
+fn is_partition_name(name: &str) -> bool {
+    name == LEGACY_PARTITION
+        || name.strip_prefix("logs_p").is_some_and(|stamp| {
+            stamp.len() == 11
+                && stamp.bytes().enumerate().all(|(i, b)| {
+                    if i == 8 {
+                        b == b'_'
+                    } else {
+                        b.is_ascii_digit()
+                    }
+                })
+        })
+}
+
+/// A time as an SQL literal (generated here, never from input).
+fn literal(at: OffsetDateTime) -> String {
+    format!("'{}'", at.format(&Rfc3339).unwrap_or_default())
+}
+
+fn log_data_index_ddl(partition: &str) -> String {
+    format!("create index if not exists {partition}_log_data on {partition} using gin (log_data)")
+}
+
+/// Drops the partitions `retention` has expired, with their counters: each is first
+/// detached concurrently, which lets inserts and queries on `logs` go on, then dropped.
+/// An interrupted drop is finished by the next call. Returns the partitions dropped.
+pub async fn drop_expired(
+    connection: &mut PgConnection,
+    retention: Retention,
+    grace: Duration,
+    now: OffsetDateTime,
+) -> Result<Vec<String>, sqlx::Error> {
+    let all = partitions(&mut *connection).await?;
+    let mut dropped = Vec::new();
+    for partition in partitions::expired(&all, retention, grace, now) {
+        let name = &partition.name;
+        let pending: Option<bool> = sqlx::query_scalar(
+            "select i.inhdetachpending from pg_inherits i \
+             where i.inhparent = 'logs'::regclass and i.inhrelid = to_regclass($1)",
+        )
+        .bind(name)
+        .fetch_optional(&mut *connection)
+        .await?;
+        match pending {
+            Some(false) => {
+                sqlx::query(ddl(format!(
+                    "alter table logs detach partition {name} concurrently"
+                )))
+                .execute(&mut *connection)
+                .await?;
+            }
+            Some(true) => {
+                sqlx::query(ddl(format!(
+                    "alter table logs detach partition {name} finalize"
+                )))
+                .execute(&mut *connection)
+                .await?;
+            }
+            None => {}
+        }
+        let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
+        sqlx::query("delete from log_counts where period = coalesce($1, '-infinity'::timestamptz)")
+            .bind(partition.from)
+            .execute(&mut *transaction)
+            .await?;
+        sqlx::query("delete from log_partitions where name = $1")
+            .bind(name)
+            .execute(&mut *transaction)
+            .await?;
+        sqlx::query(ddl(format!("drop table if exists {name}")))
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        info!(partition = %name, to = %partition.to, "partition past the retention dropped");
+        dropped.push(name.clone());
+    }
+    Ok(dropped)
+}
+
+/// Folds the counter stripes of partitions that ended before `before` into stripe 0: the
+/// stripes spread concurrent writers of a period, which a finished period no longer has,
+/// and statistics sum fewer rows. The sums do not change.
+pub async fn compact_counts(
+    db: impl sqlx::PgExecutor<'_>,
+    before: OffsetDateTime,
+) -> Result<u64, sqlx::Error> {
+    let folded = sqlx::query(
+        "with ended as (
+            select coalesce(from_at, '-infinity'::timestamptz) as period
+            from log_partitions where to_at <= $1
+        ), folded as (
+            delete from log_counts c using ended e
+            where c.period = e.period and c.stripe <> 0
+            returning c.tenant, c.device_id, c.log_level, c.period, c.count, c.last_at
+        )
+        insert into log_counts (tenant, device_id, log_level, period, stripe, count, last_at)
+        select tenant, device_id, log_level, period, 0, sum(count), max(last_at)
+        from folded
+        group by tenant, device_id, log_level, period
+        on conflict (tenant, device_id, log_level, period, stripe) do update
+            set count = log_counts.count + excluded.count,
+                last_at = greatest(log_counts.last_at, excluded.last_at)",
+    )
+    .bind(before)
+    .execute(db)
+    .await?;
+    Ok(folded.rows_affected())
+}
+
+/// Gives every partition a GIN index on `log_data`, or takes it away, as `enabled` says;
+/// concurrently, so writers go on. The legacy partition's seed index counts as its own.
+pub async fn reconcile_log_data_index(
+    connection: &mut PgConnection,
+    enabled: bool,
+) -> Result<(), sqlx::Error> {
+    for partition in partitions(&mut *connection).await? {
+        let name = &partition.name;
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "select i.relname::text from pg_index x \
+             join pg_class i on i.oid = x.indexrelid \
+             join pg_am a on a.oid = i.relam \
+             where x.indrelid = to_regclass($1) and a.amname = 'gin'",
+        )
+        .bind(name)
+        .fetch_all(&mut *connection)
+        .await?;
+        if enabled && indexes.is_empty() {
+            let create =
+                log_data_index_ddl(name).replace("create index", "create index concurrently");
+            sqlx::query(ddl(create)).execute(&mut *connection).await?;
+            info!(partition = %name, "GIN index on log_data created");
+        } else if !enabled {
+            for index in indexes {
+                sqlx::query(ddl(format!(
+                    "drop index concurrently if exists {}",
+                    quote_ident(&index)
+                )))
+                .execute(&mut *connection)
+                .await?;
+                info!(partition = %name, %index, "GIN index on log_data dropped");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Turns an unpartitioned `logs` table (today's before this version, or a seed
+/// database's) into the partitioned one, keeping every row where it is: the table
+/// becomes the partition `logs_legacy`, holding all times before a bound at least an hour
+/// ahead, and new partitions follow it. Nothing is rewritten; the one index it lacks is
+/// built concurrently and the bound is checked by a constraint validated while writes go
+/// on, so `logs` is locked only for the moment of the swap. Safe to interrupt and to run
+/// from several processes at once. An empty table is simply replaced.
+pub async fn partition_legacy(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let mut connection = pool.acquire().await?;
+    sqlx::query("select pg_advisory_lock($1)")
+        .bind(CONVERT_LOCK)
+        .execute(&mut *connection)
+        .await?;
+    let result = convert(&mut connection).await;
+    let unlocked = sqlx::query("select pg_advisory_unlock($1)")
+        .bind(CONVERT_LOCK)
+        .execute(&mut *connection)
+        .await;
+    result?;
+    unlocked.map(|_| ())
+}
+
+async fn convert(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let kind: Option<i8> = sqlx::query_scalar(
+        "select relkind::\"char\" from pg_class where oid = to_regclass('logs')",
+    )
+    .fetch_optional(&mut *connection)
+    .await?
+    .flatten();
+    if kind != Some(b'r' as i8) {
+        return Ok(());
+    }
+    if replace_if_empty(connection).await? {
+        info!("logs is a partitioned table now");
+        return Ok(());
+    }
+    warn!("partitioning logs: its rows stay where they are, in partition {LEGACY_PARTITION}");
+    let statements = [
+        // Rows the seed stored without a time (its column allowed null) get the time they
+        // were indexed at, which the seed set to the same default. The seed's index on
+        // created_at finds them.
+        "update logs set created_at = coalesce(indexed_at, now()) where created_at is null",
+        // The bound, chosen once: the first UTC midnight at least an hour from now and
+        // after every stored log.
+        "insert into log_partitions (name, from_at, to_at)
+         select 'logs_legacy', null, greatest(
+             date_trunc('day', (now() + interval '1 hour') at time zone 'UTC') + interval '1 day',
+             date_trunc('day', max(created_at) at time zone 'UTC') + interval '1 day'
+         ) at time zone 'UTC'
+         from logs
+         on conflict (name) do nothing",
+    ];
+    for statement in statements {
+        sqlx::query(statement).execute(&mut *connection).await?;
+    }
+    let bound: OffsetDateTime =
+        sqlx::query_scalar("select to_at from log_partitions where name = 'logs_legacy'")
+            .fetch_one(&mut *connection)
+            .await?;
+    let bound = literal(bound);
+    let constraint_exists: bool = sqlx::query_scalar(
+        "select exists (select 1 from pg_constraint \
+         where conrelid = 'logs'::regclass and conname = 'logs_legacy_bound')",
+    )
+    .fetch_one(&mut *connection)
+    .await?;
+    if !constraint_exists {
+        sqlx::query(ddl(format!(
+            "alter table logs add constraint logs_legacy_bound \
+             check (created_at is not null and created_at < {bound}) not valid"
+        )))
+        .execute(&mut *connection)
+        .await?;
+    }
+    // Validating reads the table but lets writes go on (SHARE UPDATE EXCLUSIVE); with it
+    // PostgreSQL skips the scans of SET NOT NULL and ATTACH PARTITION.
+    sqlx::query("alter table logs validate constraint logs_legacy_bound")
+        .execute(&mut *connection)
+        .await?;
+    // The primary key's index, built concurrently; an invalid one left by an
+    // interrupted build is dropped first.
+    let valid: Option<bool> = sqlx::query_scalar(
+        "select indisvalid from pg_index where indexrelid = to_regclass('logs_legacy_key')",
+    )
+    .fetch_optional(&mut *connection)
+    .await?;
+    if valid == Some(false) {
+        sqlx::query("drop index concurrently logs_legacy_key")
+            .execute(&mut *connection)
+            .await?;
+    }
+    sqlx::query(
+        "create unique index concurrently if not exists logs_legacy_key on logs (created_at, id)",
+    )
+    .execute(&mut *connection)
+    .await?;
+    let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
+    let swap = [
+        "lock table logs in access exclusive mode",
+        "alter table logs alter column created_at set not null",
+        "alter table logs rename to logs_legacy",
+        PARENT,
+        DEVICE_INDEX,
+    ];
+    for statement in swap {
+        sqlx::query(statement).execute(&mut *transaction).await?;
+    }
+    sqlx::query(ddl(format!(
+        "alter table logs attach partition logs_legacy for values from (minvalue) to ({bound})"
+    )))
+    .execute(&mut *transaction)
+    .await?;
+    transaction.commit().await?;
+    // The seed's indexes that no query of the api uses: they only slow the inserts that
+    // still land in the legacy partition. Its unique index on message_id stays: it keeps
+    // an entry stored before the upgrade and delivered again after it from being stored
+    // twice.
+    for statement in [
+        "alter table logs_legacy drop constraint if exists logs_legacy_bound",
+        "drop index concurrently if exists idx_log_level",
+        "drop index concurrently if exists idx_created_at",
+    ] {
+        sqlx::query(statement).execute(&mut *connection).await?;
+    }
+    info!(bound = %bound, "logs is a partitioned table now; its earlier rows are in {LEGACY_PARTITION}");
+    Ok(())
+}
+
+/// Replaces `logs` with the partitioned table when it holds no row, as on a fresh install.
+async fn replace_if_empty(connection: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
+    sqlx::query("lock table logs in access exclusive mode")
+        .execute(&mut *transaction)
+        .await?;
+    let empty: bool = sqlx::query_scalar("select not exists (select 1 from logs)")
+        .fetch_one(&mut *transaction)
+        .await?;
+    if !empty {
+        return Ok(false);
+    }
+    for statement in ["drop table logs", PARENT, DEVICE_INDEX] {
+        sqlx::query(statement).execute(&mut *transaction).await?;
+    }
+    transaction.commit().await?;
+    Ok(true)
+}
