@@ -404,14 +404,39 @@ async fn convert(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
     .execute(&mut *connection)
     .await?;
     let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
-    let swap = [
+    for statement in [
         "lock table logs in access exclusive mode",
         "alter table logs alter column created_at set not null",
+    ] {
+        sqlx::query(statement).execute(&mut *transaction).await?;
+    }
+    // A table has one primary key: the old one, on id alone, gives way to the new index,
+    // which becomes the primary key the parent's attaches to.
+    let old_key: Option<String> = sqlx::query_scalar(
+        "select conname::text from pg_constraint where conrelid = 'logs'::regclass and contype = 'p'",
+    )
+    .fetch_optional(&mut *transaction)
+    .await?;
+    if old_key.as_deref() != Some("logs_legacy_key") {
+        if let Some(old_key) = old_key {
+            sqlx::query(ddl(format!(
+                "alter table logs drop constraint {}",
+                quote_ident(&old_key)
+            )))
+            .execute(&mut *transaction)
+            .await?;
+        }
+        sqlx::query(
+            "alter table logs add constraint logs_legacy_key primary key using index logs_legacy_key",
+        )
+        .execute(&mut *transaction)
+        .await?;
+    }
+    for statement in [
         "alter table logs rename to logs_legacy",
         PARENT,
         DEVICE_INDEX,
-    ];
-    for statement in swap {
+    ] {
         sqlx::query(statement).execute(&mut *transaction).await?;
     }
     sqlx::query(ddl(format!(

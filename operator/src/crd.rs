@@ -82,6 +82,9 @@ pub struct LogPipelineSpec {
     pub api: ApiSpec,
     /// The workers that move logs from the stream into PostgreSQL.
     pub worker: WorkerSpec,
+    /// How logs are kept in PostgreSQL: time partitions and retention.
+    #[serde(default)]
+    pub storage: StorageSpec,
     /// Log filter of both services, in `RUST_LOG` syntax (for example `info` or
     /// `info,logpipeline_worker=debug`).
     #[serde(default = "default_log_level")]
@@ -277,6 +280,41 @@ pub struct WorkerSpec {
     pub shutdown_timeout_secs: i64,
 }
 
+/// How logs are kept: the `logs` table is partitioned by the time the API received each
+/// log, and the workers drop whole partitions past the retention (see docs/operations.md).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// How long logs are kept, in hours or days (`12h`, `30d`; at least `1h`). A
+    /// partition goes once its every log is older, with its share of the statistics,
+    /// and logs that old are not stored. Kept forever when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[1-9][0-9]{0,4}[hd]$"))]
+    pub retention: Option<String>,
+    /// Time each partition covers, `1h` to `744h` or `1d` to `31d`. A change applies to
+    /// partitions made from then on.
+    #[serde(default = "default_partition_interval")]
+    #[schemars(regex(
+        pattern = r"^(([1-9]|[1-9][0-9]|[1-6][0-9]{2}|7[0-3][0-9]|74[0-4])h|([1-9]|[12][0-9]|3[01])d)$"
+    ))]
+    pub partition_interval: String,
+    /// A GIN index on `log_data` in every partition, for queries inside it; no API
+    /// query needs it, and it costs every insert. The workers build or drop it
+    /// concurrently when this changes.
+    #[serde(default)]
+    pub log_data_index: bool,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            retention: None,
+            partition_interval: default_partition_interval(),
+            log_data_index: false,
+        }
+    }
+}
+
 /// Image pull policy of a container.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum PullPolicy {
@@ -349,6 +387,9 @@ impl Default for StreamSpec {
     }
 }
 
+fn default_partition_interval() -> String {
+    "1d".into()
+}
 fn default_log_level() -> String {
     "info".into()
 }

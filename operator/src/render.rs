@@ -162,8 +162,22 @@ pub fn settings(lp: &LogPipeline) -> BTreeMap<String, String> {
             "LOGPIPELINE_MAX_DELIVERIES",
             s.worker.max_deliveries.to_string(),
         ),
+        (
+            "LOGPIPELINE_PARTITION_INTERVAL",
+            s.storage.partition_interval.clone(),
+        ),
+        (
+            "LOGPIPELINE_LOG_DATA_INDEX",
+            s.storage.log_data_index.to_string(),
+        ),
     ]
     .into_iter()
+    .chain(
+        s.storage
+            .retention
+            .clone()
+            .map(|retention| ("LOGPIPELINE_RETENTION", retention)),
+    )
     .map(|(k, v)| (k.to_owned(), v))
     .collect()
 }
@@ -705,7 +719,13 @@ mod tests {
         assert_eq!(data["LOGPIPELINE_CONCURRENCY"], "4");
         assert_eq!(data["LOGPIPELINE_CLAIM_IDLE_MS"], "30000");
         assert_eq!(data["LOGPIPELINE_MAX_DELIVERIES"], "10");
+        assert_eq!(data["LOGPIPELINE_PARTITION_INTERVAL"], "1d");
+        assert_eq!(data["LOGPIPELINE_LOG_DATA_INDEX"], "false");
+        assert!(!data.contains_key("LOGPIPELINE_RETENTION"), "kept forever");
         assert_eq!(data["RUST_LOG"], "info");
+        let mut lp = LogPipeline::test();
+        lp.spec.storage.retention = Some("30d".into());
+        assert_eq!(settings(&lp)["LOGPIPELINE_RETENTION"], "30d");
     }
 
     #[test]

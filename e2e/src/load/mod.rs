@@ -64,7 +64,7 @@ pub async fn run(options: &LoadOptions) -> Result<Report> {
                 None => break,
             },
             _ = ticks.tick() => {
-                let seen = poll(watch.as_mut(), false).await;
+                let seen = poll(watch.as_mut()).await;
                 let sample = sample(&generator, start, seen, plan.logs_per_request);
                 progress.push(sample);
             }
@@ -139,7 +139,7 @@ async fn end_to_end(
 ) -> Result<EndToEnd> {
     let start = generator.start_time();
     let load_secs = sent.elapsed.as_secs_f64();
-    let at_load_end = poll(Some(watch), false).await;
+    let at_load_end = poll(Some(watch)).await;
     let drained = drain(watch, generator, progress, options, plan).await?;
     let ledger = Ledger::new(
         plan.devices,
@@ -219,8 +219,8 @@ impl Progress {
 }
 
 /// Polls `watch`, if any; a failed poll is reported and skipped, not fatal.
-async fn poll(watch: Option<&mut Watch>, settled: bool) -> Option<Seen> {
-    match watch?.poll(settled).await {
+async fn poll(watch: Option<&mut Watch>) -> Option<Seen> {
+    match watch?.poll().await {
         Ok(seen) => Some(seen),
         Err(error) => {
             eprintln!("watching PostgreSQL and Redis: {error:#}");
@@ -266,11 +266,9 @@ async fn drain(
     let deadline = Instant::now() + Duration::from_secs(options.drain_timeout_secs);
     let mut next_sample = Instant::now() + TICK;
     while Instant::now() < deadline {
-        let seen = poll(Some(watch), false).await;
+        let seen = poll(Some(watch)).await;
         if seen.is_some_and(|seen| seen.backlog.is_empty()) {
             let drained = Instant::now();
-            // Nothing is being inserted any more: count up to the newest row.
-            let seen = poll(Some(watch), true).await;
             progress.push(sample(generator, start, seen, plan.logs_per_request));
             return Ok(Some(drained));
         }
