@@ -72,6 +72,7 @@ struct Inner {
     registry: Registry,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
+    http_in_flight: IntGaugeVec,
     /// Per endpoint, then per level, in the order of `Endpoint::ALL` and `LogLevel::ALL`.
     logs_accepted: Vec<IntCounter>,
     rejected: IntCounterVec,
@@ -102,6 +103,13 @@ impl Metrics {
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["route", "method"],
+        )?;
+        let http_in_flight = IntGaugeVec::new(
+            Opts::new(
+                "logpipeline_api_http_requests_in_flight",
+                "HTTP requests routed and not answered yet, by route",
+            ),
+            &["route"],
         )?;
         let accepted = IntCounterVec::new(
             Opts::new(
@@ -170,6 +178,7 @@ impl Metrics {
         logpipeline_core::metrics::register_process(&registry, env!("CARGO_PKG_VERSION"))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
+        registry.register(Box::new(http_in_flight.clone()))?;
         registry.register(Box::new(accepted.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(cache_lookups.clone()))?;
@@ -195,6 +204,7 @@ impl Metrics {
                 registry,
                 http_requests,
                 http_duration,
+                http_in_flight,
                 logs_accepted,
                 rejected,
                 cache_lookups,
@@ -278,8 +288,10 @@ pub async fn track(State(metrics): State<Metrics>, request: Request, next: Next)
     let matched = request.extensions().get::<MatchedPath>().cloned();
     let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = method_label(request.method());
-    let response = next.run(request).await;
     let inner = &metrics.inner;
+    let in_flight = InFlight::enter(inner.http_in_flight.with_label_values(&[route]));
+    let response = next.run(request).await;
+    drop(in_flight);
     inner
         .http_duration
         .with_label_values(&[route, method])
@@ -292,6 +304,23 @@ pub async fn track(State(metrics): State<Metrics>, request: Request, next: Next)
         inner.rejected.with_label_values(&[*code]).inc();
     }
     response
+}
+
+/// One request counted in flight until it is answered or dropped (a client that goes
+/// away cancels the handler).
+struct InFlight(IntGauge);
+
+impl InFlight {
+    fn enter(gauge: IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The `method` label of a request: one of the standard methods, or `other`. Clients

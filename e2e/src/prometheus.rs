@@ -67,6 +67,27 @@ struct Alerts {
     alerts: Vec<Alert>,
 }
 
+#[derive(Deserialize)]
+struct Targets {
+    #[serde(rename = "activeTargets")]
+    active: Vec<ScrapeTarget>,
+}
+
+/// A scrape target's state, as `/api/v1/targets` shows it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ScrapeTarget {
+    /// `job`, `instance` and the target's own labels.
+    pub labels: BTreeMap<String, String>,
+    /// `up`, `down` or `unknown`.
+    pub health: String,
+    /// Why the last scrape failed; empty when it did not.
+    #[serde(rename = "lastError")]
+    pub last_error: String,
+    /// When it was last scraped (RFC 3339).
+    #[serde(rename = "lastScrape")]
+    pub last_scrape: String,
+}
+
 impl PrometheusServer {
     /// Starts Prometheus scraping `targets` and evaluating `rule_files`, both every
     /// second, and waits until it is ready.
@@ -152,6 +173,39 @@ impl PrometheusServer {
             .json()
             .await?;
         Ok(answer.data.map(|data| data.alerts).unwrap_or_default())
+    }
+
+    /// The state of every scrape target.
+    pub async fn targets(&self, client: &reqwest::Client) -> Result<Vec<ScrapeTarget>> {
+        let answer: Answer<Targets> = client
+            .get(format!("{}/api/v1/targets", self.url()))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(answer.data.map(|data| data.active).unwrap_or_default())
+    }
+
+    /// What a failure message needs to tell why a query found nothing: each target's
+    /// health, last scrape and last error, and the end of Prometheus' log.
+    pub async fn diagnosis(&self, client: &reqwest::Client) -> String {
+        let targets = match self.targets(client).await {
+            Ok(targets) => targets
+                .iter()
+                .map(|target| {
+                    format!(
+                        "  {} {}: {}, last scrape {}, last error {:?}\n",
+                        target.labels.get("job").map_or("?", String::as_str),
+                        target.labels.get("instance").map_or("?", String::as_str),
+                        target.health,
+                        target.last_scrape,
+                        target.last_error
+                    )
+                })
+                .collect(),
+            Err(error) => format!("  cannot list the targets: {error:#}\n"),
+        };
+        format!("targets:\n{targets}log:\n{}", self.log_tail())
     }
 
     /// The end of its log, for failure messages.

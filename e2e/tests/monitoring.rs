@@ -14,9 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 use logpipeline_e2e::devices::{self, Plan};
 use logpipeline_e2e::kube::{self, KubeCluster, Operator, OperatorOptions, repo_root};
 use logpipeline_e2e::monitoring;
-use logpipeline_e2e::prometheus::{PrometheusServer, Target, promtool};
-use logpipeline_e2e::services::{Env, WorkerProcess};
-use logpipeline_e2e::stack::{Stack, wait_for_schema};
+use logpipeline_e2e::prometheus::{PrometheusServer, Sample, Target, promtool};
+use logpipeline_e2e::services::{Env, WorkerProcess, http_get, metric_value};
+use logpipeline_e2e::stack::{Stack, eventually, wait_for_schema};
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 
@@ -186,19 +186,57 @@ fn crippled_operator_kubeconfig(cluster: &KubeCluster, ns: &str) -> PathBuf {
     cluster.service_account_kubeconfig(ns, "crippled").unwrap()
 }
 
-/// Waits until `expr` returns something in `prometheus`.
-async fn wait_for_data(prometheus: &PrometheusServer, client: &reqwest::Client, expr: &str) {
+/// Waits until `expr` returns something in `prometheus`, and returns it; fails after a
+/// minute and a half with the last answer and the state of the scrape targets.
+async fn wait_for_data(
+    prometheus: &PrometheusServer,
+    client: &reqwest::Client,
+    expr: &str,
+) -> Vec<Sample> {
     let started = Instant::now();
-    while prometheus
-        .query(client, expr)
-        .await
-        .map_or(true, |samples| samples.is_empty())
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "`{expr}` returned nothing for a minute"
-        );
+    loop {
+        let last = match prometheus.query(client, expr).await {
+            Ok(samples) if !samples.is_empty() => return samples,
+            Ok(_) => "no data".to_owned(),
+            Err(error) => format!("{error:#}"),
+        };
+        if started.elapsed() > Duration::from_secs(90) {
+            panic!(
+                "`{expr}` returned nothing for 90 s; last answer: {last}\n{}",
+                prometheus.diagnosis(client).await
+            );
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Healthy traffic of run `run`: both ingest endpoints, bad requests, queries answered
+/// from the database and then from the cache, statistics.
+async fn healthy_traffic(client: &reqwest::Client, url: &str, run: &str) {
+    let plan = Plan {
+        run: run.into(),
+        devices: 10,
+        single_logs_per_device: 100,
+        batches_per_device: 20,
+        batch_size: 5,
+    };
+    devices::send(client, url, &plan).await.unwrap();
+    for body in ["{", "[1]"] {
+        let _ = client
+            .post(format!("{url}/api/log"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+    for _ in 0..3 {
+        client
+            .get(format!("{url}/api/logs/device-000"))
+            .send()
+            .await
+            .unwrap();
+        client.get(format!("{url}/api/stats")).send().await.unwrap();
     }
 }
 
@@ -328,31 +366,7 @@ async fn every_panel_shows_data_and_each_fault_fires_its_alert() {
 
     // Healthy traffic: both endpoints, bad requests, queries answered from the database
     // and then from the cache, statistics.
-    let healthy = Plan {
-        run: "monitoring".into(),
-        devices: 10,
-        single_logs_per_device: 100,
-        batches_per_device: 20,
-        batch_size: 5,
-    };
-    devices::send(&client, &url, &healthy).await.unwrap();
-    for body in ["{", "[1]"] {
-        let _ = client
-            .post(format!("{url}/api/log"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-    }
-    for _ in 0..3 {
-        client
-            .get(format!("{url}/api/logs/device-000"))
-            .send()
-            .await
-            .unwrap();
-        client.get(format!("{url}/api/stats")).send().await.unwrap();
-    }
+    healthy_traffic(&client, &url, "monitoring").await;
 
     // The ghost's entry has been pending for ten minutes.
     seen.wait_for("LogPipelinePendingTooOld", Duration::from_secs(60))
@@ -407,6 +421,20 @@ async fn every_panel_shows_data_and_each_fault_fires_its_alert() {
         .await;
     for restarts in 1..=2 {
         if restarts == 2 {
+            // process_start_time_seconds counts whole seconds: a worker started within
+            // the same second as the one before would look like the same process.
+            let metrics = http_get(worker_port, "/metrics").unwrap();
+            let started = metric_value(&metrics, "process_start_time_seconds").unwrap();
+            eventually(
+                "the second the worker started is over",
+                Duration::from_secs(5),
+                || async {
+                    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?;
+                    Ok(now.as_secs_f64() >= started + 1.0)
+                },
+            )
+            .await
+            .unwrap();
             worker.terminate(Duration::from_secs(30)).unwrap();
         }
         worker = start_worker();
@@ -472,25 +500,16 @@ async fn every_panel_shows_data_and_each_fault_fires_its_alert() {
     stack.redis.start_again().unwrap();
     worker.process().ensure_running().unwrap();
 
-    // Every panel's queries return data, with every label their legends name.
+    // Healthy traffic again, so that rates over the last minute have data after the
+    // outages; then every panel's queries return data, with every label their legends
+    // name.
+    healthy_traffic(&client, &url, "monitoring-after").await;
     let mut checked = 0;
     for (dashboard, json) in monitoring::dashboards().unwrap() {
         let dashboard_json: Value = serde_json::from_str(&json).unwrap();
         for (title, expr, legend) in monitoring::targets(&dashboard_json) {
             let query = substitute(&expr);
-            let samples = prometheus
-                .query(&client, &query)
-                .await
-                .unwrap_or_else(|error| {
-                    panic!(
-                        "{dashboard} / {title}: {error:#}\n{}",
-                        prometheus.log_tail()
-                    )
-                });
-            assert!(
-                !samples.is_empty(),
-                "{dashboard} / {title}: `{query}` returns no data"
-            );
+            let samples = wait_for_data(&prometheus, &client, &query).await;
             for label in monitoring::legend_labels(&legend) {
                 assert!(
                     samples

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use logpipeline_e2e::devices::{self, Plan};
-use logpipeline_e2e::services::Env;
+use logpipeline_e2e::services::{Env, http_get, metric_value};
 use logpipeline_e2e::stack::{Stack, eventually, wait_for_count};
 use nix::sys::signal::Signal;
 use redis::AsyncCommands;
@@ -823,6 +823,19 @@ async fn sigterm_lets_the_api_finish_requests_in_flight() {
             .send(),
     );
     first_sent.await.unwrap();
+    // The api has routed the request and waits for the rest of its body: it is in
+    // flight (a connection still in the listen queue is not).
+    let in_flight = r#"logpipeline_api_http_requests_in_flight{route="/api/log"}"#;
+    eventually(
+        "the api has the request in flight",
+        Duration::from_secs(10),
+        || async {
+            let metrics = http_get(port, "/metrics")?;
+            Ok(metric_value(&metrics, in_flight) == Some(1.0))
+        },
+    )
+    .await
+    .unwrap();
     api.process().signal(Signal::SIGTERM).unwrap();
     // Once the signal is handled the api accepts no new connections.
     eventually(
