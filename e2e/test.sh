@@ -71,6 +71,6 @@ if ! e2e/k8s/build-tools.sh --check; then
     e2e/k8s/build-tools.sh
 fi
 
-step "cargo test --workspace --locked $*"
-cargo test --workspace --locked "$@"
+step "cargo test --workspace --locked --no-fail-fast $*"
+cargo test --workspace --locked --no-fail-fast "$@"
 step "all tests passed"

@@ -53,20 +53,28 @@ async fn dead_letters_are_listed_and_replayed_once_their_cause_is_fixed() {
     for seq in 0..3 {
         let mut log = devices::log("replayed", 0, seq);
         log["device_id"] = "poison".into();
-        client
+        let answer = client
             .post(format!("{url}/api/log"))
             .json(&log)
             .send()
             .await
             .unwrap();
+        assert_eq!(answer.status(), 200, "{:?}", answer.text().await);
     }
     let mut redis = stack.redis().await.unwrap();
-    eventually("three dead letters", Duration::from_secs(30), || {
+    eventually("three dead letters", Duration::from_secs(90), || {
         let mut redis = redis.clone();
         async move { Ok(redis.xlen::<_, i64>("logs:stream:dead").await? == 3) }
     })
     .await
-    .unwrap();
+    .unwrap_or_else(|error| {
+        let worker = std::fs::read_to_string(stack.workers[0].log_path()).unwrap_or_default();
+        let tail: Vec<&str> = worker.lines().rev().take(40).collect();
+        panic!(
+            "{error}; the worker's last lines, newest first:\n{}",
+            tail.join("\n")
+        )
+    });
 
     let report = admin_json(&stack, &["stream", "--json"]);
     assert_eq!(report["dead_letters"], 3, "{report}");
