@@ -85,6 +85,16 @@ async fn every_accepted_log_is_stored_exactly_once() {
     );
 }
 
+/// The first worker's last log lines, newest first, to explain a wait that timed out.
+fn worker_log(stack: &Stack) -> String {
+    let log = std::fs::read_to_string(stack.workers[0].log_path()).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    format!(
+        "; the worker's last lines, newest first:\n{}",
+        tail.join("\n")
+    )
+}
+
 /// Whether any consumer whose name starts with `prefix` holds unacknowledged entries.
 async fn holds_pending(redis: &mut redis::aio::MultiplexedConnection, prefix: &str) -> bool {
     let summary: redis::Value = redis::cmd("XPENDING")
@@ -584,23 +594,23 @@ async fn entries_refused_with_any_sqlstate_are_dead_lettered_while_the_logs_behi
         &pool,
         &run_count_query(&healthy.run),
         400,
-        Duration::from_secs(30),
+        Duration::from_secs(120),
     )
     .await
-    .unwrap();
+    .unwrap_or_else(|error| panic!("{error}{}", worker_log(&stack)));
     assert_exactly_once(&pool, &healthy.run, &sent.message_ids).await;
 
     let expected = classes.len() + 1;
     eventually(
         "every refused entry is dead-lettered",
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         || {
             let mut redis = redis.clone();
             async move { Ok(redis.xlen::<_, usize>("logs:stream:dead").await? == expected) }
         },
     )
     .await
-    .unwrap();
+    .unwrap_or_else(|error| panic!("{error}{}", worker_log(&stack)));
     let mut dead_lettered = HashSet::new();
     for fields in dead_letters(&mut redis).await {
         if fields["source_id"] == deep_id {
@@ -691,11 +701,11 @@ async fn a_postgres_that_refuses_every_write_is_an_outage_and_dead_letters_nothi
     // two deliveries allowed, six retries are far past where they would be dead-lettered.
     eventually(
         "the worker retries the batch as a whole",
-        Duration::from_secs(60),
+        Duration::from_secs(180),
         || async { Ok(stack.workers[0].metric("logpipeline_worker_insert_retries_total")? >= 6.0) },
     )
     .await
-    .unwrap();
+    .unwrap_or_else(|error| panic!("{error}{}", worker_log(&stack)));
     let mut redis = stack.redis().await.unwrap();
     assert_eq!(redis.xlen::<_, i64>("logs:stream:dead").await.unwrap(), 0);
     assert_eq!(
@@ -710,10 +720,10 @@ async fn a_postgres_that_refuses_every_write_is_an_outage_and_dead_letters_nothi
         &pool,
         &run_count_query(&plan.run),
         200,
-        Duration::from_secs(60),
+        Duration::from_secs(120),
     )
     .await
-    .unwrap();
+    .unwrap_or_else(|error| panic!("{error}{}", worker_log(&stack)));
     assert_exactly_once(&pool, &plan.run, &sent.message_ids).await;
     assert_eq!(redis.xlen::<_, i64>("logs:stream:dead").await.unwrap(), 0);
 }
