@@ -316,7 +316,7 @@ fn the_sample_gets_every_child_updates_follow_the_spec_and_a_restart_changes_not
     let api = get(cluster, ns, "deployment/logs-api").unwrap();
     assert_eq!(
         api["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"],
-        5
+        10
     );
     // The sample names its API keys Secret, which the api reads from its mount.
     let api_env = env_of(&api["spec"]["template"]["spec"]["containers"][0]);

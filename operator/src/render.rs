@@ -54,7 +54,7 @@ pub const SERVICE_PORT: i32 = 80;
 /// User and group the containers run as (the `nonroot` user of LogPipeline's images).
 const NON_ROOT_ID: i64 = 65532;
 /// Seconds a stopping API pod keeps serving so endpoints drop it before SIGTERM.
-const API_PRE_STOP_SECS: i64 = 5;
+const API_PRE_STOP_SECS: i64 = 10;
 /// Slack between the services' drain bound and the kubelet's SIGKILL.
 const GRACE_SLACK_SECS: i64 = 10;
 
@@ -763,7 +763,7 @@ mod tests {
     fn pods_are_secure_probed_and_scraped() {
         let children = render(&LogPipeline::test(), 1, None).unwrap();
         for (deployment, port, grace) in [
-            (&children.api_deployment, "8080", 35),
+            (&children.api_deployment, "8080", 40),
             (&children.worker_deployment, "9090", 30),
         ] {
             let pod = deployment
