@@ -8,7 +8,8 @@
 #   1. Debian packages: Redis, PostgreSQL, the container tools of the node cluster
 #      (containerd, runc, CNI plugins, buildah, podman, debootstrap, iptables) and
 #      Prometheus, with apt-get (as root, or through sudo).
-#   2. Python test tools (openapi-spec-validator, schemathesis), with pip.
+#   2. Python test tools (openapi-spec-validator, schemathesis, and OpenTelemetry's SDK
+#      with its OTLP exporters over HTTP and gRPC), with pip.
 #   3. The Kubernetes tools, built from the Go module proxy into ~/.cache/logpipeline
 #      (e2e/k8s/build-tools.sh; about 20 minutes the first time).
 # Then `cargo test --workspace --locked`. The node cluster's tests need root.
@@ -53,8 +54,10 @@ for tool in go kubectl cargo; do
     command -v "$tool" >/dev/null || { echo "test.sh: $tool is required and cannot be installed from here" >&2; exit 1; }
 done
 
-python_tools=(openapi-spec-validator schemathesis)
-python_modules=(openapi_spec_validator schemathesis)
+python_tools=(openapi-spec-validator schemathesis opentelemetry-sdk
+    opentelemetry-exporter-otlp-proto-http opentelemetry-exporter-otlp-proto-grpc)
+python_modules=(openapi_spec_validator schemathesis opentelemetry.sdk
+    opentelemetry.exporter.otlp.proto.http opentelemetry.exporter.otlp.proto.grpc)
 missing=()
 for i in "${!python_modules[@]}"; do
     python3 -c "import ${python_modules[$i]}" 2>/dev/null || missing+=("${python_tools[$i]}")

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Fuzzes the ingest bodies and the stream codec for a fixed time:
+# Fuzzes the ingest bodies (JSON and OTLP/protobuf) and the stream codec for a fixed time:
 #
 #   fuzz/run.sh [seconds per target, default 60] [target ...]
 #
-# Targets: log_body, batch_body, stream_entry (fuzz/fuzz_targets/; the properties they
+# Targets: log_body, batch_body, stream_entry, otlp_logs (fuzz/fuzz_targets/; the properties they
 # check are in core/src/fuzz.rs). Needs the nightly toolchain and cargo-fuzz
 # (`rustup toolchain install nightly`, `cargo install cargo-fuzz`).
 #
@@ -18,7 +18,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-((${#targets[@]})) || targets=(log_body batch_body stream_entry)
+((${#targets[@]})) || targets=(log_body batch_body stream_entry otlp_logs)
 for target in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$target" "fuzz/regressions/$target"
     printf '\n== %s for %s s\n' "$target" "$seconds" >&2

@@ -27,7 +27,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::Response;
 use logpipeline_core::tenant::Tenant;
@@ -253,6 +253,19 @@ impl Auth {
 
     /// Who the request with `headers` acts for, if it may use `scope`.
     pub fn authenticate(&self, headers: &HeaderMap, scope: Scope) -> Result<Principal> {
+        self.authenticate_with(
+            |name| headers.get(name).and_then(|value| value.to_str().ok()),
+            scope,
+        )
+    }
+
+    /// Who a request acts for, if it may use `scope`, its headers (or gRPC metadata)
+    /// read through `header`, which gets lowercase names.
+    pub fn authenticate_with<'a>(
+        &self,
+        header: impl Fn(&str) -> Option<&'a str>,
+        scope: Scope,
+    ) -> Result<Principal> {
         let keys = match self {
             Self::Off => return Ok(Principal::anonymous()),
             Self::Keys(keys) => keys
@@ -260,7 +273,7 @@ impl Auth {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clone(),
         };
-        let secret = presented_key(headers).ok_or(Error::Unauthorized)?;
+        let secret = presented_key(header).ok_or(Error::Unauthorized)?;
         let principal = keys.find(secret).ok_or(Error::Unauthorized)?;
         if !principal.allows(scope) {
             return Err(Error::Forbidden { scope });
@@ -270,19 +283,15 @@ impl Auth {
 }
 
 /// The key a request presents: `Authorization: Bearer <key>`, else `X-API-Key`.
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let value = value.to_str().ok()?;
+fn presented_key<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Option<&'a str> {
+    if let Some(value) = header("authorization") {
         let (kind, key) = value.split_once(' ')?;
         return kind
             .eq_ignore_ascii_case("bearer")
             .then(|| key.trim())
             .filter(|key| !key.is_empty());
     }
-    headers
-        .get("x-api-key")?
-        .to_str()
-        .ok()
+    header("x-api-key")
         .map(str::trim)
         .filter(|key| !key.is_empty())
 }

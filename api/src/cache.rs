@@ -1,16 +1,19 @@
 //! The query cache in Redis, never stale.
 //!
-//! Every device has a generation, a counter in one Redis hash that the worker bumps
-//! after each commit holding that device's logs and before acknowledging it. Cached
-//! query results are keyed by the generation they were computed at, so a commit retires
-//! all of its devices' cached results at once, while repeated queries between commits
-//! are served from the cache. Retired entries simply expire.
+//! Every device, service and trace has a generation, a counter in a Redis hash that the
+//! worker bumps after each commit holding its logs and before acknowledging it
+//! ([`logpipeline_core::generations`]). Cached query results are keyed by the generation
+//! they were computed at, so a commit retires all of its cached results at once, while
+//! repeated queries between commits are served from the cache. Retired entries simply
+//! expire.
 //!
 //! The cache is an optimisation: when Redis fails, queries go to PostgreSQL.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use logpipeline_core::generations::{self, GenerationKeys, Kind};
+use logpipeline_core::tenant::Tenant;
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 use tracing::warn;
@@ -22,34 +25,34 @@ use crate::metrics::Metrics;
 pub struct Cache {
     redis: ConnectionManager,
     prefix: Arc<str>,
-    generations_key: Arc<str>,
+    generations: Arc<GenerationKeys>,
     metrics: Metrics,
 }
 
 impl Cache {
-    /// A cache under key `prefix` through `redis`; device generations are in hash
-    /// `generations_key`.
+    /// A cache under key `prefix` through `redis`, with the generations in the hashes
+    /// of `generations`.
     pub fn new(
         redis: ConnectionManager,
         prefix: &str,
-        generations_key: &str,
+        generations: GenerationKeys,
         metrics: Metrics,
     ) -> Self {
         Self {
             redis,
             prefix: prefix.into(),
-            generations_key: generations_key.into(),
+            generations: Arc::new(generations),
             metrics,
         }
     }
 
-    /// The current generation of the logs of `device`, scoped to its tenant as
-    /// `<tenant>/<device>` (0 before its first commit), or None when Redis fails.
-    pub async fn generation(&self, device: &str) -> Option<u64> {
+    /// The current generation of what a query of `kind` for `name` of `tenant` reads (0
+    /// before its first commit), or None when Redis fails.
+    pub async fn generation(&self, tenant: &Tenant, kind: Kind, name: &str) -> Option<u64> {
         let started = Instant::now();
         let generation: redis::RedisResult<Option<u64>> = redis::cmd("HGET")
-            .arg(&*self.generations_key)
-            .arg(device)
+            .arg(self.generations.key(kind))
+            .arg(generations::field(tenant, kind, name))
             .query_async(&mut self.redis.clone())
             .await;
         self.metrics.redis_call("HGET", started.elapsed());

@@ -91,6 +91,39 @@ pub struct Config {
     #[arg(long, env = "LOGPIPELINE_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
+    /// Address to serve gRPC on (HTTP/2 without TLS): `logpipeline.v1.LogService`, gRPC
+    /// health checking and reflection. The seed's gRPC server used port 50051.
+    #[arg(long, env = "LOGPIPELINE_GRPC_LISTEN", default_value = "0.0.0.0:50051")]
+    pub grpc_listen: SocketAddr,
+
+    /// Seconds an idempotency key is remembered: a request repeated with the same key
+    /// within it is not accepted again. Each remembered key takes about 150 bytes of
+    /// Redis memory.
+    #[arg(long, env = "LOGPIPELINE_IDEMPOTENCY_WINDOW_SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..=7 * 86_400))]
+    pub idempotency_window_secs: u64,
+
+    /// Whether `POST /api/v1/logs/concurrent-test` runs: it makes the api write test
+    /// logs to itself (the seed's load test), so it is off unless asked for.
+    #[arg(long, env = "LOGPIPELINE_CONCURRENT_TEST", default_value_t = false)]
+    pub concurrent_test: bool,
+
+    /// Most logs one concurrent test may write (the seed's MAX_CONCURRENT_REQUESTS).
+    #[arg(
+        long,
+        env = "LOGPIPELINE_CONCURRENT_TEST_MAX_COUNT",
+        default_value_t = 10_000
+    )]
+    pub concurrent_test_max_count: u32,
+
+    /// Most concurrent writers of one concurrent test (the seed's MAX_CONCURRENT_WORKERS).
+    #[arg(
+        long,
+        env = "LOGPIPELINE_CONCURRENT_TEST_MAX_WORKERS",
+        default_value_t = 50
+    )]
+    pub concurrent_test_max_workers: u32,
+
     #[command(flatten)]
     pub redis: RedisArgs,
 

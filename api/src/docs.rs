@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::ErrorBody;
-use crate::{health, ingest, metrics, query, stats};
+use crate::{concurrent_test, health, ingest, metrics, query, stats, v1};
 
 /// The api's OpenAPI document.
 #[derive(OpenApi)]
@@ -25,7 +25,15 @@ use crate::{health, ingest, metrics, query, stats};
         ingest::create_log,
         ingest::create_batch,
         query::get_logs,
+        query::get_batch_device_logs,
+        query::get_service_logs,
+        query::get_trace_logs,
         stats::get_stats,
+        v1::write,
+        v1::batch,
+        concurrent_test::run,
+        v1::health,
+        v1::about,
         health::health,
         health::livez,
         health::readyz,
@@ -36,6 +44,8 @@ use crate::{health, ingest, metrics, query, stats};
     tags(
         (name = "ingest", description = "Sending logs"),
         (name = "query", description = "Reading them back"),
+        (name = "system B", description = "The REST front of the seed's second system, with its shapes; \
+                                           its gRPC service (`logpipeline.v1.LogService`) listens on the gRPC port"),
         (name = "operations", description = "Health, probes and metrics"),
     )
 )]

@@ -3,9 +3,11 @@
 //! never sent to the client.
 
 use axum::Json;
+use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use serde_json::{Map, Value};
 use tracing::{error, warn};
 
 use crate::auth::Scope;
@@ -19,6 +21,10 @@ pub enum Error {
     /// The body is not JSON, or not JSON of the expected shape at its top level.
     #[error("the request body is not valid JSON: {0}")]
     MalformedJson(String),
+
+    /// An OTLP body that does not decode as its content type says.
+    #[error("the request body is not a valid OTLP {0}")]
+    MalformedBody(String),
 
     /// The body could not be read.
     #[error("the request body could not be read")]
@@ -34,6 +40,10 @@ pub enum Error {
     /// The body is not declared as JSON in UTF-8.
     #[error("the request body must be JSON in UTF-8, sent with `Content-Type: application/json`")]
     UnsupportedMediaType,
+
+    /// An OTLP body of another content type than protobuf or JSON.
+    #[error("an OTLP body must be `application/x-protobuf` or `application/json` (in UTF-8)")]
+    UnsupportedOtlpMediaType,
 
     /// The body is compressed with an encoding the api does not decode.
     #[error("the request body's Content-Encoding must be gzip or identity, got {0:?}")]
@@ -73,6 +83,13 @@ pub enum Error {
     #[error("{0}")]
     InvalidQuery(String),
 
+    /// An idempotency key comes again with other logs than the request it was first
+    /// accepted with.
+    #[error(
+        "this idempotency key was accepted with other logs within the idempotency window; a retry must repeat the request exactly, and a new request needs a new key"
+    )]
+    IdempotencyKeyReused,
+
     /// PostgreSQL failed or did not answer.
     #[error("the log database is unavailable; retry later")]
     DatabaseUnavailable(#[source] sqlx::Error),
@@ -84,6 +101,14 @@ pub enum Error {
     /// No such route.
     #[error("there is no such endpoint")]
     NotFound,
+
+    /// The endpoint exists and is turned off.
+    #[error("{0}")]
+    Disabled(&'static str),
+
+    /// A request asks for more than a limit of the api allows.
+    #[error("{0}")]
+    LimitExceeded(String),
 
     /// The route exists, not with this method.
     #[error("this endpoint does not accept this method")]
@@ -136,18 +161,22 @@ impl Error {
     /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MalformedJson(_) | Self::UnreadableBody => StatusCode::BAD_REQUEST,
-            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType | Self::UnsupportedEncoding(_) => {
-                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            Self::MalformedJson(_) | Self::MalformedBody(_) | Self::UnreadableBody => {
+                StatusCode::BAD_REQUEST
             }
-            Self::InvalidPath(_) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType
+            | Self::UnsupportedOtlpMediaType
+            | Self::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::InvalidPath(_) | Self::LimitExceeded(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::InvalidLog(_) | Self::InvalidQuery(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::InvalidLog(_) | Self::InvalidQuery(_) | Self::IdempotencyKeyReused => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Self::NotFound | Self::Disabled(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Backpressure { .. }
             | Self::QueueUnavailable(_)
@@ -163,9 +192,10 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Self::MalformedJson(_) => "malformed_json",
+            Self::MalformedBody(_) => "malformed_body",
             Self::UnreadableBody => "unreadable_body",
             Self::PayloadTooLarge { .. } => "payload_too_large",
-            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::UnsupportedMediaType | Self::UnsupportedOtlpMediaType => "unsupported_media_type",
             Self::UnsupportedEncoding(_) => "unsupported_encoding",
             Self::InvalidPath(_) => "invalid_path",
             Self::Unauthorized => "unauthorized",
@@ -174,9 +204,12 @@ impl Error {
             Self::OutcomeUnknown(_) => "outcome_unknown",
             Self::InvalidLog(_) => "invalid_log",
             Self::InvalidQuery(_) => "invalid_query",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::DatabaseUnavailable(_) => "database_unavailable",
             Self::Internal(_) => "internal",
             Self::NotFound => "not_found",
+            Self::Disabled(_) => "disabled",
+            Self::LimitExceeded(_) => "limit_exceeded",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Backpressure { .. } => "backpressure",
             Self::QueueUnavailable(_) => "queue_unavailable",
@@ -191,14 +224,41 @@ impl Error {
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorCode(pub &'static str);
 
+/// Error bodies are a few hundred bytes.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// `response` with its body rewritten by `shape` from the fields of the JSON error body,
+/// when it is an error answer, and as it is otherwise. Status and headers (such as
+/// `Retry-After`) stay; `shape` may set the content type.
+pub async fn reshape_errors(
+    response: Response,
+    shape: impl FnOnce(Map<String, Value>) -> (Option<HeaderValue>, Vec<u8>),
+) -> Response {
+    if response.extensions().get::<ErrorCode>().is_none() {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, ERROR_BODY_LIMIT).await else {
+        return Response::from_parts(parts, Body::empty());
+    };
+    let fields: Map<String, Value> = serde_json::from_slice(&bytes).unwrap_or_default();
+    let (content_type, body) = shape(fields);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    if let Some(content_type) = content_type {
+        parts.headers.insert(header::CONTENT_TYPE, content_type);
+    }
+    Response::from_parts(parts, Body::from(body))
+}
+
 /// The JSON body of every error answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
-    /// Machine-readable name: `malformed_json`, `unreadable_body`, `payload_too_large`,
+    /// Machine-readable name: `malformed_json`, `malformed_body`, `unreadable_body`, `payload_too_large`,
     /// `unsupported_media_type`, `unsupported_encoding`, `invalid_path`, `invalid_log`,
-    /// `invalid_query`, `unauthorized`, `forbidden`, `rate_limited`, `not_found`,
-    /// `method_not_allowed`, `backpressure`, `queue_unavailable`, `outcome_unknown`,
-    /// `database_unavailable`, `internal`.
+    /// `invalid_query`, `idempotency_key_reused`, `unauthorized`, `forbidden`,
+    /// `rate_limited`, `not_found`, `disabled`, `limit_exceeded`, `method_not_allowed`,
+    /// `backpressure`, `queue_unavailable`, `outcome_unknown`, `database_unavailable`,
+    /// `internal`.
     #[schema(example = "invalid_log")]
     pub error: &'static str,
     /// What went wrong, for people.

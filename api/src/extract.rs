@@ -38,6 +38,20 @@ impl FromRequest<AppState> for JsonBody {
         if !is_json(request.headers()) {
             return Err(Error::UnsupportedMediaType);
         }
+        RawBody::from_request(request, state)
+            .await
+            .map(|RawBody(bytes)| Self(bytes))
+    }
+}
+
+/// A request body of any content type, no larger than the limit.
+#[derive(Debug)]
+pub struct RawBody(pub Bytes);
+
+impl FromRequest<AppState> for RawBody {
+    type Rejection = Error;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self> {
         match Bytes::from_request(request, state).await {
             Ok(bytes) => Ok(Self(bytes)),
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -52,7 +66,7 @@ impl FromRequest<AppState> for JsonBody {
 
 /// `application/json`, or an `application/*+json` type, with no charset or UTF-8 (the
 /// only one JSON allows, RFC 8259).
-fn is_json(headers: &HeaderMap) -> bool {
+pub fn is_json(headers: &HeaderMap) -> bool {
     let Some(content_type) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())

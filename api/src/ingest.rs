@@ -5,23 +5,26 @@
 //! hot path parses each body once to check it and never re-serialises it.
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::{Extension, Json};
-use logpipeline_core::codec;
-use logpipeline_core::record::{LogBatch, LogRecord, MAX_BATCH_LOGS};
+use logpipeline_core::record::{LogBatch, LogLevel, LogRecord, MAX_BATCH_LOGS};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
+use crate::accept::{accept, now};
 use crate::auth::Principal;
 use crate::error::{Error, ErrorBody, Result};
 use crate::extract::{JsonBody, parse};
+use crate::idempotency::IdempotencyKey;
 use crate::metrics::Endpoint;
 use crate::state::AppState;
 
 /// The answer to `POST /api/log`.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogAccepted {
-    /// Always `received`.
+    /// `received`, or `duplicate` when a request with the same `Idempotency-Key` was
+    /// accepted before: the log is stored once, under the first answer's id.
     pub status: String,
     /// The log's stable id.
     pub message_id: String,
@@ -34,7 +37,8 @@ pub struct LogAccepted {
 /// The answer to `POST /api/logs/batch`.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchAccepted {
-    /// Always `received`.
+    /// `received`, or `duplicate` when a request with the same `Idempotency-Key` was
+    /// accepted before: the logs are stored once, under the first answer's ids.
     pub status: String,
     /// How many logs were accepted: all of them.
     pub count: usize,
@@ -46,7 +50,10 @@ pub struct BatchAccepted {
     pub received_at: OffsetDateTime,
 }
 
-const RECEIVED: &str = "received";
+/// The `status` of an answer.
+fn status(duplicate: bool) -> String {
+    if duplicate { "duplicate" } else { "received" }.into()
+}
 
 /// Accepts one log of the key's tenant. The answer comes once Redis holds it.
 #[utoipa::path(
@@ -54,6 +61,10 @@ const RECEIVED: &str = "received";
     path = "/api/log",
     tag = "ingest",
     request_body = LogRecord,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
+            description = "A key of the client's choosing (1 to 255 visible ASCII characters, e.g. a UUID) that makes a retry safe: \
+                           a request whose key was accepted within the idempotency window (one hour by default) is not accepted again, \
+                           and the answer repeats the first one with `status: duplicate`. Scoped to the API key's tenant.")),
     security(("bearer" = ["write"]), ("api_key" = ["write"])),
     responses(
         (status = 200, description = "Accepted", body = LogAccepted),
@@ -62,7 +73,7 @@ const RECEIVED: &str = "received";
         (status = 403, description = "The key lacks the `write` scope", body = ErrorBody),
         (status = 413, description = "The body is too large", body = ErrorBody),
         (status = 415, description = "The body is not declared as JSON in UTF-8, or is compressed otherwise than with gzip", body = ErrorBody),
-        (status = 422, description = "A field breaks a rule", body = ErrorBody),
+        (status = 422, description = "A field breaks a rule, or the idempotency key came before with another log", body = ErrorBody),
         (status = 429, description = "A rate limit is reached; retry after `Retry-After` seconds", body = ErrorBody,
          headers(("Retry-After" = u32, description = "Seconds to wait"))),
         (status = 503, description = "The queue is full or unavailable: nothing was accepted; retry after `Retry-After` seconds", body = ErrorBody,
@@ -74,23 +85,30 @@ const RECEIVED: &str = "received";
 pub async fn create_log(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Json<LogAccepted>> {
     let received_at = now();
+    let key = IdempotencyKey::from_headers(&headers)?;
     let log: LogRecord = parse(&body)?;
     let mut logs_json = Vec::with_capacity(body.len() + 2);
     logs_json.push(b'[');
     logs_json.extend_from_slice(&body);
     logs_json.push(b']');
-    let entry_id = state
-        .queue
-        .publish(received_at, &principal.tenant, &logs_json)
-        .await?;
-    state.metrics.log_accepted(log.log_level, Endpoint::Log);
-    Ok(Json(LogAccepted {
-        status: RECEIVED.into(),
-        message_id: codec::log_id(&entry_id, 0, 1),
+    let accepted = accept(
+        &state,
+        &principal,
         received_at,
+        &logs_json,
+        &[log.log_level],
+        Endpoint::Log,
+        key.as_ref(),
+    )
+    .await?;
+    Ok(Json(LogAccepted {
+        status: status(accepted.duplicate),
+        message_id: accepted.entry_id.clone(),
+        received_at: accepted.received_at,
     }))
 }
 
@@ -108,6 +126,10 @@ struct RawBatch<'a> {
     path = "/api/logs/batch",
     tag = "ingest",
     request_body = LogBatch,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
+            description = "A key of the client's choosing (1 to 255 visible ASCII characters, e.g. a UUID) that makes a retry safe: \
+                           a request whose key was accepted within the idempotency window (one hour by default) is not accepted again, \
+                           and the answer repeats the first one with `status: duplicate`. Scoped to the API key's tenant.")),
     security(("bearer" = ["write"]), ("api_key" = ["write"])),
     responses(
         (status = 200, description = "Accepted", body = BatchAccepted),
@@ -116,7 +138,7 @@ struct RawBatch<'a> {
         (status = 403, description = "The key lacks the `write` scope", body = ErrorBody),
         (status = 413, description = "The body is too large", body = ErrorBody),
         (status = 415, description = "The body is not declared as JSON in UTF-8, or is compressed otherwise than with gzip", body = ErrorBody),
-        (status = 422, description = "A field breaks a rule, or there are not 1 to 1000 logs", body = ErrorBody),
+        (status = 422, description = "A field breaks a rule, there are not 1 to 1000 logs, or the idempotency key came before with other logs", body = ErrorBody),
         (status = 429, description = "A rate limit is reached; retry after `Retry-After` seconds", body = ErrorBody,
          headers(("Retry-After" = u32, description = "Seconds to wait"))),
         (status = 503, description = "The queue is full or unavailable: nothing was accepted; retry after `Retry-After` seconds", body = ErrorBody,
@@ -128,9 +150,11 @@ struct RawBatch<'a> {
 pub async fn create_batch(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Json<BatchAccepted>> {
     let received_at = now();
+    let key = IdempotencyKey::from_headers(&headers)?;
     let raw: RawBatch<'_> = parse(&body)?;
     let logs: Vec<LogRecord> = parse(raw.logs.get().as_bytes()).map_err(|error| match error {
         Error::InvalidLog(detail) if detail.starts_with('[') => {
@@ -145,24 +169,21 @@ pub async fn create_batch(
             "logs: must hold 1 to {MAX_BATCH_LOGS} logs, got {count}"
         )));
     }
-    let entry_id = state
-        .queue
-        .publish(received_at, &principal.tenant, raw.logs.get().as_bytes())
-        .await?;
-    for log in &logs {
-        state.metrics.log_accepted(log.log_level, Endpoint::Batch);
-    }
-    Ok(Json(BatchAccepted {
-        status: RECEIVED.into(),
-        count,
-        message_ids: codec::log_ids(&entry_id, count),
+    let levels: Vec<LogLevel> = logs.iter().map(|log| log.log_level).collect();
+    let accepted = accept(
+        &state,
+        &principal,
         received_at,
+        raw.logs.get().as_bytes(),
+        &levels,
+        Endpoint::Batch,
+        key.as_ref(),
+    )
+    .await?;
+    Ok(Json(BatchAccepted {
+        status: status(accepted.duplicate),
+        count,
+        message_ids: accepted.log_ids(),
+        received_at: accepted.received_at,
     }))
-}
-
-/// The current time at the precision the pipeline keeps (microseconds).
-fn now() -> OffsetDateTime {
-    let now = OffsetDateTime::now_utc();
-    now.replace_nanosecond(now.nanosecond() / 1000 * 1000)
-        .unwrap_or(now)
 }

@@ -1,26 +1,37 @@
-//! LogPipeline's HTTP service.
+//! LogPipeline's ingest and query service: HTTP (the seed's device API, system B's
+//! `/api/v1` front, OTLP/HTTP logs, queries) and gRPC (system B's `LogService`, OTLP's
+//! `LogsService`).
 //!
-//! [`app`] builds the router from an [`AppState`]; [`run`] connects to Redis, serves
-//! until SIGTERM or Ctrl-C, then drains in-flight requests.
+//! [`app`] builds the HTTP router from an [`AppState`], [`grpc::router`] the gRPC one;
+//! [`run`] connects to Redis, serves both until SIGTERM or Ctrl-C, then drains in-flight
+//! requests.
 
+mod accept;
 pub mod auth;
 mod cache;
+mod concurrent_test;
 pub mod config;
 pub mod docs;
 mod error;
 mod extract;
+pub mod grpc;
 mod health;
 mod hygiene;
+pub mod idempotency;
 mod ingest;
 pub mod limits;
 mod metrics;
+pub mod otlp;
 mod query;
 mod queue;
 pub mod server;
 mod state;
 mod stats;
+pub mod v1;
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -44,8 +55,9 @@ pub use crate::ingest::{BatchAccepted, LogAccepted};
 pub use crate::limits::{RateLimit, RateLimits};
 pub use crate::metrics::Metrics;
 pub use crate::queue::Queue;
-use crate::server::ConnectionLimits;
+use crate::server::{ConnectionLimits, Protocol, Server};
 pub use crate::state::AppState;
+pub use crate::v1::{ConcurrentTestLimits, FrontInfo};
 
 /// How often the rate limiters forget the clients they have not seen lately.
 const FORGET_IDLE_LIMITS_EVERY: Duration = Duration::from_secs(60);
@@ -68,8 +80,31 @@ pub fn app(state: AppState) -> Router {
             guard.clone(),
             auth::require_write,
         ));
+    let front = Router::new()
+        .route("/api/v1/logs/write", post(v1::write))
+        .route("/api/v1/logs/batch", post(v1::batch))
+        .route("/api/v1/logs/concurrent-test", post(concurrent_test::run))
+        .route_layer(axum::middleware::from_fn_with_state(
+            guard.clone(),
+            auth::require_write,
+        ))
+        .route("/api/v1/logs/health", get(v1::health))
+        .route_layer(axum::middleware::from_fn(v1::seed_error_shape));
+    let otlp_http = Router::new()
+        .route("/v1/logs", post(otlp::http_export))
+        .route_layer(axum::middleware::from_fn_with_state(
+            guard.clone(),
+            auth::require_write,
+        ))
+        .route_layer(axum::middleware::from_fn(otlp::status_shape));
     let read = Router::new()
         .route("/api/logs/{device_id}", get(query::get_logs))
+        .route("/api/logs/batch", get(query::get_batch_device_logs))
+        .route(
+            "/api/services/{service_name}/logs",
+            get(query::get_service_logs),
+        )
+        .route("/api/traces/{trace_id}/logs", get(query::get_trace_logs))
         .route("/api/stats", get(stats::get_stats))
         .route_layer(axum::middleware::from_fn_with_state(
             guard,
@@ -77,7 +112,10 @@ pub fn app(state: AppState) -> Router {
         ));
     Router::new()
         .merge(write)
+        .merge(front)
+        .merge(otlp_http)
         .merge(read)
+        .route("/", get(v1::about))
         .route("/health", get(health::health))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
@@ -127,7 +165,11 @@ pub async fn run(config: Config) -> Result<()> {
             shutdown.cancel();
         }
     });
-    let client = redis::Client::open(config.redis.redis_url.as_str()).map_err(Error::RedisSetup)?;
+    let redis_info = config
+        .redis
+        .connection_info()
+        .map_err(|error| Error::Config(error.to_string()))?;
+    let client = redis::Client::open(redis_info).map_err(Error::RedisSetup)?;
     let Some(redis) = until_done("connect to Redis", &shutdown, || {
         connect_redis(&client, &config)
     })
@@ -165,7 +207,7 @@ pub async fn run(config: Config) -> Result<()> {
         }
     });
     let db = logpipeline_core::db::lazy_pool(&config.database)
-        .map_err(|error| Error::Internal(format!("invalid database settings: {error}")))?;
+        .map_err(|error| Error::Config(error.to_string()))?;
     // Queries need the schema, ingest does not: apply it in the background, so the api
     // accepts logs while PostgreSQL is down.
     tokio::spawn({
@@ -184,12 +226,13 @@ pub async fn run(config: Config) -> Result<()> {
             redis.clone(),
             &config.stream.stream,
             config.stream_capacity,
+            Duration::from_secs(config.idempotency_window_secs),
             metrics.clone(),
         ),
         cache: Cache::new(
             redis,
             &config.cache.cache_prefix,
-            &config.cache.generations_key(),
+            config.cache.generation_keys(),
             metrics.clone(),
         ),
         db,
@@ -199,6 +242,14 @@ pub async fn run(config: Config) -> Result<()> {
         max_body_bytes: config.max_body_bytes,
         query_cache_ttl: Duration::from_secs(config.query_cache_ttl_secs),
         stats_cache_ttl: Duration::from_secs(config.stats_cache_ttl_secs),
+        front: FrontInfo {
+            grpc_listen: config.grpc_listen,
+            grpc_serving: Arc::new(AtomicBool::new(false)),
+            concurrent_test: config.concurrent_test.then_some(ConcurrentTestLimits {
+                max_count: config.concurrent_test_max_count,
+                max_workers: config.concurrent_test_max_workers,
+            }),
+        },
     };
     state.metrics.set_stream_capacity(config.stream_capacity);
     tokio::spawn(health::watch(
@@ -206,27 +257,48 @@ pub async fn run(config: Config) -> Result<()> {
         DEPENDENCY_CHECK_EVERY,
         shutdown.clone(),
     ));
-    let listener = logpipeline_core::net::listen(config.listen).map_err(|source| Error::Bind {
-        address: config.listen,
-        source,
-    })?;
-    info!(address = %config.listen, stream = %config.stream.stream, "serving");
+    let bind = |address| {
+        logpipeline_core::net::listen(address).map_err(|source| Error::Bind { address, source })
+    };
+    let listener = bind(config.listen)?;
+    let grpc_listener = bind(config.grpc_listen)?;
+    info!(address = %config.listen, grpc = %config.grpc_listen, stream = %config.stream.stream, "serving");
     let drain = Duration::from_secs(config.shutdown_timeout_secs);
     let limits = ConnectionLimits {
         header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
         max_connections: config.max_connections,
         max_connections_per_address: config.max_connections_per_address,
     };
-    server::serve(
-        listener,
-        app(state),
+    let grpc = Server {
+        listener: grpc_listener,
+        protocol: Protocol::Http2,
+        app: grpc::router(state.clone(), shutdown.clone()),
         limits,
-        rate_limits,
-        metrics,
-        shutdown.cancelled_owned(),
-        drain,
-    )
-    .await
+    };
+    let http = Server {
+        listener,
+        protocol: Protocol::Http1,
+        app: app(state.clone()),
+        limits,
+    };
+    state.front.grpc_serving.store(true, Ordering::Relaxed);
+    let (served, grpc_served) = tokio::join!(
+        server::serve(
+            http,
+            rate_limits.clone(),
+            metrics.clone(),
+            shutdown.clone().cancelled_owned(),
+            drain,
+        ),
+        server::serve(
+            grpc,
+            rate_limits,
+            metrics,
+            shutdown.cancelled_owned(),
+            drain
+        ),
+    );
+    served.and(grpc_served)
 }
 
 /// The authentication `config` asks for; with a keys file, re-read while serving.

@@ -73,10 +73,16 @@ impl RateLimits {
 
     /// Counts `request` against its client address's limit.
     pub fn check_address(&self, request: &Request) -> Result<()> {
-        let Some(limiter) = &self.inner.per_address else {
+        let Some(address) = self.client_address(request) else {
             return Ok(());
         };
-        let Some(address) = self.client_address(request) else {
+        self.check_ip(address)
+    }
+
+    /// Counts a request from `address`, a connection's peer, against its limit (gRPC,
+    /// whose clients connect without an HTTP proxy in between).
+    pub fn check_ip(&self, address: IpAddr) -> Result<()> {
+        let Some(limiter) = &self.inner.per_address else {
             return Ok(());
         };
         limiter

@@ -29,15 +29,46 @@ pub enum Endpoint {
     Log,
     /// `POST /api/logs/batch`.
     Batch,
+    /// `POST /api/v1/logs/write`.
+    V1Write,
+    /// `POST /api/v1/logs/batch`.
+    V1Batch,
+    /// `POST /api/v1/logs/concurrent-test`, the logs it writes.
+    V1ConcurrentTest,
+    /// gRPC `LogService/WriteLog`.
+    GrpcWrite,
+    /// gRPC `LogService/BatchWriteLogs`.
+    GrpcBatch,
+    /// OTLP/HTTP `POST /v1/logs`.
+    OtlpHttp,
+    /// OTLP/gRPC `LogsService/Export`.
+    OtlpGrpc,
 }
 
 impl Endpoint {
-    const ALL: [Self; 2] = [Self::Log, Self::Batch];
+    const ALL: [Self; 9] = [
+        Self::Log,
+        Self::Batch,
+        Self::V1Write,
+        Self::V1Batch,
+        Self::V1ConcurrentTest,
+        Self::GrpcWrite,
+        Self::GrpcBatch,
+        Self::OtlpHttp,
+        Self::OtlpGrpc,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Self::Log => "log",
             Self::Batch => "batch",
+            Self::V1Write => "v1_write",
+            Self::V1Batch => "v1_batch",
+            Self::V1ConcurrentTest => "v1_concurrent_test",
+            Self::GrpcWrite => "grpc_write",
+            Self::GrpcBatch => "grpc_batch",
+            Self::OtlpHttp => "otlp_http",
+            Self::OtlpGrpc => "otlp_grpc",
         }
     }
 }
@@ -83,6 +114,8 @@ struct Inner {
     dependency_up: IntGaugeVec,
     connections_open: IntGauge,
     connections_refused: IntCounterVec,
+    grpc_requests: IntCounterVec,
+    grpc_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -171,6 +204,23 @@ impl Metrics {
         for limit in ["total", "per_address"] {
             connections_refused.with_label_values(&[limit]);
         }
+        let grpc_requests = IntCounterVec::new(
+            Opts::new(
+                "logpipeline_api_grpc_requests_total",
+                "gRPC calls answered, by method and status code",
+            ),
+            &["method", "code"],
+        )?;
+        let grpc_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "logpipeline_api_grpc_request_duration_seconds",
+                "Time to answer gRPC calls, by method",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["method"],
+        )?;
+        registry.register(Box::new(grpc_requests.clone()))?;
+        registry.register(Box::new(grpc_duration.clone()))?;
         registry.register(Box::new(connections_open.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(stream_capacity.clone()))?;
@@ -214,8 +264,28 @@ impl Metrics {
                 dependency_up,
                 connections_open,
                 connections_refused,
+                grpc_requests,
+                grpc_duration,
             }),
         })
+    }
+
+    /// Records a gRPC call of `method` answered with `code` after `took`.
+    pub fn grpc_request(&self, method: &'static str, code: &'static str, took: Duration) {
+        self.inner
+            .grpc_requests
+            .with_label_values(&[method, code])
+            .inc();
+        self.inner
+            .grpc_duration
+            .with_label_values(&[method])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a request refused with error `code` (HTTP answers are counted by
+    /// [`track`]).
+    pub fn request_rejected(&self, code: &'static str) {
+        self.inner.rejected.with_label_values(&[code]).inc();
     }
 
     /// Counts a connection opened (`+1`) or closed (`-1`).

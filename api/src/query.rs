@@ -1,11 +1,14 @@
-//! `GET /api/logs/{device_id}`: a device's logs, newest first, filtered and paginated,
-//! from the cache when it has them.
+//! `GET /api/logs/{device_id}`, `GET /api/services/{service_name}/logs` and
+//! `GET /api/traces/{trace_id}/logs`: the logs of a device, a service or a trace, newest
+//! first, filtered and paginated, from the never-stale cache when it has them.
 
 use std::time::Instant;
 
 use axum::Extension;
 use axum::Json;
 use axum::extract::{RawQuery, State};
+use logpipeline_core::generations::Kind;
+use logpipeline_core::origin::{ServiceName, TraceId};
 use logpipeline_core::record::{DeviceId, LogLevel};
 use logpipeline_core::tenant::Tenant;
 use serde::{Deserialize, Serialize};
@@ -25,7 +28,7 @@ const DEFAULT_LIMIT: u32 = 100;
 /// Most logs per page.
 const MAX_LIMIT: u32 = 1000;
 
-/// The query string of `GET /api/logs/{device_id}`.
+/// The query string of the log queries.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct LogsParams {
@@ -51,11 +54,71 @@ pub struct LogsParams {
     cursor: Option<String>,
 }
 
+/// Whose logs a query reads, checked by the rules of its field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Subject {
+    /// A device's.
+    Device(String),
+    /// A service's.
+    Service(String),
+    /// A trace's, across services.
+    Trace(String),
+}
+
+impl Subject {
+    /// `name` as a device id.
+    pub fn device(name: String) -> Result<Self> {
+        let id =
+            DeviceId::try_from(name).map_err(|error| Error::InvalidQuery(error.to_string()))?;
+        Ok(Self::Device(id.into()))
+    }
+
+    /// `name` as a service name.
+    pub fn service(name: String) -> Result<Self> {
+        let name =
+            ServiceName::try_from(name).map_err(|error| Error::InvalidQuery(error.to_string()))?;
+        Ok(Self::Service(name.into()))
+    }
+
+    /// `id` as a trace id.
+    pub fn trace(id: String) -> Result<Self> {
+        let id = TraceId::try_from(id).map_err(|error| Error::InvalidQuery(error.to_string()))?;
+        Ok(Self::Trace(id.into()))
+    }
+
+    /// The generation its cached pages depend on, and the name within it.
+    fn generation(&self) -> (Kind, &str) {
+        match self {
+            Self::Device(name) => (Kind::Device, name),
+            Self::Service(name) => (Kind::Service, name),
+            Self::Trace(id) => (Kind::Trace, id),
+        }
+    }
+
+    /// The `query` label of its PostgreSQL metrics.
+    fn query_label(&self) -> &'static str {
+        match self {
+            Self::Device(_) => "logs",
+            Self::Service(_) => "service_logs",
+            Self::Trace(_) => "trace_logs",
+        }
+    }
+
+    /// The column it is found by, and the value.
+    fn column(&self) -> (&'static str, &str) {
+        match self {
+            Self::Device(name) => ("device_id", name),
+            Self::Service(name) => ("service_name", name),
+            Self::Trace(id) => ("trace_id", id),
+        }
+    }
+}
+
 /// A validated query: what a page holds, and the identity of its cached copy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LogQuery {
     tenant: String,
-    device: String,
+    subject: Subject,
     limit: u32,
     levels: Vec<LogLevel>,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -105,11 +168,9 @@ impl Cursor {
 }
 
 impl LogQuery {
-    /// Checks the path and query string of a request of `tenant`; errors name the
-    /// parameter.
-    pub fn parse(tenant: &Tenant, device: String, query: Option<&str>) -> Result<Self> {
-        let device =
-            DeviceId::try_from(device).map_err(|error| Error::InvalidQuery(error.to_string()))?;
+    /// Checks the query string of a request of `tenant` for the logs of `subject`;
+    /// errors name the parameter.
+    pub fn parse(tenant: &Tenant, subject: Subject, query: Option<&str>) -> Result<Self> {
         let params: LogsParams = match query {
             Some(query) => serde_html_form::from_str(query).map_err(|error| {
                 Error::InvalidQuery(format!("the query string is invalid: {error}"))
@@ -132,7 +193,6 @@ impl LogQuery {
             .level
             .iter()
             .flat_map(|levels| levels.split(','))
-            .filter(|level| !level.is_empty())
             .map(|level| {
                 level
                     .parse()
@@ -164,7 +224,7 @@ impl LogQuery {
             .transpose()?;
         Ok(Self {
             tenant: tenant.as_str().to_owned(),
-            device: device.as_str().to_owned(),
+            subject,
             limit,
             levels,
             since,
@@ -184,6 +244,12 @@ pub struct StoredLog {
     pub message_id: Option<String>,
     /// The device.
     pub device_id: String,
+    /// The service that wrote it, if it said.
+    pub service_name: Option<String>,
+    /// Its trace, if any.
+    pub trace_id: Option<String>,
+    /// Its span, if any.
+    pub span_id: Option<String>,
     /// The level.
     pub log_level: String,
     /// The message.
@@ -220,7 +286,7 @@ pub enum Source {
     Database,
 }
 
-/// A page of a device's logs, newest first.
+/// A page of logs, newest first.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LogPage {
     /// Logs on this page.
@@ -266,13 +332,121 @@ pub async fn get_logs(
     PathParam(device): PathParam,
     RawQuery(query): RawQuery,
 ) -> Result<Json<LogPage>> {
-    let query = LogQuery::parse(&principal.tenant, device, query.as_deref())?;
+    page(
+        &state,
+        &principal,
+        Subject::device(device)?,
+        query.as_deref(),
+    )
+    .await
+}
+
+/// The logs of the device named `batch`, as `GET /api/logs/{device_id}` would give them:
+/// the batch ingest's path is also that device's.
+#[utoipa::path(
+    get,
+    path = "/api/logs/batch",
+    tag = "query",
+    params(LogsParams),
+    security(("bearer" = ["read"]), ("api_key" = ["read"])),
+    responses(
+        (status = 200, description = "A page of logs", body = LogPage),
+        (status = 401, description = "No valid API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `read` scope", body = ErrorBody),
+        (status = 422, description = "An invalid parameter", body = ErrorBody),
+        (status = 429, description = "A rate limit is reached; retry after `Retry-After` seconds", body = ErrorBody,
+         headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 503, description = "PostgreSQL is unavailable", body = ErrorBody),
+    )
+)]
+pub async fn get_batch_device_logs(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<LogPage>> {
+    page(
+        &state,
+        &principal,
+        Subject::device("batch".to_owned())?,
+        query.as_deref(),
+    )
+    .await
+}
+
+/// A service's logs, newest first: those of the key's tenant whose `service_name` is the
+/// service's.
+#[utoipa::path(
+    get,
+    path = "/api/services/{service_name}/logs",
+    tag = "query",
+    params(("service_name" = ServiceName, Path, description = "The service: 1 to 100 characters, not only whitespace, no control characters"), LogsParams),
+    security(("bearer" = ["read"]), ("api_key" = ["read"])),
+    responses(
+        (status = 200, description = "A page of logs", body = LogPage),
+        (status = 400, description = "The path is not valid UTF-8", body = ErrorBody),
+        (status = 401, description = "No valid API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `read` scope", body = ErrorBody),
+        (status = 422, description = "An invalid parameter", body = ErrorBody),
+        (status = 429, description = "A rate limit is reached; retry after `Retry-After` seconds", body = ErrorBody,
+         headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 503, description = "PostgreSQL is unavailable", body = ErrorBody),
+    )
+)]
+pub async fn get_service_logs(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    PathParam(service): PathParam,
+    RawQuery(query): RawQuery,
+) -> Result<Json<LogPage>> {
+    page(
+        &state,
+        &principal,
+        Subject::service(service)?,
+        query.as_deref(),
+    )
+    .await
+}
+
+/// The logs of one trace across every service and device, newest first: those of the
+/// key's tenant.
+#[utoipa::path(
+    get,
+    path = "/api/traces/{trace_id}/logs",
+    tag = "query",
+    params(("trace_id" = TraceId, Path, description = "The trace: 1 to 64 visible ASCII characters"), LogsParams),
+    security(("bearer" = ["read"]), ("api_key" = ["read"])),
+    responses(
+        (status = 200, description = "A page of logs", body = LogPage),
+        (status = 400, description = "The path is not valid UTF-8", body = ErrorBody),
+        (status = 401, description = "No valid API key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `read` scope", body = ErrorBody),
+        (status = 422, description = "An invalid parameter", body = ErrorBody),
+        (status = 429, description = "A rate limit is reached; retry after `Retry-After` seconds", body = ErrorBody,
+         headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 503, description = "PostgreSQL is unavailable", body = ErrorBody),
+    )
+)]
+pub async fn get_trace_logs(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    PathParam(trace): PathParam,
+    RawQuery(query): RawQuery,
+) -> Result<Json<LogPage>> {
+    page(&state, &principal, Subject::trace(trace)?, query.as_deref()).await
+}
+
+/// A page of `subject`'s logs as `query` asks, from the cache when it has it.
+async fn page(
+    state: &AppState,
+    principal: &Principal,
+    subject: Subject,
+    query: Option<&str>,
+) -> Result<Json<LogPage>> {
+    let query = LogQuery::parse(&principal.tenant, subject, query)?;
     // Read the generation before the database, so a result cached under it can only be
     // older than a commit that bumped it after.
-    let generation = state
-        .cache
-        .generation(&principal.tenant.scope(&query.device))
-        .await;
+    let (kind, name) = query.subject.generation();
+    let generation = state.cache.generation(&principal.tenant, kind, name).await;
     let key = generation.map(|generation| state.cache.key("logs", &(generation, &query)));
     if let Some(key) = &key
         && let Some(cached) = state.cache.get(key).await
@@ -285,7 +459,7 @@ pub async fn get_logs(
             next: page.next,
         }));
     }
-    let page = fetch(&state, &query).await?;
+    let page = fetch(state, &query).await?;
     if let (Some(key), Ok(cached)) = (&key, serde_json::to_vec(&page)) {
         state.cache.put(key, &cached, state.query_cache_ttl).await;
     }
@@ -299,11 +473,12 @@ pub async fn get_logs(
 
 async fn fetch(state: &AppState, query: &LogQuery) -> Result<CachedPage> {
     let mut sql = QueryBuilder::<Postgres>::new(
-        "select id, message_id, device_id, log_level, message, log_data::text as log_data, created_at \
-         from logs where tenant = ",
+        "select id, message_id, device_id, service_name, trace_id, span_id, log_level, message, \
+         log_data::text as log_data, created_at from logs where tenant = ",
     );
     sql.push_bind(&query.tenant);
-    sql.push(" and device_id = ").push_bind(&query.device);
+    let (column, value) = query.subject.column();
+    sql.push(format_args!(" and {column} = ")).push_bind(value);
     if !query.levels.is_empty() {
         let levels: Vec<&str> = query.levels.iter().map(|level| level.as_str()).collect();
         sql.push(" and log_level = any(")
@@ -317,7 +492,7 @@ async fn fetch(state: &AppState, query: &LogQuery) -> Result<CachedPage> {
         sql.push(" and created_at < ").push_bind(until);
     }
     if let Some((cursor, at)) = query.cursor.and_then(|cursor| Some((cursor, cursor.at()?))) {
-        // The first condition lets the (tenant, device_id, created_at) index bound the
+        // The first condition lets the (tenant, <column>, created_at) index bound the
         // scan.
         sql.push(" and created_at <= ").push_bind(at);
         sql.push(" and (created_at, id) < (")
@@ -335,7 +510,9 @@ async fn fetch(state: &AppState, query: &LogQuery) -> Result<CachedPage> {
         .fetch_all(&state.db)
         .await
         .map_err(Error::DatabaseUnavailable)?;
-    state.metrics.postgres_query("logs", started.elapsed());
+    state
+        .metrics
+        .postgres_query(query.subject.query_label(), started.elapsed());
     let more = rows.len() > query.limit as usize;
     rows.truncate(query.limit as usize);
     let next = rows.last().filter(|_| more).and_then(|last| {
@@ -361,12 +538,16 @@ mod tests {
     use super::*;
 
     fn parse(query: &str) -> Result<LogQuery> {
-        LogQuery::parse(&Tenant::default(), "device-1".into(), Some(query))
+        LogQuery::parse(&Tenant::default(), device("device-1"), Some(query))
+    }
+
+    fn device(name: &str) -> Subject {
+        Subject::device(name.into()).unwrap()
     }
 
     #[test]
     fn defaults_apply_without_a_query_string() {
-        let query = LogQuery::parse(&Tenant::default(), "device-1".into(), None).unwrap();
+        let query = LogQuery::parse(&Tenant::default(), device("device-1"), None).unwrap();
         assert_eq!(query.limit, 100);
         assert!(query.levels.is_empty() && query.since.is_none() && query.cursor.is_none());
     }
@@ -386,6 +567,8 @@ mod tests {
             ("limit=1001", "limit must be"),
             ("limit=ten", "limit must be"),
             ("level=LOUD", "level: unknown log level `LOUD`"),
+            ("level=", "level: unknown log level ``"),
+            ("level=ERROR,", "level: unknown log level ``"),
             ("since=yesterday", "since must be an RFC 3339 time"),
             ("until=2026-13-01T00:00:00Z", "until must be"),
             (
@@ -400,10 +583,18 @@ mod tests {
             let error = parse(query).unwrap_err().to_string();
             assert!(error.contains(expected), "{query}: {error}");
         }
-        let long = LogQuery::parse(&Tenant::default(), "x".repeat(51), None)
-            .unwrap_err()
-            .to_string();
+        let long = Subject::device("x".repeat(51)).unwrap_err().to_string();
         assert!(long.contains("device_id must be 1 to 50"), "{long}");
+        let service = Subject::service(" ".into()).unwrap_err().to_string();
+        assert!(
+            service.contains("service_name must not be only"),
+            "{service}"
+        );
+        let trace = Subject::trace("a b".into()).unwrap_err().to_string();
+        assert!(
+            trace.contains("trace_id must hold visible ASCII"),
+            "{trace}"
+        );
     }
 
     #[test]

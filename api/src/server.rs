@@ -1,10 +1,12 @@
-//! The HTTP/1.1 server: accepts connections within their limits, serves the router on
-//! them, and drains them on shutdown.
+//! The servers: HTTP/1.1 for the REST api and HTTP/2 for gRPC. Both accept connections
+//! within the same limits, serve a router on them, and drain them on shutdown.
 //!
 //! Limits that keep one client from exhausting the api, as nginx's `limit_conn` and
 //! `client_header_timeout` did for the seed:
 //! - a connection must send each request's headers within the header-read timeout, which
-//!   also closes keep-alive connections idle that long (slowloris and idle hoarding);
+//!   also closes keep-alive connections idle that long (slowloris and idle hoarding); an
+//!   HTTP/2 connection must answer keep-alive pings within it, and may carry at most
+//!   [`MAX_STREAMS_PER_CONNECTION`] calls at once;
 //! - at most so many connections at once, and at most so many from one address (not
 //!   counting trusted proxies, behind which many clients share an address); a connection
 //!   over a limit is closed on arrival.
@@ -25,7 +27,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -46,6 +48,21 @@ const LINGER_READ: Duration = Duration::from_secs(5);
 /// …and at most this long in all (nginx's `lingering_time`).
 const LINGER_TOTAL: Duration = Duration::from_secs(30);
 
+/// Calls at once on one HTTP/2 connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
+/// How often an HTTP/2 connection is pinged to tell a live client from a dead one.
+const HTTP2_KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+/// What a server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1: the REST api.
+    Http1,
+    /// HTTP/2 without TLS (h2c, prior knowledge): gRPC.
+    Http2,
+}
+
 /// The connection limits.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
@@ -58,20 +75,43 @@ pub struct ConnectionLimits {
     pub max_connections_per_address: usize,
 }
 
-/// Serves `app` on `listener` until `stop` completes; then stops accepting connections,
-/// lets in-flight requests finish and closes idle connections, waiting at most `drain`.
+/// A server's connections and what it serves on them.
+pub struct Server {
+    /// Where connections arrive.
+    pub listener: TcpListener,
+    /// What it speaks.
+    pub protocol: Protocol,
+    /// What it serves.
+    pub app: Router,
+    /// The connection limits.
+    pub limits: ConnectionLimits,
+}
+
+/// Serves `server.app` until `stop` completes; then stops accepting connections, lets
+/// in-flight requests finish and closes idle connections, waiting at most `drain`.
 pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    limits: ConnectionLimits,
+    server: Server,
     rate_limits: RateLimits,
     metrics: Metrics,
     stop: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> Result<()> {
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
+    let Server {
+        listener,
+        protocol,
+        app,
+        limits,
+    } = server;
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .keep_alive_interval(HTTP2_KEEP_ALIVE)
+        .keep_alive_timeout(limits.header_read_timeout)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION);
     let draining = CancellationToken::new();
     let total = Arc::new(Semaphore::new(limits.max_connections));
     let per_address = PerAddress::new(limits.max_connections_per_address);
@@ -112,29 +152,49 @@ pub async fn serve(
                 Box::pin(app.clone().oneshot(request.map(Body::new)))
             })
         };
-        let mut connection = http.serve_connection(TokioIo::new(stream), service);
         let draining = draining.clone();
         let metrics = metrics.clone();
         metrics.connections_open(1);
-        tokio::spawn(async move {
-            let drain = draining.cancelled();
-            tokio::pin!(drain);
-            let mut told = false;
-            let served = poll_fn(|cx| {
-                if !told && drain.as_mut().poll(cx).is_ready() {
-                    told = true;
-                    Pin::new(&mut connection).graceful_shutdown();
-                }
-                connection.poll_without_shutdown(cx)
-            })
-            .await;
-            // An error is the client's (a reset, a timeout): close at once.
-            if served.is_ok() {
-                linger(connection.into_parts().io.into_inner()).await;
+        let io = TokioIo::new(stream);
+        match protocol {
+            Protocol::Http1 => {
+                let mut connection = http1.serve_connection(io, service);
+                tokio::spawn(async move {
+                    let drain = draining.cancelled();
+                    tokio::pin!(drain);
+                    let mut told = false;
+                    let served = poll_fn(|cx| {
+                        if !told && drain.as_mut().poll(cx).is_ready() {
+                            told = true;
+                            Pin::new(&mut connection).graceful_shutdown();
+                        }
+                        connection.poll_without_shutdown(cx)
+                    })
+                    .await;
+                    // An error is the client's (a reset, a timeout): close at once.
+                    if served.is_ok() {
+                        linger(connection.into_parts().io.into_inner()).await;
+                    }
+                    metrics.connections_open(-1);
+                    drop((permit, slot));
+                });
             }
-            metrics.connections_open(-1);
-            drop((permit, slot));
-        });
+            Protocol::Http2 => {
+                let connection = http2.serve_connection(io, service);
+                tokio::spawn(async move {
+                    tokio::pin!(connection);
+                    tokio::select! {
+                        _ = connection.as_mut() => {}
+                        () = draining.cancelled() => {
+                            connection.as_mut().graceful_shutdown();
+                            let _ = connection.await;
+                        }
+                    }
+                    metrics.connections_open(-1);
+                    drop((permit, slot));
+                });
+            }
+        }
     }
     drop(listener);
     info!(?drain, "draining connections");

@@ -10,6 +10,7 @@ use crate::cache::Cache;
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
+use crate::v1::FrontInfo;
 
 /// The api's shared state; cheap to clone.
 #[derive(Clone, FromRef)]
@@ -37,4 +38,7 @@ pub struct AppState {
     /// How long statistics stay cached.
     #[from_ref(skip)]
     pub stats_cache_ttl: Duration,
+    /// What the `/api/v1` front says of the service, and its concurrent test.
+    #[from_ref(skip)]
+    pub front: FrontInfo,
 }

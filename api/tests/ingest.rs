@@ -83,6 +83,38 @@ async fn a_batch_is_one_entry_with_an_id_per_log() {
     );
 }
 
+/// A key sent again with the same log replays the first answer and adds nothing; sent
+/// with another log it is refused with 422 and adds nothing either.
+#[tokio::test]
+async fn a_repeated_idempotency_key_replays_the_first_answer_or_is_refused() {
+    let fixture = TestApi::start().await;
+    let send = |device: &'static str| {
+        let request = axum::http::Request::post("/api/log")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", "r-1")
+            .body(axum::body::Body::from(a_log(device).to_string()))
+            .unwrap();
+        fixture.send(request)
+    };
+    let first = send("pump-7").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    let again = send("pump-7").await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    assert_eq!(again.body["status"], "duplicate");
+    assert_eq!(again.body["message_id"], first.body["message_id"]);
+    let other = send("pump-8").await;
+    assert_eq!(
+        (other.status, &other.body["error"]),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!("idempotency_key_reused")
+        ),
+        "{}",
+        other.text
+    );
+    assert_eq!(fixture.entries().await.len(), 1);
+}
+
 #[tokio::test]
 async fn bad_input_gets_the_right_status_and_a_clear_error() {
     let fixture = TestApi::start().await;

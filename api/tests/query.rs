@@ -91,6 +91,28 @@ async fn logs_come_newest_first_in_the_seed_shape() {
     );
 }
 
+/// `/api/logs/batch` is also the batch ingest's path: a GET there reads the device
+/// named `batch`, with the same parameters as any other device.
+#[tokio::test]
+async fn a_device_named_batch_is_read_like_any_other() {
+    let api = TestApi::start().await;
+    for seq in 0..3 {
+        store(&api.db, "batch", seq, 1).await;
+    }
+    store(&api.db, "pump-7", 0, 1).await;
+    let page = api.get("/api/logs/batch?limit=2").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert_eq!(seqs(&page.body), [2, 1]);
+    assert_eq!(page.body["data"][0]["device_id"], "batch");
+    let errors = api.get("/api/logs/batch?level=LOUD").await;
+    assert_eq!(
+        errors.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        errors.text
+    );
+}
+
 #[tokio::test]
 async fn levels_and_a_time_range_filter() {
     let api = TestApi::start().await;

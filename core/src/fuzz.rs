@@ -3,9 +3,12 @@
 //! fuzzers kept on the very same code. Each function panics when its property breaks,
 //! which is how a fuzzer learns of a failure.
 
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use prost::Message;
 use time::OffsetDateTime;
 
 use crate::codec::{self, DecodeError, Entry};
+use crate::otlp;
 use crate::record::LogRecord;
 use crate::tenant::Tenant;
 
@@ -30,6 +33,22 @@ pub fn batch_body(data: &[u8]) {
     match serde_json::from_slice::<Vec<LogRecord>>(data) {
         Ok(records) if !records.is_empty() => carried(data, &records),
         _ => {}
+    }
+}
+
+/// An OTLP/protobuf `ExportLogsServiceRequest`: decoding and mapping never panic, and
+/// the records the mapping accepts are carried to the worker like the other bodies'.
+pub fn otlp_logs(data: &[u8]) {
+    let Ok(request) = ExportLogsServiceRequest::decode(data) else {
+        return;
+    };
+    let export = otlp::records(request);
+    if export.records.is_empty() {
+        return;
+    }
+    match serde_json::to_vec(&export.records) {
+        Ok(logs) => carried(&logs, &export.records),
+        Err(error) => panic!("mapped records do not serialise: {error}"),
     }
 }
 

@@ -15,6 +15,8 @@ use utoipa::ToSchema;
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{AnyOfBuilder, ArrayBuilder, ObjectBuilder, Ref, Schema, Type};
 
+use crate::origin::{ServiceName, SpanId, TraceId, check_name};
+
 /// Most logs one batch request may carry.
 pub const MAX_BATCH_LOGS: usize = 1000;
 /// Longest `device_id`, in characters.
@@ -42,6 +44,15 @@ pub struct LogRecord {
     /// objects and arrays nest at most 64 levels deep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_data: Option<LogData>,
+    /// The service that wrote the log, if it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<ServiceName>,
+    /// The trace the log belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<TraceId>,
+    /// The span within the trace, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<SpanId>,
 }
 
 /// The body of `POST /api/logs/batch`.
@@ -56,6 +67,12 @@ pub struct LogBatch {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct FieldError(String);
+
+impl FieldError {
+    pub(crate) fn new(why: String) -> Self {
+        Self(why)
+    }
+}
 
 /// Severity of a log, as the seed accepts it.
 #[derive(
@@ -93,6 +110,24 @@ impl LogLevel {
             Self::Warning => "WARNING",
             Self::Error => "ERROR",
             Self::Critical => "CRITICAL",
+        }
+    }
+}
+
+impl LogLevel {
+    /// A level as other logging systems name it: any case, and `WARN`, `FATAL` and
+    /// `TRACE` as well (read as WARNING, CRITICAL and DEBUG). The gRPC service and the
+    /// `/api/v1` front accept these; the seed's device endpoints keep the exact names.
+    pub fn parse_lenient(level: &str) -> Result<Self, FieldError> {
+        match level.to_ascii_uppercase().as_str() {
+            "WARN" => Ok(Self::Warning),
+            "FATAL" => Ok(Self::Critical),
+            "TRACE" => Ok(Self::Debug),
+            upper => upper.parse().map_err(|_| {
+                FieldError(format!(
+                    "unknown log level `{level}`, expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL (any case; WARN, FATAL and TRACE also)"
+                ))
+            }),
         }
     }
 }
@@ -141,15 +176,7 @@ impl TryFrom<String> for DeviceId {
     type Error = FieldError;
 
     fn try_from(value: String) -> Result<Self, FieldError> {
-        check_text("device_id", &value, MAX_DEVICE_ID_CHARS)?;
-        if value.chars().all(char::is_whitespace) {
-            return Err(FieldError("device_id must not be only whitespace".into()));
-        }
-        if value.chars().any(char::is_control) {
-            return Err(FieldError(
-                "device_id must not contain control characters".into(),
-            ));
-        }
+        check_name("device_id", &value, MAX_DEVICE_ID_CHARS)?;
         Ok(Self(value))
     }
 }
@@ -213,6 +240,17 @@ impl LogData {
     /// The object as JSON text.
     pub fn as_json(&self) -> &str {
         self.0.get()
+    }
+
+    /// `object` as `log_data`, under the same rules as `log_data` a device sends.
+    pub fn from_object(
+        object: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self, FieldError> {
+        let text = serde_json::to_string(object)
+            .map_err(|error| FieldError(format!("log_data cannot be written: {error}")))?;
+        let raw = RawValue::from_string(text)
+            .map_err(|error| FieldError(format!("log_data cannot be written: {error}")))?;
+        Self::try_from(raw)
     }
 }
 
@@ -482,7 +520,16 @@ mod tests {
             ),
             (
                 r#"{"device_id":"d\u0000","log_level":"INFO","message":"m"}"#.to_owned(),
-                "must not contain NUL",
+                "device_id must not contain control characters",
+            ),
+            (
+                r#"{"device_id":"d","log_level":"INFO","message":"m","trace_id":"a b"}"#.to_owned(),
+                "trace_id must hold visible ASCII",
+            ),
+            (
+                r#"{"device_id":"d","log_level":"INFO","message":"m","service_name":""}"#
+                    .to_owned(),
+                "service_name must be 1 to 100",
             ),
             (
                 r#"{"device_id":"d","log_level":"INFO","message":"m","log_data":[1]}"#.to_owned(),
@@ -555,6 +602,46 @@ mod tests {
         // Brackets inside strings, escaped quotes included, are text, not structure.
         let text = format!(r#"{{"a":"\"{}"}}"#, "[{".repeat(100));
         assert!(check_json_depth(&text).is_ok());
+    }
+
+    #[test]
+    fn lenient_levels_take_any_case_and_common_aliases() {
+        for (name, level) in [
+            ("info", LogLevel::Info),
+            ("Warning", LogLevel::Warning),
+            ("WARN", LogLevel::Warning),
+            ("fatal", LogLevel::Critical),
+            ("trace", LogLevel::Debug),
+            ("CRITICAL", LogLevel::Critical),
+        ] {
+            assert_eq!(LogLevel::parse_lenient(name), Ok(level), "{name}");
+        }
+        let error = LogLevel::parse_lenient("LOUD").unwrap_err().to_string();
+        assert!(error.contains("unknown log level `LOUD`"), "{error}");
+    }
+
+    #[test]
+    fn log_data_from_an_object_follows_the_same_rules() {
+        let mut object = serde_json::Map::new();
+        object.insert("adv_id".into(), 1234567.into());
+        assert_eq!(
+            LogData::from_object(&object).unwrap().as_json(),
+            r#"{"adv_id":1234567}"#
+        );
+        object.insert("bad".into(), "a\0b".into());
+        let error = LogData::from_object(&object).unwrap_err().to_string();
+        assert!(error.contains("\\u0000"), "{error}");
+    }
+
+    #[test]
+    fn service_trace_and_span_round_trip() {
+        let json = r#"{"device_id":"d","log_level":"INFO","message":"m","service_name":"checkout","trace_id":"t-1","span_id":"s-1"}"#;
+        let log = parse(json).unwrap();
+        assert_eq!(
+            log.service_name.as_ref().map(ServiceName::as_str),
+            Some("checkout")
+        );
+        assert_eq!(serde_json::to_string(&log).unwrap(), json);
     }
 
     #[test]

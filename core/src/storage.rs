@@ -151,7 +151,7 @@ pub async fn ensure_partitions(
 /// A statement naming partitions and indexes, which cannot be bind parameters: every
 /// name comes from [`partition_name`], from `log_partitions` (checked by [`partitions`]),
 /// or from the catalog quoted by [`quote_ident`]; every time from [`literal`].
-fn ddl(statement: String) -> AssertSqlSafe<String> {
+pub(crate) fn ddl(statement: String) -> AssertSqlSafe<String> {
     AssertSqlSafe(statement)
 }
 

@@ -40,3 +40,8 @@ fn batch_bodies() {
 fn stream_entries() {
     assert!(replay("stream_entry", fuzz::stream_entry) >= 2);
 }
+
+#[test]
+fn otlp_exports() {
+    assert!(replay("otlp_logs", fuzz::otlp_logs) >= 2);
+}

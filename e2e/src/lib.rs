@@ -18,13 +18,19 @@ pub mod rows;
 pub mod services;
 pub mod stack;
 
-/// Builds an HTTP client for tests and tools. The workspace's TLS uses ring (the
-/// cluster tests reach the ingress over HTTPS), so ring becomes the process's default
-/// crypto provider first: reqwest refuses to build a client without one.
+/// Makes ring the process's default TLS crypto provider. The tests' TLS uses ring (the
+/// cluster tests reach the ingress over HTTPS), and reqwest, built here without a
+/// provider of its own, refuses to build any client, this crate's or one that
+/// `logpipeline-client` builds, until one is installed.
+pub fn install_tls_provider() {
+    // Fails only when a provider is installed already, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Builds an HTTP client for tests and tools.
 pub fn http_client(
     configure: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
 ) -> anyhow::Result<reqwest::Client> {
-    // Fails only when a provider is installed already, which is as good.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    install_tls_provider();
     Ok(configure(reqwest::Client::builder()).build()?)
 }

@@ -75,11 +75,23 @@ fn build_binaries() -> Result<PathBuf> {
 /// Settings passed to a service as environment variables.
 pub type Env = BTreeMap<String, String>;
 
+/// Drops the URL settings when `settings` names Redis or PostgreSQL the seed system's
+/// way (`REDIS_HOST`…, `POSTGRES_HOST`…), so that a service must use those.
+fn prefer_seed_settings(settings: &mut Env) {
+    if settings.contains_key("REDIS_HOST") {
+        settings.remove("REDIS_URL");
+    }
+    if settings.contains_key("POSTGRES_HOST") {
+        settings.remove("DATABASE_URL");
+    }
+}
+
 /// A running `logpipeline-api`.
 #[derive(Debug)]
 pub struct ApiProcess {
     process: ChildProcess,
     port: u16,
+    grpc_port: u16,
     _dir: TempDir,
 }
 
@@ -90,16 +102,30 @@ impl ApiProcess {
         Self::start_on(free_port()?, redis_url, database_url, env)
     }
 
-    /// Like [`start`](Self::start), serving on `port`.
+    /// Like [`start`](Self::start), serving HTTP on `port`, and gRPC on the port of
+    /// `LOGPIPELINE_GRPC_LISTEN` in `env` or else a free one.
     pub fn start_on(port: u16, redis_url: &str, database_url: &str, env: &Env) -> Result<Self> {
+        let grpc_port = match env.get("LOGPIPELINE_GRPC_LISTEN") {
+            Some(listen) => listen
+                .rsplit(':')
+                .next()
+                .and_then(|port| port.parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("LOGPIPELINE_GRPC_LISTEN {listen:?} has no port"))?,
+            None => free_port()?,
+        };
         let mut settings = Env::from([
             ("REDIS_URL".into(), redis_url.into()),
             ("DATABASE_URL".into(), database_url.into()),
             ("LOGPIPELINE_LISTEN".into(), format!("127.0.0.1:{port}")),
+            (
+                "LOGPIPELINE_GRPC_LISTEN".into(),
+                format!("127.0.0.1:{grpc_port}"),
+            ),
             // A local stack, as the tests' default; tests of authentication set `keys`.
             ("LOGPIPELINE_AUTH".into(), "off".into()),
         ]);
         settings.extend(env.clone());
+        prefer_seed_settings(&mut settings);
         let dir = scratch_dir("logpipeline-api-")?;
         let mut process = spawn("logpipeline-api", &settings, dir.path())?;
         wait_until("the api serves /livez", Duration::from_secs(60), || {
@@ -109,6 +135,7 @@ impl ApiProcess {
         Ok(Self {
             process,
             port,
+            grpc_port,
             _dir: dir,
         })
     }
@@ -116,6 +143,16 @@ impl ApiProcess {
     /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `http://127.0.0.1:<grpc port>`, the gRPC endpoint.
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// The port it serves gRPC on.
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc_port
     }
 
     /// The port it serves on.
@@ -166,6 +203,7 @@ impl WorkerProcess {
             ),
         ]);
         settings.extend(env.clone());
+        prefer_seed_settings(&mut settings);
         let dir = scratch_dir("logpipeline-worker-")?;
         let mut process = spawn("logpipeline-worker", &settings, dir.path())?;
         wait_until("the worker serves /livez", Duration::from_secs(60), || {

@@ -116,6 +116,22 @@ impl Stack {
         Ok(self.api.insert(api))
     }
 
+    /// SIGKILLs the api and starts it again on the same HTTP and gRPC ports, as a
+    /// crashed pod comes back behind its Service.
+    pub fn kill_and_restart_api(&mut self) -> Result<&mut ApiProcess> {
+        let mut api = self.api.take().context("the api is not running")?;
+        let (port, grpc_port) = (api.port(), api.grpc_port());
+        api.process().kill();
+        drop(api);
+        let mut env = self.api_env.clone();
+        env.insert(
+            "LOGPIPELINE_GRPC_LISTEN".into(),
+            format!("127.0.0.1:{grpc_port}"),
+        );
+        let api = ApiProcess::start_on(port, &self.redis.url(), &self.database_url, &env)?;
+        Ok(self.api.insert(api))
+    }
+
     /// Starts one more worker, with `env` over the stack's worker settings. Each worker
     /// gets a distinct consumer name unless `env` names one.
     pub fn start_worker(&mut self, env: &Env) -> Result<&mut WorkerProcess> {
@@ -154,12 +170,16 @@ impl Stack {
     }
 }
 
-/// Waits until the services have applied the schema to `pool`'s database.
+/// Waits until a service has applied the whole schema to `pool`'s database: every
+/// migration and every query index. A test that queries, locks or alters `logs` sooner
+/// races the later migrations.
 pub async fn wait_for_schema(pool: &PgPool) -> Result<()> {
-    let applied = "select count(*) from pg_tables where tablename in ('logs', 'log_counts')";
-    wait_for_count(pool, applied, 2, Duration::from_secs(60))
-        .await
-        .map(drop)
+    eventually("the schema is applied", Duration::from_secs(60), || async {
+        Ok(logpipeline_core::db::is_migrated(pool)
+            .await
+            .unwrap_or(false))
+    })
+    .await
 }
 
 /// Waits until `query` (a single `bigint`) returns `expected`, up to `timeout`; returns

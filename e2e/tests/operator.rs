@@ -553,9 +553,17 @@ fn api_keys_are_required_mounted_and_read_in_place_and_network_policies_follow_t
     // The NetworkPolicies: owned, one per component, ingress to its port only.
     let lp_uid = get(cluster, ns, "logpipeline/logs").unwrap()["metadata"]["uid"].clone();
     let mut froms = Vec::new();
-    for (name, component, port) in [
-        ("logs-api", "api", "http"),
-        ("logs-worker", "worker", "metrics"),
+    for (name, component, ports) in [
+        (
+            "logs-api",
+            "api",
+            json!([{"port": "http", "protocol": "TCP"}, {"port": "grpc", "protocol": "TCP"}]),
+        ),
+        (
+            "logs-worker",
+            "worker",
+            json!([{"port": "metrics", "protocol": "TCP"}]),
+        ),
     ] {
         let policy = get(cluster, ns, &format!("networkpolicy/{name}")).unwrap();
         let owner = &policy["metadata"]["ownerReferences"][0];
@@ -573,10 +581,7 @@ fn api_keys_are_required_mounted_and_read_in_place_and_network_policies_follow_t
             "logs"
         );
         assert_eq!(spec["policyTypes"], json!(["Ingress"]));
-        assert_eq!(
-            spec["ingress"][0]["ports"],
-            json!([{"port": port, "protocol": "TCP"}])
-        );
+        assert_eq!(spec["ingress"][0]["ports"], ports);
         froms.push(spec["ingress"][0]["from"].clone());
     }
     let api_access =

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use logpipeline_e2e::devices::{self, Plan};
 use logpipeline_e2e::services::{Env, http_get, metric_value};
-use logpipeline_e2e::stack::{Stack, eventually, wait_for_count};
+use logpipeline_e2e::stack::{Stack, eventually, wait_for_count, wait_for_schema};
 use nix::sys::signal::Signal;
 use redis::AsyncCommands;
 use sqlx::PgPool;
@@ -380,6 +380,60 @@ async fn logs_accepted_while_postgres_is_down_are_stored_when_it_returns() {
     );
 }
 
+/// A Redis without persistence that restarts comes back empty, without the consumer
+/// group: the worker creates it again and stores what the api accepts from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_that_restarts_empty_gets_its_group_back_and_storage_goes_on() {
+    let mut stack = Stack::builder().api().workers(1).start().unwrap();
+    let pool = stack.pool().await.unwrap();
+    wait_for_schema(&pool).await.unwrap();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
+    let url = stack.api_url().unwrap();
+    let plan = |run: &str| Plan {
+        run: run.into(),
+        devices: 5,
+        single_logs_per_device: 10,
+        batches_per_device: 2,
+        batch_size: 5,
+    };
+    let before = plan("before-redis-restart");
+    devices::send(&client, &url, &before).await.unwrap();
+    wait_for_count(
+        &pool,
+        &run_count_query(&before.run),
+        100,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+
+    stack.redis.stop().unwrap();
+    stack.redis.start_again().unwrap();
+    eventually(
+        "the api reaches Redis again",
+        Duration::from_secs(30),
+        || {
+            let health = client.get(format!("{url}/health")).send();
+            async move { Ok(health.await?.status() == 200) }
+        },
+    )
+    .await
+    .unwrap();
+    let after = plan("after-redis-restart");
+    let sent = devices::send(&client, &url, &after).await.unwrap();
+    assert_eq!(sent.message_ids.len(), 100);
+    wait_for_count(
+        &pool,
+        &run_count_query(&after.run),
+        100,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert_exactly_once(&pool, &after.run, &sent.message_ids).await;
+    stack.workers[0].process().ensure_running().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn entries_that_keep_failing_are_dead_lettered_without_blocking_the_rest() {
     let stack = Stack::builder()
@@ -389,14 +443,7 @@ async fn entries_that_keep_failing_are_dead_lettered_without_blocking_the_rest()
         .start()
         .unwrap();
     let pool = stack.pool().await.unwrap();
-    wait_for_count(
-        &pool,
-        "select count(*) from pg_tables where tablename = 'logs'",
-        1,
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    wait_for_schema(&pool).await.unwrap();
     // A rule PostgreSQL enforces and the api does not know about.
     sqlx::query("alter table logs add constraint no_poison check (device_id <> 'poison')")
         .execute(&pool)
@@ -525,9 +572,7 @@ async fn entries_refused_with_any_sqlstate_are_dead_lettered_while_the_logs_behi
         .start()
         .unwrap();
     let pool = stack.pool().await.unwrap();
-    logpipeline_e2e::stack::wait_for_schema(&pool)
-        .await
-        .unwrap();
+    wait_for_schema(&pool).await.unwrap();
     // PostgreSQL refuses the logs of device `refused-<SQLSTATE>` with that SQLSTATE,
     // while it stores every other log: program limits, resources, internal errors,
     // operator intervention, even a code that claims a lost connection.
@@ -656,9 +701,7 @@ async fn a_postgres_that_refuses_every_write_is_an_outage_and_dead_letters_nothi
         .start()
         .unwrap();
     let pool = stack.pool().await.unwrap();
-    logpipeline_e2e::stack::wait_for_schema(&pool)
-        .await
-        .unwrap();
+    wait_for_schema(&pool).await.unwrap();
     // As after a failover onto a standby: every connection's transactions become
     // read-only, and each insert is refused by the server (SQLSTATE 25006), whatever the
     // log.
@@ -877,14 +920,7 @@ async fn sigterm_lets_the_api_finish_requests_in_flight() {
 async fn sigterm_lets_the_worker_store_and_acknowledge_its_batch() {
     let mut stack = Stack::builder().api().workers(1).start().unwrap();
     let pool = stack.pool().await.unwrap();
-    wait_for_count(
-        &pool,
-        "select count(*) from pg_tables where tablename = 'logs'",
-        1,
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    wait_for_schema(&pool).await.unwrap();
     // Hold inserts back so SIGTERM arrives while the worker is storing a batch.
     let mut lock = pool.begin().await.unwrap();
     sqlx::query("lock table logs in exclusive mode")
@@ -951,14 +987,7 @@ async fn a_worker_dying_between_commit_and_acknowledgement_causes_no_duplicate()
         .unwrap();
     stack.start_worker(&Env::new()).unwrap();
     let pool = stack.pool().await.unwrap();
-    wait_for_count(
-        &pool,
-        "select count(*) from pg_tables where tablename = 'logs'",
-        1,
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap();
+    wait_for_schema(&pool).await.unwrap();
     // Hold the insert until Redis refuses writes, so the commit lands and the XACK cannot.
     let mut lock = pool.begin().await.unwrap();
     sqlx::query("lock table logs in exclusive mode")

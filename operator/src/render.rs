@@ -47,6 +47,8 @@ pub const SETTINGS_CHECKSUM: &str = "logpipeline.io/settings-checksum";
 pub const LAST_SCALE_TIME: &str = "logpipeline.io/last-scale-time";
 /// Port of the API's HTTP listener (ingest, queries, health, metrics).
 pub const API_PORT: i32 = 8080;
+/// The port the api serves gRPC on, in its pods and its Service: system B's 50051.
+pub const API_GRPC_PORT: i32 = 50051;
 /// Port of the worker's metrics and health listener.
 pub const WORKER_METRICS_PORT: i32 = 9090;
 /// Port of the API Service.
@@ -146,6 +148,10 @@ pub fn settings(lp: &LogPipeline) -> BTreeMap<String, String> {
         ("LOGPIPELINE_LOG_FORMAT", "json".to_owned()),
         ("RUST_LOG", s.log_level.clone()),
         ("LOGPIPELINE_LISTEN", format!("0.0.0.0:{API_PORT}")),
+        (
+            "LOGPIPELINE_GRPC_LISTEN",
+            format!("0.0.0.0:{API_GRPC_PORT}"),
+        ),
         ("LOGPIPELINE_STREAM_CAPACITY", s.stream.capacity.to_string()),
         (
             "LOGPIPELINE_METRICS_LISTEN",
@@ -417,7 +423,7 @@ fn deployment(
 
 fn api_deployment(lp: &LogPipeline, ctx: &RenderContext, checksum: &str) -> Deployment {
     let api = &lp.spec.api;
-    let container = container(
+    let mut container = container(
         lp,
         ContainerInput {
             name: "api",
@@ -435,6 +441,12 @@ fn api_deployment(lp: &LogPipeline, ctx: &RenderContext, checksum: &str) -> Depl
             .collect(),
         },
     );
+    container.ports.get_or_insert_default().push(ContainerPort {
+        name: Some("grpc".to_owned()),
+        container_port: API_GRPC_PORT,
+        protocol: Some("TCP".to_owned()),
+        ..ContainerPort::default()
+    });
     let keys = security::api_keys_volume(lp);
     // Keep serving a few seconds after the pod is marked terminating, so the Service
     // stops routing to it before SIGTERM starts the drain.
@@ -515,13 +527,23 @@ fn api_service(ctx: &RenderContext) -> Service {
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".to_owned()),
             selector: Some(ctx.selector("api")),
-            ports: Some(vec![ServicePort {
-                name: Some("http".to_owned()),
-                port: SERVICE_PORT,
-                target_port: Some(IntOrString::String("http".to_owned())),
-                protocol: Some("TCP".to_owned()),
-                ..ServicePort::default()
-            }]),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("http".to_owned()),
+                    port: SERVICE_PORT,
+                    target_port: Some(IntOrString::String("http".to_owned())),
+                    protocol: Some("TCP".to_owned()),
+                    ..ServicePort::default()
+                },
+                ServicePort {
+                    name: Some("grpc".to_owned()),
+                    port: API_GRPC_PORT,
+                    target_port: Some(IntOrString::String("grpc".to_owned())),
+                    protocol: Some("TCP".to_owned()),
+                    app_protocol: Some("kubernetes.io/h2c".to_owned()),
+                    ..ServicePort::default()
+                },
+            ]),
             ..ServiceSpec::default()
         }),
         status: None,

@@ -112,7 +112,12 @@ return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
 
 /// Runs `command` against the stream `config` names; returns what to print.
 pub async fn run(config: &Config, command: &Admin) -> Result<String, AdminError> {
-    let client = redis::Client::open(config.redis.redis_url.as_str())?;
+    let client = redis::Client::open(
+        config
+            .redis
+            .connection_info()
+            .map_err(|error| AdminError::Refused(error.to_string()))?,
+    )?;
     let mut redis = client.get_multiplexed_async_connection().await?;
     let target = Target {
         stream: config.stream.stream.clone(),

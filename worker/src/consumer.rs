@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use logpipeline_core::codec;
+use logpipeline_core::generations::{self, Kind};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -280,7 +281,7 @@ impl Consumer {
             .collect();
         match self
             .stream
-            .ack(&ids, devices_of(stored.iter().copied()))
+            .ack(&ids, &retired_by(stored.iter().copied()))
             .await
         {
             Ok(acked) => self.metrics.entries_acked.inc_by(acked),
@@ -312,9 +313,15 @@ impl Consumer {
     }
 
     /// Counts and logs a failed Redis call, and pauses briefly unless stopping.
-    async fn redis_failed(&self, error: &redis::RedisError, doing: &str) {
+    async fn redis_failed(&mut self, error: &redis::RedisError, doing: &str) {
         self.metrics.redis_errors.inc();
         warn!(%error, consumer = %self.name, doing, "Redis call failed");
+        if error.code() == Some("NOGROUP") {
+            warn!(consumer = %self.name, "the consumer group is gone (Redis lost its data?): creating it again");
+            if let Err(error) = self.stream.recreate_group().await {
+                warn!(%error, consumer = %self.name, "the consumer group could not be created");
+            }
+        }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
             () = self.shutdown.cancelled() => {}
@@ -384,8 +391,9 @@ impl Rejected {
                 Ok(outcome) => match outcome.rejected.into_iter().next() {
                     Some((_, reason)) => self.reason = reason,
                     None => {
-                        let devices = devices_of(std::iter::once(&self.decoded));
-                        if let Ok(acked) = self.stream.ack(std::slice::from_ref(&id), devices).await
+                        let retired = retired_by(std::iter::once(&self.decoded));
+                        if let Ok(acked) =
+                            self.stream.ack(std::slice::from_ref(&id), &retired).await
                         {
                             self.metrics.entries_acked.inc_by(acked);
                         }
@@ -401,16 +409,12 @@ impl Rejected {
     }
 }
 
-/// The distinct devices whose logs `entries` hold, each scoped to its tenant.
-fn devices_of<'a>(entries: impl Iterator<Item = &'a Decoded>) -> BTreeSet<String> {
-    entries
-        .flat_map(|decoded| {
-            let tenant = &decoded.entry.tenant;
-            decoded
-                .entry
-                .logs
-                .iter()
-                .map(move |log| tenant.scope(log.device_id.as_str()))
-        })
-        .collect()
+/// The generations a commit of `entries` retires: those of the devices, services and
+/// traces whose logs they hold, each of its tenant.
+fn retired_by<'a>(entries: impl Iterator<Item = &'a Decoded>) -> BTreeSet<(Kind, String)> {
+    let mut retired = BTreeSet::new();
+    for decoded in entries {
+        generations::retired(&decoded.entry.tenant, &decoded.entry.logs, &mut retired);
+    }
+    retired
 }

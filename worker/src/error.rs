@@ -14,6 +14,10 @@ pub enum Error {
     #[error("PostgreSQL: {0}")]
     Database(#[from] sqlx::Error),
 
+    /// The settings cannot work.
+    #[error("{0}")]
+    Config(#[from] logpipeline_core::config::ConfigError),
+
     /// A migration failed for a reason other than an unreachable database.
     #[error("cannot apply the schema: {0}")]
     Schema(#[from] sqlx::migrate::MigrateError),

@@ -54,9 +54,9 @@ pub async fn run(config: Config) -> Result<()> {
 pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()> {
     let metrics = Metrics::new()?;
     let store = Store::new(db::lazy_pool(&config.database)?, config.store_settings());
-    let client = redis::Client::open(config.redis.redis_url.as_str())?;
+    let client = redis::Client::open(config.redis.connection_info()?)?;
     let dead_letter = config.dead_letter_stream();
-    let generations = config.cache.generations_key();
+    let generations = config.cache.generation_keys();
     let stream_on = |connection: ConnectionManager| {
         Stream::new(
             connection,

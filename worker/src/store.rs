@@ -15,21 +15,25 @@ use tracing::debug;
 
 use crate::stream::StreamEntry;
 
-/// Stores a batch of logs given as one array per column, and counts the logs inserted
-/// per tenant, device, level and partition in stripe `$9` of `log_counts`, in one
-/// statement (one transaction). A log whose key `(created_at, id)` is stored already (its
-/// entry was delivered again after a crash) is skipped and not counted, so each log is
-/// stored and counted exactly once however often its entry is delivered. In the legacy
+/// Stores a batch of logs given as one array per column (`$1`–`$8`, `$10`–`$12`), and
+/// counts the logs inserted per tenant, device, level and partition in stripe `$9` of
+/// `log_counts`, in one statement (one transaction). A log whose key `(created_at, id)` is
+/// stored already (its entry was delivered again after a crash) is skipped and not
+/// counted, so each log is stored and counted exactly once however often its entry is
+/// delivered. In the legacy
 /// partition, which holds the logs of before partitioning, the unique `message_id` does
 /// the same for entries stored before the upgrade: `on conflict do nothing` honours every
 /// unique index of the partition a row goes to. Returns the number inserted.
 const INSERT: &str = "
 with inserted as (
-    insert into logs (id, message_id, tenant, device_id, log_level, message, log_data, created_at)
-    select id, message_id, tenant, device_id, log_level, message, log_data::jsonb, created_at
+    insert into logs (id, message_id, tenant, device_id, log_level, message, log_data, created_at,
+                      service_name, trace_id, span_id)
+    select id, message_id, tenant, device_id, log_level, message, log_data::jsonb, created_at,
+           service_name, trace_id, span_id
     from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                $7::text[], $8::timestamptz[])
-        as batch (id, message_id, tenant, device_id, log_level, message, log_data, created_at)
+                $7::text[], $8::timestamptz[], $10::text[], $11::text[], $12::text[])
+        as batch (id, message_id, tenant, device_id, log_level, message, log_data, created_at,
+                  service_name, trace_id, span_id)
     on conflict do nothing
     returning tenant, device_id, log_level, created_at
 ), counted as (
@@ -240,6 +244,9 @@ impl Store {
             message: vec!["probe"],
             log_data: vec!["{}"],
             created_at: vec![now],
+            service_name: vec![None],
+            trace_id: vec![None],
+            span_id: vec![None],
         };
         let mut transaction = self.pool.begin().await?;
         insert(columns, stripe, &mut *transaction).await?;
@@ -279,6 +286,9 @@ async fn insert<'e>(
         .bind(columns.log_data)
         .bind(columns.created_at)
         .bind(stripe)
+        .bind(columns.service_name)
+        .bind(columns.trace_id)
+        .bind(columns.span_id)
         .fetch_one(executor)
         .await?;
     Ok(inserted.unsigned_abs())
@@ -295,6 +305,9 @@ struct Columns<'a> {
     message: Vec<&'a str>,
     log_data: Vec<&'a str>,
     created_at: Vec<OffsetDateTime>,
+    service_name: Vec<Option<&'a str>>,
+    trace_id: Vec<Option<&'a str>>,
+    span_id: Vec<Option<&'a str>>,
 }
 
 impl<'a> Columns<'a> {
@@ -312,6 +325,9 @@ impl<'a> Columns<'a> {
             message: Vec::with_capacity(logs),
             log_data: Vec::with_capacity(logs),
             created_at: Vec::with_capacity(logs),
+            service_name: Vec::with_capacity(logs),
+            trace_id: Vec::with_capacity(logs),
+            span_id: Vec::with_capacity(logs),
         };
         for decoded in entries {
             let count = decoded.entry.logs.len();
@@ -328,6 +344,15 @@ impl<'a> Columns<'a> {
                     .log_data
                     .push(log.log_data.as_ref().map_or("{}", |data| data.as_json()));
                 columns.created_at.push(decoded.entry.received_at);
+                columns
+                    .service_name
+                    .push(log.service_name.as_ref().map(|name| name.as_str()));
+                columns
+                    .trace_id
+                    .push(log.trace_id.as_ref().map(|id| id.as_str()));
+                columns
+                    .span_id
+                    .push(log.span_id.as_ref().map(|id| id.as_str()));
             }
         }
         columns

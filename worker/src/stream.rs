@@ -1,9 +1,11 @@
 //! The worker's side of the Redis Stream: reading through the consumer group, claiming
 //! from dead consumers, acknowledging, dead-lettering and trimming.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use logpipeline_core::generations::{GenerationKeys, Kind};
 use redis::aio::ConnectionManager;
 use redis::{RedisResult, Script, Value};
 
@@ -100,30 +102,37 @@ pub struct Stream {
     key: Arc<str>,
     group: Arc<str>,
     dead_letter_key: Arc<str>,
-    generations_key: Arc<str>,
+    generations: Arc<GenerationKeys>,
     dead_letter: Arc<Script>,
     trim: Arc<Script>,
 }
 
 impl Stream {
     /// `key`'s consumer `group` through `redis`; failed entries go to `dead_letter_key`,
-    /// and the query cache's per-device generations are in hash `generations_key`.
+    /// and the query cache's generations are in the hashes of `generations`.
     pub fn new(
         redis: ConnectionManager,
         key: &str,
         group: &str,
         dead_letter_key: &str,
-        generations_key: &str,
+        generations: &GenerationKeys,
     ) -> Self {
         Self {
             redis,
             key: key.into(),
             group: group.into(),
             dead_letter_key: dead_letter_key.into(),
-            generations_key: generations_key.into(),
+            generations: Arc::new(generations.clone()),
             dead_letter: Arc::new(Script::new(DEAD_LETTER)),
             trim: Arc::new(Script::new(TRIM)),
         }
+    }
+
+    /// Creates the consumer group again, after Redis lost it (a restart without
+    /// persistence, a failover onto a replica that never had it): without it no consumer
+    /// reads. A no-op when it exists.
+    pub async fn recreate_group(&mut self) -> RedisResult<()> {
+        logpipeline_core::stream::ensure_group(&mut self.redis, &self.key, &self.group).await
     }
 
     /// Reads up to `count` entries never delivered before, waiting up to `block`.
@@ -227,22 +236,22 @@ impl Stream {
     }
 
     /// Acknowledges `ids`, which are stored, after retiring the cached query results of
-    /// `devices` (each `<tenant>/<device>`), whose logs they hold (one round trip). The
-    /// order matters: once an entry is acknowledged, no query may be answered from a
-    /// cache that predates its logs.
+    /// the devices, services and traces whose logs they hold (`retired`, see
+    /// [`generations`]), in one round trip. The order matters: once an entry is
+    /// acknowledged, no query may be answered from a cache that predates its logs.
     pub async fn ack(
         &mut self,
         ids: &[String],
-        devices: impl IntoIterator<Item = String>,
+        retired: &BTreeSet<(Kind, String)>,
     ) -> RedisResult<u64> {
         if ids.is_empty() {
             return Ok(0);
         }
         let mut pipe = redis::pipe();
-        for device in devices {
+        for (kind, field) in retired {
             pipe.cmd("HINCRBY")
-                .arg(&*self.generations_key)
-                .arg(device)
+                .arg(self.generations.key(*kind))
+                .arg(field)
                 .arg(1)
                 .ignore();
         }

@@ -118,7 +118,8 @@ async fn an_upgrade_partitions_todays_table_and_keeps_every_row_and_count() {
         .await,
         20_000
     );
-    // Attached, not rebuilt: the partition's indexes are the ones built before the swap.
+    // Attached, not rebuilt: the partition's indexes are the ones built before the swap,
+    // plus the service and trace indexes that every partition gets after the migrations.
     let indexes: Vec<String> = sqlx::query_scalar(
         "select indexname::text from pg_indexes where tablename = 'logs_legacy' order by 1",
     )
@@ -131,6 +132,8 @@ async fn an_upgrade_partitions_todays_table_and_keeps_every_row_and_count() {
             "idx_log_data_gin",
             "idx_tenant_device_created",
             "logs_legacy_key",
+            "logs_legacy_service",
+            "logs_legacy_trace",
             "logs_message_id_key"
         ]
     );

@@ -3,14 +3,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)] // Shared by test files that each use a part.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
-use logpipeline_api::{AppState, Auth, Cache, Metrics, Queue, RateLimits, app};
+use logpipeline_api::{AppState, Auth, Cache, FrontInfo, Metrics, Queue, RateLimits, app};
 use logpipeline_core::codec;
+use logpipeline_core::generations::GenerationKeys;
 use logpipeline_e2e::postgres::{self, PostgresServer};
 use logpipeline_e2e::redis::RedisServer;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -89,8 +91,19 @@ impl TestApi {
             .unwrap();
         let metrics = Metrics::new().unwrap();
         let state = AppState {
-            queue: Queue::new(con.clone(), STREAM, options.capacity, metrics.clone()),
-            cache: Cache::new(con.clone(), "cache", "cache:generations", metrics.clone()),
+            queue: Queue::new(
+                con.clone(),
+                STREAM,
+                options.capacity,
+                Duration::from_secs(600),
+                metrics.clone(),
+            ),
+            cache: Cache::new(
+                con.clone(),
+                "cache",
+                GenerationKeys::new("cache"),
+                metrics.clone(),
+            ),
             db: db.clone(),
             metrics,
             auth: options.auth,
@@ -98,6 +111,11 @@ impl TestApi {
             max_body_bytes: 1024 * 1024,
             query_cache_ttl: Duration::from_secs(300),
             stats_cache_ttl: Duration::from_secs(60),
+            front: FrontInfo {
+                grpc_listen: "127.0.0.1:50051".parse().unwrap(),
+                grpc_serving: Arc::default(),
+                concurrent_test: None,
+            },
         };
         Self {
             redis,

@@ -74,8 +74,7 @@ async fn run(args: Args) -> Result<()> {
         .max_connections(2)
         .connect(&database)
         .await?;
-    let schema = "select count(*) from pg_tables where tablename in ('logs', 'log_counts')";
-    logpipeline_e2e::stack::wait_for_count(&pool, schema, 2, Duration::from_secs(60)).await?;
+    logpipeline_e2e::stack::wait_for_schema(&pool).await?;
 
     fill(&pool, args.rows, args.devices).await?;
     let client = logpipeline_e2e::http_client(|builder| builder).unwrap();

@@ -20,6 +20,10 @@ struct Args {
     #[arg(long, default_value_t = 8080)]
     port: u16,
 
+    /// Port the api serves gRPC on (127.0.0.1), as system B's server did.
+    #[arg(long, default_value_t = 50051)]
+    grpc_port: u16,
+
     /// Concurrent consumers in the worker.
     #[arg(long, default_value_t = 4)]
     concurrency: u32,
@@ -69,15 +73,22 @@ fn run(args: Args) -> Result<()> {
         args.port,
         &redis.url(),
         &database_url,
-        &Env::from([(
-            "LOGPIPELINE_STREAM_CAPACITY".into(),
-            args.stream_capacity.to_string(),
-        )]),
+        &Env::from([
+            (
+                "LOGPIPELINE_STREAM_CAPACITY".into(),
+                args.stream_capacity.to_string(),
+            ),
+            (
+                "LOGPIPELINE_GRPC_LISTEN".into(),
+                format!("127.0.0.1:{}", args.grpc_port),
+            ),
+        ]),
     )?;
     let url = api.url();
     println!(
         "\nLogPipeline is running.\n\
          \n  api        {url}\
+         \n  gRPC       {}\
          \n  metrics    {url}/metrics (api), {}/metrics (worker)\
          \n  redis      {}\
          \n  postgres   {database_url}\
@@ -88,6 +99,7 @@ fn run(args: Args) -> Result<()> {
          \n\nSee it stored:\
          \n  psql {database_url} -c 'select id, device_id, log_level, message, created_at from logs order by id desc limit 5'\
          \n\nPress Ctrl-C to stop everything.",
+        api.grpc_url(),
         worker.metrics_url(),
         redis.url(),
         api_log(&api),

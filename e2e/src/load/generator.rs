@@ -1,5 +1,6 @@
 //! Sending the requests: one task per connection, each a raw HTTP/1.1 client
-//! connection (hyper, no pool), taking the next request number from a shared counter.
+//! connection (hyper, no pool) or a gRPC channel of its own (one HTTP/2 connection),
+//! taking the next request number from a shared counter.
 //!
 //! In open loop a request waits for its intended send time; its latency is measured
 //! from that time, so requests delayed because every connection was busy count the
@@ -19,14 +20,18 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, RETRY_AFTER};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use logpipeline_proto::v1::log_service_client::LogServiceClient;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+use prost::Message;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
+use tonic::transport::Channel;
 
 use super::body::Bodies;
 use super::ledger::Fate;
-use super::plan::{Plan, Target};
+use super::plan::{Plan, Protocol, Target};
 use super::schedule::Schedule;
 
 /// Causes of a request without a usable answer, as named in the report.
@@ -260,7 +265,13 @@ impl Generator {
 /// requests that were not accepted.
 async fn connection(shared: Arc<Shared>) -> Vec<(u64, Fate)> {
     let mut fates = Vec::new();
-    let mut sender = None;
+    let mut sender = match shared.plan.target.protocol {
+        Protocol::Http | Protocol::Otlp => Sender::Http(None),
+        Protocol::Grpc => match grpc_channel(&shared.plan.target) {
+            Ok(client) => Sender::Grpc(client),
+            Err(_) => Sender::Http(None),
+        },
+    };
     loop {
         let n = shared.next.fetch_add(1, Ordering::Relaxed);
         let Some(due) = shared.schedule.due(n, Instant::now()) else {
@@ -273,19 +284,33 @@ async fn connection(shared: Arc<Shared>) -> Vec<(u64, Fate)> {
             measured_from = Instant::now();
         }
         let (device, first_seq) = shared.plan.logs_of(n);
-        let body = shared.bodies.request(device, first_seq);
         let expected_ids = shared.plan.logs_per_request as usize;
-        let exchange = exchange(&mut sender, &shared.plan.target, body, expected_ids);
-        let outcome = tokio::time::timeout(shared.plan.timeout, exchange)
-            .await
-            .unwrap_or(Outcome::Failed(TIMEOUT));
+        let target = &shared.plan.target;
+        let outcome = match &mut sender {
+            Sender::Http(http) => {
+                let body = match target.protocol {
+                    Protocol::Otlp => shared.bodies.otlp_request(device, first_seq),
+                    _ => shared.bodies.request(device, first_seq),
+                };
+                let exchange = exchange(http, target, body, expected_ids);
+                tokio::time::timeout(shared.plan.timeout, exchange).await
+            }
+            Sender::Grpc(client) => {
+                let request = shared.bodies.grpc_request(device, first_seq);
+                let exchange = grpc_exchange(client, target, request, expected_ids);
+                tokio::time::timeout(shared.plan.timeout, exchange).await
+            }
+        }
+        .unwrap_or(Outcome::Failed(TIMEOUT));
         let answered = Instant::now();
         shared
             .latencies
             .record(answered.saturating_duration_since(measured_from));
-        if matches!(outcome, Outcome::Failed(_)) {
+        if matches!(outcome, Outcome::Failed(_))
+            && let Sender::Http(http) = &mut sender
+        {
             // The connection's state is unknown: open a new one for the next request.
-            sender = None;
+            *http = None;
         }
         let since_start = answered.saturating_duration_since(shared.schedule.start());
         if let Some(fate) = shared.counters.count(outcome, since_start) {
@@ -295,6 +320,73 @@ async fn connection(shared: Arc<Shared>) -> Vec<(u64, Fate)> {
             // Do not spin while the server is unreachable.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// A connection task's way to the api.
+enum Sender {
+    /// An HTTP/1.1 connection, opened when needed.
+    Http(Option<SendRequest<Full<Bytes>>>),
+    /// A gRPC channel: one HTTP/2 connection, which reconnects by itself.
+    Grpc(LogServiceClient<Channel>),
+}
+
+/// A gRPC client of `target` on a channel of its own.
+fn grpc_channel(target: &Target) -> anyhow::Result<LogServiceClient<Channel>> {
+    let channel = Channel::from_shared(format!("http://{}", target.authority))?
+        .tcp_nodelay(true)
+        .connect_lazy();
+    Ok(LogServiceClient::new(channel))
+}
+
+/// Sends one `BatchWriteLogs` on `client`.
+async fn grpc_exchange(
+    client: &mut LogServiceClient<Channel>,
+    target: &Target,
+    request: logpipeline_proto::v1::BatchWriteLogsRequest,
+    expected_ids: usize,
+) -> Outcome {
+    let mut request = tonic::Request::new(request);
+    if let Some(authorization) = &target.authorization
+        && let Ok(value) = authorization.parse()
+    {
+        request.metadata_mut().insert("authorization", value);
+    }
+    match client.batch_write_logs(request).await {
+        Ok(answer) => {
+            let answer = answer.into_inner();
+            if usize::try_from(answer.success_count) == Ok(expected_ids) {
+                Outcome::Accepted
+            } else {
+                Outcome::Failed(BAD_ANSWER)
+            }
+        }
+        Err(status) => grpc_outcome(&status),
+    }
+}
+
+/// The outcome of a gRPC error, under the HTTP status of the same meaning, so that the
+/// report counts both protocols alike.
+fn grpc_outcome(status: &tonic::Status) -> Outcome {
+    use tonic::Code;
+    let retry_after = status.metadata().contains_key("grpc-status-details-bin");
+    let status = match status.code() {
+        Code::InvalidArgument => StatusCode::UNPROCESSABLE_ENTITY,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        // Refusals with a delay to retry after, as a 503 with Retry-After is.
+        Code::ResourceExhausted | Code::Unavailable if retry_after => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unavailable => return Outcome::Failed(CONNECT),
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Cancelled | Code::Unknown => return Outcome::Failed(IO),
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    Outcome::Answered {
+        status,
+        retry_after,
     }
 }
 
@@ -316,7 +408,7 @@ async fn exchange(
     };
     let mut request = Request::post(target.path.as_str())
         .header(HOST, target.authority.as_str())
-        .header(CONTENT_TYPE, "application/json");
+        .header(CONTENT_TYPE, content_type(target.protocol));
     if let Some(authorization) = &target.authorization {
         request = request.header(AUTHORIZATION, authorization.as_str());
     }
@@ -340,10 +432,23 @@ async fn exchange(
             retry_after,
         };
     }
-    if message_ids(&answer.to_bytes()) == Some(expected_ids) {
+    let accepted = match target.protocol {
+        Protocol::Otlp => ExportLogsServiceResponse::decode(answer.to_bytes())
+            .is_ok_and(|answer| answer.partial_success.is_none()),
+        _ => message_ids(&answer.to_bytes()) == Some(expected_ids),
+    };
+    if accepted {
         Outcome::Accepted
     } else {
         Outcome::Failed(BAD_ANSWER)
+    }
+}
+
+/// The content type of `protocol`'s HTTP bodies.
+fn content_type(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Otlp => "application/x-protobuf",
+        _ => "application/json",
     }
 }
 

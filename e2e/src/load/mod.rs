@@ -22,7 +22,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::load::generator::{Generator, Tally};
 use crate::load::ledger::{Fate, Ledger};
-pub use crate::load::plan::{LoadOptions, Plan};
+pub use crate::load::plan::{LoadOptions, Plan, Protocol};
 pub use crate::load::report::{EndToEnd, Latency, Report, Sample};
 use crate::load::watch::{Seen, Watch};
 

@@ -14,9 +14,16 @@ use hyper::Uri;
 /// How to load a LogPipeline api (the load generator's command-line options).
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadOptions {
-    /// Base URL of the api (plain HTTP), e.g. `http://127.0.0.1:8080`.
+    /// Base URL of the api (plain HTTP), e.g. `http://127.0.0.1:8080`; with
+    /// `--protocol grpc`, its gRPC endpoint, e.g. `http://127.0.0.1:50051`.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+
+    /// `http`: JSON to `/api/log` and `/api/logs/batch` over HTTP/1.1. `grpc`:
+    /// `BatchWriteLogs` over HTTP/2, one connection per `--connections`. `otlp`:
+    /// OTLP/HTTP protobuf exports to `/v1/logs` over HTTP/1.1.
+    #[arg(long, value_enum, default_value = "http")]
+    pub protocol: Protocol,
 
     /// Simulated devices: request n is sent as device n mod devices.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -96,6 +103,8 @@ pub struct LoadOptions {
 /// Where requests go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// How requests travel.
+    pub protocol: Protocol,
     /// `host:port`, to connect to and to send as `Host`.
     pub authority: String,
     /// The path of the endpoint, with any base path of the URL.
@@ -111,6 +120,29 @@ pub enum Stop {
     After(Duration),
     /// After this many requests.
     Requests(u64),
+}
+
+/// How requests travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Protocol {
+    /// LogPipeline's JSON endpoints over HTTP/1.1.
+    #[default]
+    Http,
+    /// System B's `BatchWriteLogs` over gRPC.
+    Grpc,
+    /// OTLP/HTTP protobuf exports.
+    Otlp,
+}
+
+impl Protocol {
+    /// Its name on the command line.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Grpc => "grpc",
+            Self::Otlp => "otlp",
+        }
+    }
 }
 
 /// A checked [`LoadOptions`].
@@ -157,7 +189,7 @@ impl Plan {
         Ok(Self {
             target: Target {
                 authorization: options.api_key.as_ref().map(|key| format!("Bearer {key}")),
-                ..target(&options.url, logs_per_request)?
+                ..target(&options.url, logs_per_request, options.protocol)?
             },
             devices: u64::from(options.devices),
             connections: options.connections,
@@ -185,7 +217,7 @@ pub fn request_of(device: u64, seq: u64, devices: u64, logs_per_request: u64) ->
     (round * devices + device, seq % logs_per_request)
 }
 
-fn target(url: &str, logs_per_request: u64) -> Result<Target> {
+fn target(url: &str, logs_per_request: u64, protocol: Protocol) -> Result<Target> {
     let uri: Uri = url
         .parse()
         .with_context(|| format!("{url:?} is not a URL"))?;
@@ -197,15 +229,16 @@ fn target(url: &str, logs_per_request: u64) -> Result<Target> {
     let host = uri.host().with_context(|| format!("{url:?} has no host"))?;
     let port = uri.port_u16().unwrap_or(80);
     let base = uri.path().trim_end_matches('/');
-    let endpoint = if logs_per_request == 1 {
-        "/api/log"
-    } else {
-        "/api/logs/batch"
+    let endpoint = match protocol {
+        Protocol::Otlp => "/v1/logs",
+        _ if logs_per_request == 1 => "/api/log",
+        _ => "/api/logs/batch",
     };
     Ok(Target {
         authority: format!("{host}:{port}"),
         path: format!("{base}{endpoint}"),
         authorization: None,
+        protocol,
     })
 }
 

@@ -168,14 +168,17 @@ impl Watch {
     }
 
     /// Reads every row of the run (through the GIN index on `log_data`) into `ledger`
-    /// and returns its verdict.
+    /// and returns its verdict. OTLP logs carry the marks among their attributes.
     pub async fn verify(&self, mut ledger: Ledger) -> Result<Verdict> {
         let run = serde_json::json!({ "run": self.run });
+        let otlp_run = serde_json::json!({ "attributes": { "run": self.run } });
         let mut rows = sqlx::query_as::<_, (Option<i64>, Option<i64>)>(
-            "select (log_data->>'device')::bigint, (log_data->>'seq')::bigint \
-             from logs where log_data @> $1",
+            "select coalesce(log_data->>'device', log_data->'attributes'->>'device')::bigint, \
+                    coalesce(log_data->>'seq', log_data->'attributes'->>'seq')::bigint \
+             from logs where log_data @> $1 or log_data @> $2",
         )
         .bind(run)
+        .bind(otlp_run)
         .fetch(&self.pool);
         while let Some((device, seq)) = rows.try_next().await? {
             ledger.row(device, seq);

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use crate::kube::{Kubectl, pinned_version, repo_root};
 
@@ -45,7 +45,11 @@ pub fn install(kubectl: &Kubectl, timeout: Duration) -> Result<()> {
     let timeout = format!("--timeout={}s", timeout.as_secs());
     for (_, _, workload) in ADDONS {
         let (namespace, object) = workload.split_once('/').context("no namespace")?;
-        kubectl.kubectl(&["rollout", "status", "-n", namespace, object, &timeout])?;
+        if let Err(error) =
+            kubectl.kubectl(&["rollout", "status", "-n", namespace, object, &timeout])
+        {
+            bail!("{error:#}\n{}", diagnosis(kubectl, namespace, object));
+        }
     }
     kubectl.kubectl(&[
         "wait",
@@ -54,4 +58,27 @@ pub fn install(kubectl: &Kubectl, timeout: Duration) -> Result<()> {
         "apiservice/v1beta1.metrics.k8s.io",
     ])?;
     Ok(())
+}
+
+/// Why a workload of `namespace` is not available: its pods, their events and the last
+/// lines of its log, or what kubectl said instead.
+fn diagnosis(kubectl: &Kubectl, namespace: &str, workload: &str) -> String {
+    let show = |args: &[&str]| {
+        kubectl
+            .kubectl(args)
+            .unwrap_or_else(|error| format!("{error:#}"))
+    };
+    format!(
+        "pods:\n{}\nevents:\n{}\nlog of {workload}:\n{}",
+        show(&["get", "pods", "-n", namespace, "-o", "wide"]),
+        show(&["get", "events", "-n", namespace, "--sort-by=.lastTimestamp"]),
+        show(&[
+            "logs",
+            "-n",
+            namespace,
+            workload,
+            "--all-containers",
+            "--tail=40"
+        ]),
+    )
 }

@@ -111,21 +111,21 @@ pub(super) fn network_policies(
         }
     }
     Some((
-        network_policy(ctx, Component::Api, "http", api_peers),
+        network_policy(ctx, Component::Api, &["http", "grpc"], api_peers),
         network_policy(
             ctx,
             Component::Worker,
-            "metrics",
+            &["metrics"],
             policy.metrics_from.clone(),
         ),
     ))
 }
 
-/// Admits `peers` to the named port of the component's pods and nothing else in.
+/// Admits `peers` to the named ports of the component's pods and nothing else in.
 fn network_policy(
     ctx: &RenderContext,
     component: Component,
-    port: &str,
+    ports: &[&str],
     peers: Vec<NetworkPolicyPeer>,
 ) -> NetworkPolicy {
     // A rule without peers would admit every source: no peers means no rule at all,
@@ -135,11 +135,16 @@ fn network_policy(
     } else {
         vec![NetworkPolicyIngressRule {
             from: Some(peers),
-            ports: Some(vec![NetworkPolicyPort {
-                port: Some(IntOrString::String(port.to_owned())),
-                protocol: Some("TCP".to_owned()),
-                end_port: None,
-            }]),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|port| NetworkPolicyPort {
+                        port: Some(IntOrString::String((*port).to_owned())),
+                        protocol: Some("TCP".to_owned()),
+                        end_port: None,
+                    })
+                    .collect(),
+            ),
         }]
     };
     NetworkPolicy {
@@ -388,9 +393,19 @@ mod tests {
         }
 
         let api_rule = &api.spec.unwrap().ingress.unwrap()[0];
+        let api_ports: Vec<_> = api_rule
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|port| port.port.clone())
+            .collect();
         assert_eq!(
-            api_rule.ports.as_ref().unwrap()[0].port,
-            Some(IntOrString::String("http".into()))
+            api_ports,
+            [
+                Some(IntOrString::String("http".into())),
+                Some(IntOrString::String("grpc".into()))
+            ]
         );
         let own_namespace = NetworkPolicyPeer {
             pod_selector: Some(LabelSelector::default()),

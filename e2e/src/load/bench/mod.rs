@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::auth::{ApiKey, keys_file};
-use crate::load::{LoadOptions, Report};
+use crate::load::{LoadOptions, Protocol, Report};
 use crate::services::Env;
 use probe::{Diagnosis, Probe};
 use stack::{BenchStack, StackSettings};
@@ -84,6 +84,11 @@ pub struct BenchOptions {
     /// them side by side.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "off")]
     pub auth: Vec<AuthMode>,
+
+    /// How the load generator sends: `http` (JSON), `grpc` (`BatchWriteLogs`), or
+    /// `http,grpc` to alternate the two run by run, to compare them side by side.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "http")]
+    pub protocols: Vec<Protocol>,
 
     /// More api settings, `NAME=VALUE` (repeatable).
     #[arg(long, value_parser = parse_setting)]
@@ -204,6 +209,7 @@ impl Profile {
         stack: &BenchStack,
         index: u32,
         api_key: Option<String>,
+        protocol: Protocol,
     ) -> LoadOptions {
         let (logs_per_request, duration_secs, rate) = match self {
             Self::Seed => (5, bench.duration_secs, None),
@@ -211,7 +217,11 @@ impl Profile {
             Self::Sustained => (5, bench.sustained_secs, Some(bench.sustained_rate)),
         };
         LoadOptions {
-            url: stack.api.url(),
+            url: match protocol {
+                Protocol::Http | Protocol::Otlp => stack.api.url(),
+                Protocol::Grpc => stack.api.grpc_url(),
+            },
+            protocol,
             devices: 100,
             connections: 200,
             logs_per_request,
@@ -241,6 +251,7 @@ impl Profile {
 struct BenchRun<'a> {
     profile: &'static str,
     auth: &'static str,
+    protocol: &'static str,
     load_average: String,
     settings: &'a StackSettings,
     report: &'a Report,
@@ -282,13 +293,18 @@ async fn run_profiles(
 ) -> Result<Vec<Row>> {
     let keys = BenchKeys::new()?;
     let modes = &options.auth;
+    let protocols = &options.protocols;
+    let variants: Vec<(AuthMode, Protocol)> = modes
+        .iter()
+        .flat_map(|&mode| protocols.iter().map(move |&protocol| (mode, protocol)))
+        .collect();
     let mut running = None;
     let mut rows = Vec::new();
     for &profile in &options.profiles {
         let runs = profile.runs(options);
-        let mut reports: Vec<Vec<Report>> = vec![Vec::new(); modes.len()];
+        let mut reports: Vec<Vec<Report>> = vec![Vec::new(); variants.len()];
         for index in 1..=runs {
-            for (mode_index, &mode) in modes.iter().enumerate() {
+            for (variant, &(mode, protocol)) in variants.iter().enumerate() {
                 if running != Some(mode) {
                     stack.restart_api(settings, &keys.api_env(mode))?;
                     running = Some(mode);
@@ -296,24 +312,27 @@ async fn run_profiles(
                 stack.truncate()?;
                 let load_average = load_average();
                 println!(
-                    "\n== {} — auth {} — run {index} of {runs} (load average before: {load_average})",
+                    "\n== {} — auth {} — {} — run {index} of {runs} (load average before: {load_average})",
                     profile.name(),
                     mode.slug(),
+                    protocol.slug(),
                 );
-                let load = profile.load(options, stack, index, keys.client_key(mode));
+                let load = profile.load(options, stack, index, keys.client_key(mode), protocol);
                 let probe = Probe::start(stack).await?;
                 let report = crate::load::run(&load).await?;
                 let diagnosis = probe.finish(stack).await?;
                 print!("{}{}", report.render(), diagnosis.render());
                 if let Some(dir) = &options.json_dir {
                     let path = dir.join(format!(
-                        "{}-auth-{}-{index}.json",
+                        "{}-auth-{}-{}-{index}.json",
                         profile.slug(),
-                        mode.slug()
+                        mode.slug(),
+                        protocol.slug(),
                     ));
                     let run = BenchRun {
                         profile: profile.slug(),
                         auth: mode.slug(),
+                        protocol: protocol.slug(),
                         load_average,
                         settings,
                         report: &report,
@@ -322,15 +341,17 @@ async fn run_profiles(
                     std::fs::write(&path, serde_json::to_vec_pretty(&run)?)
                         .with_context(|| format!("writing {}", path.display()))?;
                 }
-                reports[mode_index].push(report);
+                reports[variant].push(report);
             }
         }
-        for (&mode, reports) in modes.iter().zip(&reports) {
-            let name = if modes.len() > 1 || mode != AuthMode::Off {
-                format!("{} · auth {}", profile.name(), mode.slug())
-            } else {
-                profile.name().to_owned()
-            };
+        for (&(mode, protocol), reports) in variants.iter().zip(&reports) {
+            let mut name = profile.name().to_owned();
+            if modes.len() > 1 || mode != AuthMode::Off {
+                name.push_str(&format!(" · auth {}", mode.slug()));
+            }
+            if protocols.len() > 1 || protocol != Protocol::Http {
+                name.push_str(&format!(" · {}", protocol.slug()));
+            }
             rows.push(Row::of(&name, reports));
         }
     }
