@@ -158,7 +158,20 @@ async fn tenants_write_and_read_only_their_own_logs_and_keys_rotate_without_a_re
     .unwrap();
     // A broken file keeps the keys in force.
     std::fs::write(&keys_path, "tenants: [").unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let api_log = stack.api.as_ref().unwrap().log_path().to_owned();
+    eventually(
+        "the api refuses the broken keys file",
+        Duration::from_secs(15),
+        || {
+            let api_log = api_log.clone();
+            async move {
+                Ok(std::fs::read_to_string(api_log)?
+                    .contains("the API keys file changed and is invalid"))
+            }
+        },
+    )
+    .await
+    .unwrap();
     let (status, page) = get(client, &format!("{base}/api/logs/pump-1"), acme_next).await;
     assert_eq!(status, StatusCode::OK, "{page}");
 }
@@ -450,34 +463,56 @@ async fn schemathesis_finds_no_failure_in_the_live_api() {
     wait_for_schema(&stack.pool().await.unwrap()).await.unwrap();
     let base = stack.api_url().unwrap();
     let seconds = std::env::var("LOGPIPELINE_SCHEMATHESIS_SECONDS").unwrap_or("60".into());
-    let output = tokio::process::Command::new("schemathesis")
-        .args([
-            "--config-file",
-            concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/schemathesis/schemathesis.toml"
-            ),
-        ])
-        .args(["run", &format!("{base}/openapi.json"), "--checks", "all"])
-        .args([
-            "--max-time",
-            &seconds,
-            "--workers",
-            "2",
-            "--request-timeout",
-            "10",
-        ])
-        .args(["--header", &format!("Authorization: {}", key.bearer())])
-        .env("NO_COLOR", "1")
-        .env("SCHEMATHESIS_HOOKS", "hooks")
-        .env(
-            "PYTHONPATH",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/schemathesis"),
-        )
-        .current_dir(dir.path())
-        .output()
+    // Every check runs: schemathesis enables them all unless told otherwise, and
+    // `--checks all` here would override the per-operation settings of the config file.
+    let schemathesis = || {
+        tokio::process::Command::new("schemathesis")
+            .args([
+                "--config-file",
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/schemathesis/schemathesis.toml"
+                ),
+            ])
+            .args(["run", &format!("{base}/openapi.json")])
+            .args([
+                "--max-time",
+                &seconds,
+                "--workers",
+                "2",
+                "--request-timeout",
+                "10",
+            ])
+            .args(["--header", &format!("Authorization: {}", key.bearer())])
+            .env("NO_COLOR", "1")
+            .env("SCHEMATHESIS_HOOKS", "hooks")
+            .env(
+                "PYTHONPATH",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/schemathesis"),
+            )
+            .current_dir(dir.path())
+            .output()
+    };
+    let mut output = schemathesis()
         .await
         .expect("schemathesis is installed (e2e/test.sh installs it)");
+    // CPython 3.11 can raise this SystemError inside a threaded program (CPython issue
+    // 106905): schemathesis then stops on its own error, having reported no failure of
+    // the api. Such a run is repeated once; a run that reports a failure never is.
+    let interpreter_error = |output: &std::process::Output| {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        text.contains("AST constructor recursion depth mismatch")
+            && !text.contains("FAILURES")
+    };
+    if !output.status.success() && interpreter_error(&output) {
+        println!("{}", String::from_utf8_lossy(&output.stdout));
+        println!("schemathesis stopped on CPython issue 106905; running it once more");
+        output = schemathesis().await.unwrap();
+    }
     let report = String::from_utf8_lossy(&output.stdout);
     println!("{report}");
     assert!(

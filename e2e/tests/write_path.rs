@@ -115,6 +115,17 @@ async fn holds_pending(redis: &mut redis::aio::MultiplexedConnection, prefix: &s
     })
 }
 
+/// How many consumers the worker group has: a consumer appears with its first read.
+async fn consumer_count(redis: &mut redis::aio::MultiplexedConnection) -> usize {
+    redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg("logs:stream")
+        .arg("log_workers")
+        .query_async::<Vec<redis::Value>>(redis)
+        .await
+        .map_or(0, |consumers| consumers.len())
+}
+
 async fn pending_count(redis: &mut redis::aio::MultiplexedConnection) -> i64 {
     let summary: (i64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
         .arg("logs:stream")
@@ -728,6 +739,19 @@ async fn a_postgres_that_refuses_every_write_is_an_outage_and_dead_letters_nothi
                 .unwrap();
         }
     };
+    // The worker's start-up writes (the partitions ahead) must not meet the read-only
+    // server: a worker that cannot start exits, which is not what this test is about.
+    let mut redis = stack.redis().await.unwrap();
+    eventually(
+        "the worker reads the stream",
+        Duration::from_secs(120),
+        || {
+            let mut redis = redis.clone();
+            async move { Ok(consumer_count(&mut redis).await > 0) }
+        },
+    )
+    .await
+    .unwrap_or_else(|error| panic!("{error}{}", worker_log(&stack)));
     read_only(true).await;
 
     let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
@@ -749,7 +773,6 @@ async fn a_postgres_that_refuses_every_write_is_an_outage_and_dead_letters_nothi
     )
     .await
     .unwrap_or_else(|error| panic!("{error}{}", worker_log(&stack)));
-    let mut redis = stack.redis().await.unwrap();
     assert_eq!(redis.xlen::<_, i64>("logs:stream:dead").await.unwrap(), 0);
     assert_eq!(
         stack.workers[0]
