@@ -101,7 +101,15 @@ fn explain<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T> {
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
-        match inner.classify() {
+        // A number that a free-form field (a map of JSON values) cannot hold is JSON
+        // that breaks a rule, as on the paths that keep `log_data` as sent.
+        let category = match inner.classify() {
+            Category::Syntax if inner.to_string().starts_with("number out of range") => {
+                Category::Data
+            }
+            category => category,
+        };
+        match category {
             Category::Data if path == "." => Error::InvalidLog(inner.to_string()),
             Category::Data => Error::InvalidLog(format!("{path}: {inner}")),
             Category::Syntax | Category::Eof | Category::Io => {

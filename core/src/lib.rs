@@ -9,6 +9,7 @@ pub mod generations;
 pub mod indexes;
 pub mod metrics;
 pub mod net;
+pub mod numeric;
 pub mod origin;
 pub mod otlp;
 pub mod partitions;

@@ -3,9 +3,9 @@
 //! Every field type checks its own rule in `TryFrom`, so a [`LogRecord`] that exists is
 //! valid: the API rejects bad input with the field's path in the message, and the worker,
 //! which decodes the same types from the stream, can never insert a record that breaks a
-//! rule. Besides the seed's rules, text that PostgreSQL cannot store (NUL characters,
-//! unpaired UTF-16 surrogate escapes in JSON) is refused up front rather than failing
-//! later in the worker.
+//! rule. Besides the seed's rules, what PostgreSQL cannot store (NUL characters, unpaired
+//! UTF-16 surrogate escapes in JSON, numbers beyond its `numeric`) is refused up front
+//! rather than failing later in the worker.
 
 use std::fmt;
 
@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{AnyOfBuilder, ArrayBuilder, ObjectBuilder, Ref, Schema, Type};
 
+use crate::numeric;
 use crate::origin::{ServiceName, SpanId, TraceId, check_name};
 
 /// Most logs one batch request may carry.
@@ -263,7 +264,9 @@ impl utoipa::PartialSchema for LogData {
             .schema_type(Type::Object)
             .description(Some(
                 "Structured data: a JSON object, kept byte for byte, whose objects and arrays \
-                 nest at most 64 levels deep and whose keys and strings hold no NUL",
+                 nest at most 64 levels deep, whose keys and strings hold no NUL, and whose \
+                 numbers PostgreSQL's numeric holds (below 1e131072 in magnitude, at most \
+                 16383 digits after the point)",
             ))
             .property_names(Some(no_nul_string()))
             .additional_properties(Some(Ref::from_schema_name(LOG_VALUE)))
@@ -313,7 +316,7 @@ impl TryFrom<Box<RawValue>> for LogData {
             return Err(FieldError("log_data must be a JSON object".into()));
         }
         check_json_escapes(value.get())?;
-        check_json_depth(value.get())?;
+        check_json_structure(value.get())?;
         Ok(Self(value))
     }
 }
@@ -361,24 +364,17 @@ fn check_json_escapes(json: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// Refuses JSON text whose objects and arrays nest deeper than [`MAX_LOG_DATA_DEPTH`].
-/// `json` is valid JSON already, so brackets outside strings are all structure.
-fn check_json_depth(json: &str) -> Result<(), FieldError> {
+/// Refuses JSON text whose objects and arrays nest deeper than [`MAX_LOG_DATA_DEPTH`],
+/// or that holds a number PostgreSQL's `numeric` (which `jsonb` stores numbers as)
+/// cannot hold. `json` is valid JSON already, so brackets outside strings are all
+/// structure, and a `-` or digit outside a string starts a number.
+fn check_json_structure(json: &str) -> Result<(), FieldError> {
+    let bytes = json.as_bytes();
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &byte in json.as_bytes() {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => i = string_end(bytes, i + 1),
             b'{' | b'[' => {
                 depth += 1;
                 if depth > MAX_LOG_DATA_DEPTH {
@@ -386,12 +382,44 @@ fn check_json_depth(json: &str) -> Result<(), FieldError> {
                         "log_data must not nest objects and arrays more than {MAX_LOG_DATA_DEPTH} levels deep"
                     )));
                 }
+                i += 1;
             }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let end = bytes[i..]
+                    .iter()
+                    .position(|b| !matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+                    .map_or(bytes.len(), |length| i + length);
+                numeric::check(&json[i..end]).map_err(|why| {
+                    FieldError(format!(
+                        "log_data has a number PostgreSQL cannot store ({why})"
+                    ))
+                })?;
+                i = end;
+            }
+            _ => i += 1,
         }
     }
     Ok(())
+}
+
+/// Where the JSON string whose text starts at `start` ends: just past its closing quote.
+fn string_end(bytes: &[u8], start: usize) -> usize {
+    let mut i = start;
+    while let Some(offset) = bytes
+        .get(i..)
+        .and_then(|rest| rest.iter().position(|&b| b == b'"' || b == b'\\'))
+    {
+        i += offset;
+        if bytes[i] == b'"' {
+            return i + 1;
+        }
+        i += 2;
+    }
+    bytes.len()
 }
 
 fn unpaired_surrogate() -> FieldError {
@@ -601,7 +629,7 @@ mod tests {
         }
         // Brackets inside strings, escaped quotes included, are text, not structure.
         let text = format!(r#"{{"a":"\"{}"}}"#, "[{".repeat(100));
-        assert!(check_json_depth(&text).is_ok());
+        assert!(check_json_structure(&text).is_ok());
     }
 
     #[test]

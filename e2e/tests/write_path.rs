@@ -479,7 +479,8 @@ async fn entries_that_keep_failing_are_dead_lettered_without_blocking_the_rest()
         let body: serde_json::Value = response.json().await.unwrap();
         poisoned_ids.insert(body["message_id"].as_str().unwrap().to_owned());
     }
-    // One poisoned log spoils its whole request: an entry is stored all or nothing.
+    // A poisoned log does not take the valid logs of its request with it: they are
+    // stored, and only the poisoned one is held back.
     let mixed = serde_json::json!({"logs": [devices::log("poisoned", 1, 0), poison(3)]});
     let response = client
         .post(format!("{url}/api/logs/batch"))
@@ -493,7 +494,7 @@ async fn entries_that_keep_failing_are_dead_lettered_without_blocking_the_rest()
         .unwrap()
         .trim_end_matches(".0")
         .to_owned();
-    poisoned_ids.insert(mixed_entry);
+    poisoned_ids.insert(mixed_entry.clone());
     // An entry no worker can decode, as a foreign producer might write.
     let mut redis = stack.redis().await.unwrap();
     let garbage: String = redis
@@ -541,6 +542,12 @@ async fn entries_that_keep_failing_are_dead_lettered_without_blocking_the_rest()
         } else {
             assert!(fields["reason"].contains("no_poison"), "{fields:?}");
             assert_eq!(fields["deliveries"], "3", "{fields:?}");
+            if fields["source_id"] == mixed_entry {
+                let held_back: Vec<serde_json::Value> =
+                    serde_json::from_str(&fields["logs"]).unwrap();
+                assert_eq!(held_back, vec![poison(3)], "only the refused log");
+                assert_eq!(fields["log_indexes"], "1", "{fields:?}");
+            }
             rejected.insert(fields["source_id"].clone());
         }
     }
@@ -559,14 +566,15 @@ async fn entries_that_keep_failing_are_dead_lettered_without_blocking_the_rest()
         1.0
     );
     assert_eq!(pending_count(&mut redis).await, 0);
-    let poisoned_rows: i64 =
-        sqlx::query_scalar("select count(*) from logs where log_data->>'run' = 'poisoned'")
-            .fetch_one(&pool)
+    let poisoned_rows: Vec<String> =
+        sqlx::query_scalar("select message_id from logs where log_data->>'run' = 'poisoned'")
+            .fetch_all(&pool)
             .await
             .unwrap();
     assert_eq!(
-        poisoned_rows, 0,
-        "a spoilt request is stored all or nothing"
+        poisoned_rows,
+        vec![format!("{mixed_entry}.0")],
+        "the valid log of the spoilt request is stored, the poisoned ones are not"
     );
 }
 

@@ -340,6 +340,7 @@ impl Target {
                             codec::FIELD_VERSION,
                             codec::FIELD_RECEIVED_AT,
                             codec::FIELD_LOGS,
+                            codec::FIELD_TENANT,
                         ]
                         .contains(&key.as_str())
                     })

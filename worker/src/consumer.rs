@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::metrics::{DeadLetterReason, Metrics};
-use crate::store::{Decoded, Outcome, Store};
+use crate::store::{Decoded, Outcome, Rejection, Store};
 use crate::stream::{Stream, StreamEntry};
 
 /// How a consumer behaves.
@@ -209,8 +209,15 @@ impl Consumer {
                 inserted = outcome.inserted,
                 "batch stored"
             );
-            for (index, reason) in outcome.rejected {
-                warn!(entry = %decoded[index].raw.id, %reason, "PostgreSQL rejected an entry");
+            for (index, rejection) in outcome.rejected {
+                warn!(entry = %decoded[index].raw.id, reason = %rejection.reason, logs = ?rejection.logs, "PostgreSQL rejected logs of an entry");
+                if rejection.inserted > 0 {
+                    self.metrics.logs_inserted.inc_by(rejection.inserted);
+                    let retired = retired_by(std::iter::once(&decoded[index]));
+                    if let Err(error) = self.stream.retire(&retired).await {
+                        self.redis_failed(&error, "retire cached reads").await;
+                    }
+                }
                 rejected.spawn(
                     Rejected {
                         consumer: self.name.clone(),
@@ -219,7 +226,7 @@ impl Consumer {
                         metrics: self.metrics.clone(),
                         max_deliveries: self.settings.max_deliveries,
                         decoded: decoded[index].clone(),
-                        reason,
+                        rejection,
                     }
                     .settle(),
                 );
@@ -329,9 +336,10 @@ impl Consumer {
     }
 }
 
-/// An entry PostgreSQL rejected, retried apart from the batch: each retry is a new
-/// delivery (counted by Redis), and once it has been delivered `max_deliveries` times it
-/// goes to the dead-letter stream. The consumer meanwhile goes on with other entries.
+/// An entry with logs PostgreSQL rejected, retried apart from the batch: each retry is a
+/// new delivery (counted by Redis), and once it has been delivered `max_deliveries` times
+/// its refused logs go to the dead-letter stream (its other logs are stored already). The
+/// consumer meanwhile goes on with other entries.
 struct Rejected {
     consumer: Arc<str>,
     stream: Stream,
@@ -339,7 +347,7 @@ struct Rejected {
     metrics: Metrics,
     max_deliveries: u32,
     decoded: Decoded,
-    reason: String,
+    rejection: Rejection,
 }
 
 impl Rejected {
@@ -359,14 +367,16 @@ impl Rejected {
                 }
             };
             if delivered >= u64::from(self.max_deliveries) {
+                let held_back = self.rejection.held_back(&self.decoded);
+                let reason = &self.rejection.reason;
                 match self
                     .stream
-                    .dead_letter(&self.decoded.raw, &self.reason, delivered, &self.consumer)
+                    .dead_letter(&held_back, reason, delivered, &self.consumer)
                     .await
                 {
                     Ok(true) => {
                         self.metrics.dead_lettered(DeadLetterReason::Rejected);
-                        warn!(entry = %id, reason = %self.reason, delivered, "moved an entry to the dead-letter stream");
+                        warn!(entry = %id, %reason, logs = ?self.rejection.logs, delivered, "moved refused logs to the dead-letter stream");
                     }
                     Ok(false) => {}
                     Err(error) => {
@@ -389,7 +399,10 @@ impl Rejected {
             }
             match self.store.store(std::slice::from_ref(&self.decoded)).await {
                 Ok(outcome) => match outcome.rejected.into_iter().next() {
-                    Some((_, reason)) => self.reason = reason,
+                    Some((_, rejection)) => {
+                        self.metrics.logs_inserted.inc_by(rejection.inserted);
+                        self.rejection = rejection;
+                    }
                     None => {
                         let retired = retired_by(std::iter::once(&self.decoded));
                         if let Ok(acked) =

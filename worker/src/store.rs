@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use logpipeline_core::codec::{self, Entry};
 use logpipeline_core::partitions::{Partition, Retention};
+use logpipeline_core::record::LogRecord;
 use logpipeline_core::storage::{self, PartitionSettings};
 use logpipeline_core::tenant::DEFAULT_TENANT;
 use sqlx::PgPool;
@@ -99,8 +100,62 @@ pub struct Outcome {
     pub inserted: u64,
     /// Logs not stored because they were received longer ago than the retention.
     pub expired: u64,
-    /// Entries PostgreSQL rejects, with its reason.
-    pub rejected: Vec<(usize, String)>,
+    /// Entries with logs PostgreSQL rejects: their indices, and which logs and why.
+    pub rejected: Vec<(usize, Rejection)>,
+}
+
+/// The logs of an entry that PostgreSQL refused, while it stored the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// PostgreSQL's reason, for the last log refused.
+    pub reason: String,
+    /// Indices of the refused logs in the entry, in order.
+    pub logs: Vec<usize>,
+    /// How many of the entry's other logs were inserted now (not counted in
+    /// [`Outcome::inserted`]).
+    pub inserted: u64,
+}
+
+impl Rejection {
+    /// What goes to the dead-letter stream for `decoded`: the entry as read when all its
+    /// logs were refused, else the entry with only the refused logs, which a replay can
+    /// then add to the stream without storing the others twice, and their indices in
+    /// the entry (field `log_indexes`, comma-separated).
+    pub fn held_back(&self, decoded: &Decoded) -> StreamEntry {
+        if self.logs.len() == decoded.entry.logs.len() {
+            return decoded.raw.clone();
+        }
+        let refused: Vec<&LogRecord> = self
+            .logs
+            .iter()
+            .filter_map(|&index| decoded.entry.logs.get(index))
+            .collect();
+        let logs = serde_json::to_vec(&refused).unwrap_or_default();
+        let indexes = self
+            .logs
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut fields: Vec<(Vec<u8>, Vec<u8>)> = decoded
+            .raw
+            .fields
+            .iter()
+            .map(|(name, value)| {
+                let value = if name == codec::FIELD_LOGS.as_bytes() {
+                    logs.clone()
+                } else {
+                    value.clone()
+                };
+                (name.clone(), value)
+            })
+            .collect();
+        fields.push((b"log_indexes".to_vec(), indexes.into_bytes()));
+        StreamEntry {
+            id: decoded.raw.id.clone(),
+            fields,
+        }
+    }
 }
 
 /// How logs are kept.
@@ -186,9 +241,9 @@ impl Store {
                 return Err(error);
             }
             if range.len() == 1 {
-                outcome
-                    .rejected
-                    .push((live[range.start], rejection_reason(&error)));
+                let index = live[range.start];
+                let rejection = self.isolate_logs(&entries[index], error).await?;
+                outcome.rejected.push((index, rejection));
             } else {
                 let middle = range.start + range.len() / 2;
                 work.push(middle..range.end);
@@ -197,6 +252,51 @@ impl Store {
         }
         outcome.stored.sort_unstable();
         Ok(outcome)
+    }
+
+    /// Stores the logs of `decoded`, an entry PostgreSQL refused with `error` while it
+    /// accepts a known-good log, that it does take: its logs are split in halves until
+    /// the refused ones are alone. The valid logs of a request are stored even when
+    /// another log of it is refused; only the refused ones are held back.
+    async fn isolate_logs(
+        &self,
+        decoded: &Decoded,
+        error: sqlx::Error,
+    ) -> Result<Rejection, sqlx::Error> {
+        let count = decoded.entry.logs.len();
+        let mut rejection = Rejection {
+            reason: rejection_reason(&error),
+            logs: Vec::new(),
+            inserted: 0,
+        };
+        if count == 1 {
+            rejection.logs.push(0);
+            return Ok(rejection);
+        }
+        let mut work = vec![count / 2..count, 0..count / 2];
+        while let Some(range) = work.pop() {
+            if range.is_empty() {
+                continue;
+            }
+            let mut columns = Columns::default();
+            for index in range.clone() {
+                columns.push(decoded, index);
+            }
+            match insert(columns, self.next_stripe(), &self.pool).await {
+                Ok(inserted) => rejection.inserted += inserted,
+                Err(error) if is_refusal(&error) && range.len() == 1 => {
+                    rejection.reason = rejection_reason(&error);
+                    rejection.logs.push(range.start);
+                }
+                Err(error) if is_refusal(&error) => {
+                    let middle = range.start + range.len() / 2;
+                    work.push(middle..range.end);
+                    work.push(range.start..middle);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(rejection)
     }
 
     /// Makes sure partitions hold every time of `times`: the partitions known are
@@ -330,32 +430,35 @@ impl<'a> Columns<'a> {
             span_id: Vec::with_capacity(logs),
         };
         for decoded in entries {
-            let count = decoded.entry.logs.len();
-            for (index, log) in decoded.entry.logs.iter().enumerate() {
-                columns.id.push(decoded.key(index));
-                columns
-                    .message_id
-                    .push(codec::log_id(&decoded.raw.id, index, count));
-                columns.tenant.push(decoded.entry.tenant.as_str());
-                columns.device_id.push(log.device_id.as_str());
-                columns.log_level.push(log.log_level.as_str());
-                columns.message.push(log.message.as_str());
-                columns
-                    .log_data
-                    .push(log.log_data.as_ref().map_or("{}", |data| data.as_json()));
-                columns.created_at.push(decoded.entry.received_at);
-                columns
-                    .service_name
-                    .push(log.service_name.as_ref().map(|name| name.as_str()));
-                columns
-                    .trace_id
-                    .push(log.trace_id.as_ref().map(|id| id.as_str()));
-                columns
-                    .span_id
-                    .push(log.span_id.as_ref().map(|id| id.as_str()));
+            for index in 0..decoded.entry.logs.len() {
+                columns.push(decoded, index);
             }
         }
         columns
+    }
+
+    /// Adds log `index` of `decoded`.
+    fn push(&mut self, decoded: &'a Decoded, index: usize) {
+        let log = &decoded.entry.logs[index];
+        self.id.push(decoded.key(index));
+        self.message_id.push(codec::log_id(
+            &decoded.raw.id,
+            index,
+            decoded.entry.logs.len(),
+        ));
+        self.tenant.push(decoded.entry.tenant.as_str());
+        self.device_id.push(log.device_id.as_str());
+        self.log_level.push(log.log_level.as_str());
+        self.message.push(log.message.as_str());
+        self.log_data
+            .push(log.log_data.as_ref().map_or("{}", |data| data.as_json()));
+        self.created_at.push(decoded.entry.received_at);
+        self.service_name
+            .push(log.service_name.as_ref().map(|name| name.as_str()));
+        self.trace_id
+            .push(log.trace_id.as_ref().map(|id| id.as_str()));
+        self.span_id
+            .push(log.span_id.as_ref().map(|id| id.as_str()));
     }
 }
 

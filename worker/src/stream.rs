@@ -247,6 +247,20 @@ impl Stream {
         if ids.is_empty() {
             return Ok(0);
         }
+        let mut pipe = self.retiring(retired);
+        pipe.cmd("XACK").arg(&*self.key).arg(&*self.group).arg(ids);
+        let (acked,): (u64,) = pipe.query_async(&mut self.redis).await?;
+        Ok(acked)
+    }
+
+    /// Retires the cached reads of `retired` (their generations), for logs committed
+    /// before their entry is acknowledged.
+    pub async fn retire(&mut self, retired: &BTreeSet<(Kind, String)>) -> RedisResult<()> {
+        self.retiring(retired).query_async(&mut self.redis).await
+    }
+
+    /// A pipeline that bumps the generations of `retired`.
+    fn retiring(&self, retired: &BTreeSet<(Kind, String)>) -> redis::Pipeline {
         let mut pipe = redis::pipe();
         for (kind, field) in retired {
             pipe.cmd("HINCRBY")
@@ -255,9 +269,7 @@ impl Stream {
                 .arg(1)
                 .ignore();
         }
-        pipe.cmd("XACK").arg(&*self.key).arg(&*self.group).arg(ids);
-        let (acked,): (u64,) = pipe.query_async(&mut self.redis).await?;
-        Ok(acked)
+        pipe
     }
 
     /// Resets the idle time of `ids` held by `consumer`, without counting a delivery, so
