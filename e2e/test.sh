@@ -11,7 +11,7 @@
 #   2. Python test tools (openapi-spec-validator, schemathesis, and OpenTelemetry's SDK
 #      with its OTLP exporters over HTTP and gRPC), with pip.
 #   3. The Kubernetes tools, built from the Go module proxy into ~/.cache/logpipeline
-#      (e2e/k8s/build-tools.sh; about 20 minutes the first time).
+#      (local/k8s/build-tools.sh; about 20 minutes the first time).
 # Then `cargo test --workspace --locked`. The node cluster's tests need root.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -69,9 +69,9 @@ if ((${#missing[@]})); then
         python3 -m pip install --quiet --break-system-packages "${missing[@]}"
 fi
 
-if ! e2e/k8s/build-tools.sh --check; then
+if ! local/k8s/build-tools.sh --check; then
     step "building the Kubernetes tools from the Go module proxy (about 20 minutes when cold)"
-    e2e/k8s/build-tools.sh
+    local/k8s/build-tools.sh
 fi
 
 step "cargo test --workspace --locked --no-fail-fast $*"

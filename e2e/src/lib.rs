@@ -1,21 +1,13 @@
-//! Test harness and tools for LogPipeline's end-to-end tests.
-//!
-//! Tests start real servers — Redis, PostgreSQL, the LogPipeline binaries — on free ports
-//! in temporary directories, and every server stops when its handle is dropped or the
-//! test process exits.
+//! The harness of LogPipeline's end-to-end tests: a whole stack per test, devices that
+//! send logs, rows written straight to PostgreSQL, a real Prometheus, and the checks of
+//! the shipped dashboards. The servers themselves (Redis, PostgreSQL, the binaries, a
+//! one-node Kubernetes) come from `logpipeline-local`; every one stops when its handle is
+//! dropped or the test process exits.
 
-pub mod auth;
 pub mod devices;
-pub mod kube;
-pub mod load;
 pub mod monitoring;
-pub mod node;
-pub mod postgres;
-pub mod process;
 pub mod prometheus;
-pub mod redis;
 pub mod rows;
-pub mod services;
 pub mod stack;
 
 /// Makes ring the process's default TLS crypto provider. The tests' TLS uses ring (the
@@ -27,7 +19,7 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Builds an HTTP client for tests and tools.
+/// Builds an HTTP client for tests.
 pub fn http_client(
     configure: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
 ) -> anyhow::Result<reqwest::Client> {

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use tempfile::TempDir;
 
-use crate::process::{ChildProcess, find_on_path, free_port, scratch_dir, wait_until};
+use logpipeline_local::process::{ChildProcess, find_on_path, free_port, scratch_dir, wait_until};
 
 /// Something to scrape: `host:port`, the `job` name and extra target labels.
 #[derive(Debug, Clone)]
@@ -127,7 +127,8 @@ impl PrometheusServer {
             ChildProcess::spawn("prometheus", command, &dir.path().join("prometheus.log"))?;
         wait_until("prometheus is ready", Duration::from_secs(60), || {
             process.ensure_running()?;
-            Ok(crate::services::http_status(port, "/-/ready").is_ok_and(|status| status == 200))
+            Ok(logpipeline_local::services::http_status(port, "/-/ready")
+                .is_ok_and(|status| status == 200))
         })?;
         Ok(Self {
             process,

@@ -7,9 +7,9 @@ use anyhow::{Context, Result, bail};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-use crate::postgres::{self, PostgresServer};
-use crate::redis::{RedisOptions, RedisServer};
-use crate::services::{ApiProcess, Env, WorkerProcess};
+use logpipeline_local::postgres::{self, PostgresServer};
+use logpipeline_local::redis::{RedisOptions, RedisServer};
+use logpipeline_local::services::{ApiProcess, Env, WorkerProcess};
 
 /// A running stack. Everything stops when it is dropped.
 pub struct Stack {

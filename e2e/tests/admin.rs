@@ -7,8 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use logpipeline_e2e::devices;
-use logpipeline_e2e::services::binaries_dir;
 use logpipeline_e2e::stack::{Stack, eventually, wait_for_count, wait_for_schema};
+use logpipeline_local::services::binaries_dir;
 use redis::AsyncCommands;
 use serde_json::Value;
 

@@ -1,8 +1,10 @@
 //! The Helm chart and the plain manifests against a real kube-apiserver.
 
-use logpipeline_e2e::kube::{KubeCluster, Operator, OperatorOptions, repo_root};
-use logpipeline_e2e::process::wait_until;
-use logpipeline_e2e::redis::RedisServer;
+#![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
+
+use logpipeline_local::kube::{KubeCluster, Operator, OperatorOptions, repo_root};
+use logpipeline_local::process::wait_until;
+use logpipeline_local::redis::RedisServer;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -362,7 +364,7 @@ fn the_chart_ships_the_dashboards_alert_rules_and_pod_monitors_when_asked() {
         .into_iter()
         .filter(|map| map["metadata"]["labels"]["grafana_dashboard"] == "1")
         .collect();
-    let shipped = logpipeline_e2e::monitoring::dashboards().unwrap();
+    let shipped = xtask::monitoring::dashboards(&repo_root()).unwrap();
     assert_eq!(dashboards.len(), shipped.len());
     for (stem, json) in &shipped {
         let key = format!("{stem}.json");
@@ -381,7 +383,7 @@ fn the_chart_ships_the_dashboards_alert_rules_and_pod_monitors_when_asked() {
     assert_eq!(rules.len(), 1);
     assert_eq!(rules[0]["metadata"]["labels"]["release"], "prometheus");
     let source: serde_json::Value = serde_yaml::from_str(
-        &std::fs::read_to_string(repo_root().join(logpipeline_e2e::monitoring::RULES)).unwrap(),
+        &std::fs::read_to_string(repo_root().join(xtask::monitoring::RULES)).unwrap(),
     )
     .unwrap();
     assert_eq!(rules[0]["spec"]["groups"], source["groups"]);

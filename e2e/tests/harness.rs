@@ -1,7 +1,9 @@
 //! The harness itself: servers start, answer, stop and restart.
 
-use logpipeline_e2e::postgres::{self, PostgresServer};
-use logpipeline_e2e::redis::RedisServer;
+#![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
+
+use logpipeline_local::postgres::{self, PostgresServer};
+use logpipeline_local::redis::RedisServer;
 
 #[test]
 fn redis_starts_stops_and_restarts() {

@@ -1,18 +1,22 @@
 //! The load generator against a real stack, in end-to-end mode: it sends, waits for the
 //! workers, and finds every accepted log stored exactly once.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
+
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use logpipeline_e2e::load::Report;
+use logpipeline::load::Report;
 use logpipeline_e2e::stack::{Stack, wait_for_schema};
+use logpipeline_local::services::binaries_dir;
 
-/// Runs `logpipeline-load` against `stack` in end-to-end mode with `args`, and reads
+/// Runs `logpipeline load` against `stack` in end-to-end mode with `args`, and reads
 /// the JSON report it writes.
 fn load(stack: &Stack, dir: &Path, run: &str, args: &[&str]) -> Result<Report> {
     let json = dir.join(format!("{run}.json"));
-    let output = Command::new(env!("CARGO_BIN_EXE_logpipeline-load"))
+    let output = Command::new(binaries_dir()?.join("logpipeline"))
+        .arg("load")
         .args(["--url", &stack.api_url()?, "--run", run, "--quiet"])
         .args(["--database-url", stack.database_url()])
         .args(["--redis-url", &stack.redis.url()])
@@ -28,7 +32,7 @@ fn load(stack: &Stack, dir: &Path, run: &str, args: &[&str]) -> Result<Report> {
     );
     assert!(
         output.status.success(),
-        "logpipeline-load failed:\n{printed}"
+        "logpipeline load failed:\n{printed}"
     );
     let report = serde_json::from_slice(&std::fs::read(&json)?)
         .with_context(|| format!("the JSON report does not parse; the run printed:\n{printed}"))?;

@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use logpipeline_e2e::devices::{self, Plan};
-use logpipeline_e2e::kube::{self, KubeCluster, Operator, OperatorOptions, repo_root};
 use logpipeline_e2e::monitoring;
 use logpipeline_e2e::prometheus::{PrometheusServer, Sample, Target, promtool};
-use logpipeline_e2e::services::{Env, WorkerProcess, http_get, metric_value};
 use logpipeline_e2e::stack::{Stack, eventually, wait_for_schema};
+use logpipeline_local::kube::{self, KubeCluster, Operator, OperatorOptions, repo_root};
+use logpipeline_local::services::{Env, WorkerProcess, http_get, metric_value};
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 
@@ -29,20 +29,8 @@ fn the_alert_rules_pass_promtool_and_their_unit_tests() {
 }
 
 #[test]
-fn the_shipped_copies_are_generated_from_monitoring() {
-    for (path, contents) in monitoring::generated().unwrap() {
-        let committed = std::fs::read_to_string(repo_root().join(&path)).unwrap_or_default();
-        assert!(
-            committed == contents,
-            "{} is stale: run `cargo run -p logpipeline-e2e --bin monitoring-gen`",
-            path.display()
-        );
-    }
-}
-
-#[test]
 fn the_dashboards_pass_the_lint_rules() {
-    let dashboards = monitoring::dashboards().unwrap();
+    let dashboards = xtask::monitoring::dashboards(&repo_root()).unwrap();
     assert!(dashboards.len() >= 2, "{dashboards:?}");
     for (name, json) in dashboards {
         let dashboard: Value = serde_json::from_str(&json).unwrap();
@@ -114,7 +102,7 @@ impl SeenAlerts {
 /// each alert go pending and then firing without waiting minutes; expressions and
 /// thresholds are the shipped ones.
 fn quick_rules(dir: &std::path::Path) -> PathBuf {
-    let rules = std::fs::read_to_string(repo_root().join(monitoring::RULES)).unwrap();
+    let rules = std::fs::read_to_string(repo_root().join(xtask::monitoring::RULES)).unwrap();
     let mut rules: Value = serde_yaml::from_str(&rules).unwrap();
     for group in rules["groups"].as_array_mut().unwrap() {
         for rule in group["rules"].as_array_mut().unwrap() {
@@ -308,7 +296,7 @@ async fn every_panel_shows_data_and_each_fault_fires_its_alert() {
         .await
         .unwrap();
 
-    let worker_port = logpipeline_e2e::process::free_port().unwrap();
+    let worker_port = logpipeline_local::process::free_port().unwrap();
     let worker_env = Env::from([
         ("LOGPIPELINE_MAX_DELIVERIES".into(), "2".into()),
         ("LOGPIPELINE_CLAIM_IDLE_MS".into(), "600000".into()),
@@ -507,7 +495,7 @@ async fn every_panel_shows_data_and_each_fault_fires_its_alert() {
     // name.
     healthy_traffic(&client, &url, "monitoring-after").await;
     let mut checked = 0;
-    for (dashboard, json) in monitoring::dashboards().unwrap() {
+    for (dashboard, json) in xtask::monitoring::dashboards(&repo_root()).unwrap() {
         let dashboard_json: Value = serde_json::from_str(&json).unwrap();
         for (title, expr, legend) in monitoring::targets(&dashboard_json) {
             let query = substitute(&expr);

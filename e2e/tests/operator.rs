@@ -4,14 +4,16 @@
 //! Every test has its own namespace and its own operator process (watching only that
 //! namespace) on one shared control plane.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use logpipeline_e2e::auth::{ApiKey, keys_file};
-use logpipeline_e2e::kube::{KubeCluster, Operator, OperatorOptions, repo_root, shared};
-use logpipeline_e2e::process::wait_until;
-use logpipeline_e2e::redis::RedisServer;
+use logpipeline_local::auth::{ApiKey, keys_file};
+use logpipeline_local::kube::{KubeCluster, Operator, OperatorOptions, repo_root, shared};
+use logpipeline_local::process::wait_until;
+use logpipeline_local::redis::RedisServer;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use logpipeline_e2e::auth::{ApiKey, keys_file};
-use logpipeline_e2e::services::{Env, http_get, metric_value};
 use logpipeline_e2e::stack::{Stack, eventually, wait_for_count};
+use logpipeline_local::auth::{ApiKey, keys_file};
+use logpipeline_local::services::{Env, http_get, metric_value};
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsServiceRequest, ExportLogsServiceResponse,

@@ -1,13 +1,15 @@
 //! The read path end to end, on the real binaries: queries see every persisted log at
 //! once, statistics are exact, and both services report metrics Prometheus can read.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
+
 use std::collections::{BTreeMap, HashMap};
 
 use std::time::Duration;
 
 use logpipeline_e2e::devices::{self, Plan};
-use logpipeline_e2e::services::{Env, http_get};
 use logpipeline_e2e::stack::{Stack, eventually, wait_for_count, wait_for_schema};
+use logpipeline_local::services::{Env, http_get};
 use prometheus_parse::{Scrape, Value};
 use serde_json::json;
 

@@ -1,15 +1,17 @@
 //! API keys, tenants, rate limits and connection limits on the real binaries: an api and
 //! a worker on a real Redis and PostgreSQL.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use logpipeline_e2e::auth::{ApiKey, keys_file};
 use logpipeline_e2e::devices;
 use logpipeline_e2e::stack::{Stack, eventually, wait_for_count, wait_for_schema};
+use logpipeline_local::auth::{ApiKey, keys_file};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use logpipeline_core::numeric;
 use logpipeline_core::record::LogData;
-use logpipeline_e2e::postgres;
 use logpipeline_e2e::stack::{Stack, eventually, wait_for_count, wait_for_schema};
+use logpipeline_local::postgres;
 use logpipeline_proto::v1::WriteLogRequest;
 use logpipeline_proto::v1::log_service_client::LogServiceClient;
 use redis::AsyncCommands;

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use logpipeline_client::{Batcher, BatcherSettings, Client, ClientBuilder, Level, Log};
-use logpipeline_e2e::services::{ApiProcess, Env, WorkerProcess};
 use logpipeline_e2e::stack::{Stack, eventually, wait_for_count};
+use logpipeline_local::services::{ApiProcess, Env, WorkerProcess};
 use logpipeline_proto::v1::log_service_client::LogServiceClient;
 use logpipeline_proto::v1::{BatchWriteLogsRequest, WriteLogRequest};
 use serde_json::{Value, json};

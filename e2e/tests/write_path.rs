@@ -2,6 +2,8 @@
 //! PostgreSQL exactly once, through worker crashes, a PostgreSQL outage, poison entries,
 //! backpressure and shutdowns.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
+
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -9,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use logpipeline_e2e::devices::{self, Plan};
-use logpipeline_e2e::services::{Env, http_get, metric_value};
 use logpipeline_e2e::stack::{Stack, eventually, wait_for_count, wait_for_schema};
+use logpipeline_local::services::{Env, http_get, metric_value};
 use nix::sys::signal::Signal;
 use redis::AsyncCommands;
 use sqlx::PgPool;
@@ -1180,8 +1182,8 @@ async fn an_entry_delivered_too_often_is_dead_lettered_when_claimed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_refuse_a_redis_that_may_evict_the_stream() {
-    use logpipeline_e2e::redis::RedisOptions;
-    use logpipeline_e2e::services::{ApiProcess, WorkerProcess};
+    use logpipeline_local::redis::RedisOptions;
+    use logpipeline_local::services::{ApiProcess, WorkerProcess};
     let stack = Stack::builder()
         .redis(RedisOptions {
             append_only: false,

@@ -12,7 +12,7 @@ use logpipeline_core::db;
 use logpipeline_core::partitions::{PartitionInterval, Retention};
 use logpipeline_core::storage::PartitionSettings;
 use logpipeline_core::tenant::Tenant;
-use logpipeline_e2e::postgres;
+use logpipeline_local::postgres;
 use logpipeline_worker::metrics::Metrics;
 use logpipeline_worker::store::{Decoded, Store, StoreSettings};
 use logpipeline_worker::stream::StreamEntry;

@@ -1,4 +1,4 @@
-//! LogPipeline on a real one-node Kubernetes cluster (see `logpipeline_e2e::node`): the
+//! LogPipeline on a real one-node Kubernetes cluster (see `logpipeline_local::node`): the
 //! images built here, the chart installed with helm, the sample applied as written (with
 //! the test's API key in its keys Secret), and then API keys through the Ingress,
 //! devices sending with their key, lag scaling, the autoscaler and a rolling change,
@@ -16,11 +16,11 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use logpipeline_e2e::auth::ApiKey;
 use logpipeline_e2e::devices::{self, Plan};
-use logpipeline_e2e::node::{self, NodeCluster, NodeInfo, NodeOptions};
-use logpipeline_e2e::process::{output_of, wait_until};
 use logpipeline_e2e::stack::wait_for_count;
+use logpipeline_local::auth::ApiKey;
+use logpipeline_local::node::{self, NodeCluster, NodeInfo, NodeOptions};
+use logpipeline_local::process::{output_of, wait_until};
 use nix::sys::signal::Signal;
 use serde_json::json;
 use support::{
@@ -221,10 +221,10 @@ fn the_images_are_small_run_as_nonroot_without_a_shell_on_a_read_only_root() {
     }
 
     // The same recipe with podman (or docker) instead of buildah.
-    let release = logpipeline_e2e::services::binaries_dir()
+    let release = logpipeline_local::services::binaries_dir()
         .unwrap()
         .with_file_name("release");
-    let mut build = Command::new(logpipeline_e2e::kube::repo_root().join("deploy/build.sh"));
+    let mut build = Command::new(logpipeline_local::kube::repo_root().join("deploy/build.sh"));
     build
         .args(["--engine", "podman", "--tag", "podman-build", "--binaries"])
         .arg(&release)

@@ -8,10 +8,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use logpipeline_e2e::auth::{ApiKey, keys_file};
-use logpipeline_e2e::kube::repo_root;
-use logpipeline_e2e::node::{self, INGRESS_HTTPS_PORT, NodeCluster};
-use logpipeline_e2e::process::wait_until;
+use logpipeline_local::auth::{ApiKey, keys_file};
+use logpipeline_local::kube::repo_root;
+use logpipeline_local::node::{self, INGRESS_HTTPS_PORT, NodeCluster};
+use logpipeline_local::process::wait_until;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use serde_json::Value;
 
@@ -95,7 +95,7 @@ impl Pipeline {
         ])?;
 
         cluster.create_namespace(NS)?;
-        let services = repo_root().join("e2e/k8s/fixtures/services.yaml");
+        let services = repo_root().join("local/k8s/fixtures/services.yaml");
         cluster.kubectl(&["apply", "-n", NS, "-f", &services.to_string_lossy()])?;
         for service in ["deployment/redis", "deployment/postgres"] {
             cluster.kubectl(&["rollout", "status", "-n", NS, service, "--timeout=180s"])?;

@@ -1,5 +1,5 @@
 //! The node cluster's add-ons: CoreDNS, metrics-server and Traefik, from the manifests in
-//! `e2e/k8s/addons/` with the images the harness builds.
+//! `local/k8s/addons/` with the images the harness builds.
 
 use std::time::Duration;
 
@@ -36,7 +36,7 @@ pub fn image(name: &str) -> String {
 /// Applies every add-on and waits until each runs, and until the metrics API serves.
 pub fn install(kubectl: &Kubectl, timeout: Duration) -> Result<()> {
     for (name, _, _) in ADDONS {
-        let path = repo_root().join(format!("e2e/k8s/addons/{name}.yaml"));
+        let path = repo_root().join(format!("local/k8s/addons/{name}.yaml"));
         let manifest = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?
             .replace("${IMAGE}", &image(name));

@@ -3,10 +3,9 @@
 //! histogram; in end-to-end mode it also watches PostgreSQL and the stream and checks
 //! that every accepted log was stored exactly once.
 //!
-//! [`run`] is the whole of it; `logpipeline-load` is its command line and
-//! `logpipeline-bench` runs it against a local stack.
+//! [`run`] is the whole of it; `logpipeline load` is its command line and
+//! `logpipeline bench` runs it against a local stack.
 
-pub mod bench;
 mod body;
 mod generator;
 mod ledger;

@@ -9,7 +9,7 @@
 //! directory, and touches nothing else. A node whose owner died without tearing it down
 //! is torn down by the next one that starts.
 //!
-//! [`Node`] runs a cluster; the `logpipeline-cluster` command runs one for a person, and
+//! [`Node`] runs a cluster; the `logpipeline cluster` command runs one for a person, and
 //! [`NodeCluster`] runs that command for a test, so a test process that dies, however it
 //! dies, still has its cluster torn down.
 
@@ -61,7 +61,7 @@ struct NodeRecord {
     cgroup: String,
 }
 
-/// What a running cluster offers its users; `logpipeline-cluster` writes it as JSON.
+/// What a running cluster offers its users; `logpipeline cluster` writes it as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeInfo {
     /// The cluster's directory (logs of every component under `logs/`).
@@ -673,7 +673,7 @@ fn check_prerequisites() -> Result<()> {
     Ok(())
 }
 
-/// A running `logpipeline-cluster` for tests: it owns the cluster and tears it down
+/// A running `logpipeline cluster` for tests: it owns the cluster and tears it down
 /// when this handle is dropped or the test process dies, however it dies.
 #[derive(Debug)]
 pub struct NodeCluster {
@@ -695,17 +695,17 @@ impl NodeCluster {
     /// Starts a cluster and waits until it is ready; with LogPipeline's images, a cold
     /// start includes their release build.
     pub fn start(options: &NodeOptions) -> Result<Self> {
-        let binary = crate::services::binaries_dir()?.join("logpipeline-cluster");
+        let binary = crate::services::binaries_dir()?.join("logpipeline");
         let handle_dir = scratch_dir("logpipeline-cluster-")?;
         let ready = handle_dir.path().join("ready.json");
         let mut command = Command::new(binary);
-        command.arg("--ready-file").arg(&ready);
+        command.arg("cluster").arg("--ready-file").arg(&ready);
         if !options.product_images {
             command.arg("--without-logpipeline-images");
         }
         let log = handle_dir.path().join("cluster.log");
         let mut process = ChildProcess::spawn_with_death_signal(
-            "logpipeline-cluster",
+            "logpipeline cluster",
             command,
             &log,
             Signal::SIGTERM,
@@ -738,7 +738,7 @@ impl NodeCluster {
         &self.info
     }
 
-    /// The `logpipeline-cluster` process that owns the cluster.
+    /// The `logpipeline cluster` process that owns the cluster.
     pub fn process(&mut self) -> &mut ChildProcess {
         &mut self.process
     }
@@ -756,7 +756,7 @@ impl Drop for NodeCluster {
 }
 
 /// One node cluster per test process, started on first use. It is never dropped: when
-/// the test process exits, `logpipeline-cluster` gets SIGTERM and tears it down.
+/// the test process exits, `logpipeline cluster` gets SIGTERM and tears it down.
 pub fn shared() -> Result<&'static NodeCluster> {
     static SHARED: OnceLock<std::result::Result<NodeCluster, String>> = OnceLock::new();
     SHARED

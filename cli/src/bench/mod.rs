@@ -1,4 +1,4 @@
-//! `logpipeline-bench`: starts a local stack, runs the benchmark profiles against it in
+//! `logpipeline bench`: starts a local stack, runs the benchmark profiles against it in
 //! end-to-end mode, and prints each run, where its CPU went, and a summary table beside
 //! the seed system's published figures.
 //!
@@ -7,6 +7,7 @@
 //! (open loop at a constant rate: does persistence keep up?).
 
 mod probe;
+pub mod query;
 mod stack;
 mod table;
 
@@ -15,9 +16,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::auth::{ApiKey, keys_file};
 use crate::load::{LoadOptions, Protocol, Report};
-use crate::services::Env;
+use logpipeline_local::auth::{ApiKey, keys_file};
+use logpipeline_local::services::Env;
 use probe::{Diagnosis, Probe};
 use stack::{BenchStack, StackSettings};
 use table::Row;
@@ -269,6 +270,7 @@ pub fn run(options: &BenchOptions) -> Result<()> {
         api_env: options.api_env.iter().cloned().collect::<Env>(),
         worker_env: options.worker_env.iter().cloned().collect::<Env>(),
     };
+    logpipeline_local::packages::ensure_installed(true)?;
     println!(
         "starting Redis, PostgreSQL, {} worker(s) and the api…",
         settings.workers

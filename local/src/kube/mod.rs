@@ -8,7 +8,7 @@
 //! - [`Kubectl`]: `kubectl` and `helm` against either.
 //! - [`Operator`]: the operator binary as a local process.
 //!
-//! The binaries come from `e2e/k8s/build-tools.sh` (built from the Go module proxy and
+//! The binaries come from `local/k8s/build-tools.sh` (built from the Go module proxy and
 //! cached outside the repository).
 
 pub mod pki;
@@ -37,7 +37,7 @@ pub fn pinned_version(name: &str) -> Result<&'static str> {
         .lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
         .map(str::trim)
-        .with_context(|| format!("{name} is missing from e2e/k8s/versions.env"))
+        .with_context(|| format!("{name} is missing from local/k8s/versions.env"))
 }
 
 /// Paths of the tools `build-tools.sh` builds.
@@ -57,9 +57,9 @@ pub struct Tools {
     pub helm: PathBuf,
 }
 
-/// `e2e/k8s/build-tools.sh`.
+/// `local/k8s/build-tools.sh`.
 pub fn build_tools_script() -> PathBuf {
-    repo_root().join("e2e/k8s/build-tools.sh")
+    repo_root().join("local/k8s/build-tools.sh")
 }
 
 /// Where `build-tools.sh` puts the binaries (it says, from the versions it pins).
@@ -67,10 +67,10 @@ pub fn tools_dir() -> Result<PathBuf> {
     let output = Command::new(build_tools_script())
         .arg("--print-dir")
         .output()
-        .context("running e2e/k8s/build-tools.sh --print-dir")?;
+        .context("running local/k8s/build-tools.sh --print-dir")?;
     ensure!(
         output.status.success(),
-        "e2e/k8s/build-tools.sh --print-dir failed: {}",
+        "local/k8s/build-tools.sh --print-dir failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     Ok(PathBuf::from(String::from_utf8(output.stdout)?.trim()))
@@ -108,7 +108,7 @@ pub fn tools() -> Result<Tools> {
     ] {
         ensure!(
             tool.is_file(),
-            "{} is missing: e2e/test.sh builds the Kubernetes tools (or run e2e/k8s/build-tools.sh; Go from the module proxy, about 25 minutes cold)",
+            "{} is missing: e2e/test.sh builds the Kubernetes tools (or run local/k8s/build-tools.sh; Go from the module proxy, about 25 minutes cold)",
             tool.display()
         );
     }

@@ -1,8 +1,5 @@
-//! A real one-node Kubernetes cluster on this machine, with LogPipeline's images loaded:
-//!
-//! ```sh
-//! cargo run -p logpipeline-e2e --bin logpipeline-cluster
-//! ```
+//! `logpipeline cluster`: a real one-node Kubernetes cluster on this machine, with
+//! LogPipeline's images loaded.
 //!
 //! It builds the images (LogPipeline's with `deploy/build.sh`, the add-ons', Redis and
 //! PostgreSQL from Debian's packages), starts the cluster and prints the `KUBECONFIG` to
@@ -11,48 +8,28 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Result;
-use clap::Parser;
-use logpipeline_e2e::node::{INGRESS_HTTP_PORT, INGRESS_HTTPS_PORT, Node, NodeOptions};
-use logpipeline_e2e::process::signal_descendants;
+use logpipeline_local::node::{INGRESS_HTTP_PORT, INGRESS_HTTPS_PORT, Node, NodeOptions};
+use logpipeline_local::process::signal_descendants;
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Runs a one-node Kubernetes cluster until interrupted.
-#[derive(Debug, Parser)]
-#[command(version)]
-struct Args {
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
     /// Write what the cluster offers (kubeconfig, node address, images) as JSON to this
     /// file once it is ready.
     #[arg(long)]
-    ready_file: Option<PathBuf>,
+    pub ready_file: Option<PathBuf>,
     /// Do not build and load LogPipeline's own images (quicker, for the add-ons alone).
     #[arg(long)]
-    without_logpipeline_images: bool,
+    pub without_logpipeline_images: bool,
 }
 
-/// Exits 1 with the error's chain on one line: the tests quote the end of this
-/// program's output when it fails, and a backtrace there would hide the cause.
-fn main() -> ExitCode {
-    let args = Args::parse();
-    let outcome = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(run(args)));
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("logpipeline-cluster: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run(args: Args) -> Result<()> {
+/// Starts the cluster, prints how to use it, and tears it down on Ctrl-C or SIGTERM.
+pub async fn run(args: ClusterArgs) -> Result<()> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut hangup = signal(SignalKind::hangup())?;

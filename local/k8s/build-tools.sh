@@ -8,9 +8,9 @@
 #   clients         helm
 #   CRDs            the Prometheus Operator's PodMonitor and PrometheusRule (crds/)
 #
-#   e2e/k8s/build-tools.sh              build what is missing (a no-op when all are there)
-#   e2e/k8s/build-tools.sh --check      exit 0 when every tool is there, 1 otherwise
-#   e2e/k8s/build-tools.sh --print-dir  print where the tools are (or go)
+#   local/k8s/build-tools.sh              build what is missing (a no-op when all are there)
+#   local/k8s/build-tools.sh --check      exit 0 when every tool is there, 1 otherwise
+#   local/k8s/build-tools.sh --print-dir  print where the tools are (or go)
 #
 # The binaries go to $LOGPIPELINE_TOOLS_DIR, by default ~/.cache/logpipeline/tools/<hash
 # of versions.env>, outside the repository; the tests look there. Versions are pinned in

@@ -122,7 +122,7 @@ impl ImageBuilder {
     /// The Redis and PostgreSQL image, from the cache or built with debootstrap (a few
     /// minutes, once per machine and recipe).
     pub fn services(&self) -> Result<PathBuf> {
-        let images = repo_root().join("e2e/k8s/images");
+        let images = repo_root().join("local/k8s/images");
         let recipe = [
             std::fs::read(images.join("postgres-entrypoint"))?,
             std::fs::read(images.join("redis-entrypoint"))?,

@@ -1,68 +1,43 @@
-//! Measures the read path on a large table: latency of cached and uncached device
-//! queries and of the statistics, against the real api, Redis and PostgreSQL.
-//!
-//! `cargo run --release -p logpipeline-e2e --bin logpipeline-query-bench -- --rows 1000000`
+//! `logpipeline bench query`: the read path on a large table. Latency of cached and
+//! uncached device queries and of the statistics, against the real api, Redis and
+//! PostgreSQL.
 
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
 use hdrhistogram::Histogram;
 use logpipeline_core::storage::{self, PartitionSettings};
-use logpipeline_e2e::postgres::{PostgresOptions, PostgresServer};
-use logpipeline_e2e::redis::RedisServer;
-use logpipeline_e2e::services::{ApiProcess, Env};
+use logpipeline_local::postgres::{PostgresOptions, PostgresServer};
+use logpipeline_local::redis::RedisServer;
+use logpipeline_local::services::{ApiProcess, Env};
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
 
 /// Fills a `logs` table and measures query latency through the api.
-#[derive(Debug, Parser)]
-#[command(name = "logpipeline-query-bench")]
-struct Args {
+#[derive(Debug, clap::Args)]
+pub struct QueryBenchArgs {
     /// Rows in the logs table.
     #[arg(long, default_value_t = 1_000_000)]
-    rows: u64,
+    pub rows: u64,
 
     /// Devices the rows are spread over.
     #[arg(long, default_value_t = 1000)]
-    devices: u64,
+    pub devices: u64,
 
     /// Requests measured per kind of query.
     #[arg(long, default_value_t = 2000)]
-    requests: u32,
+    pub requests: u32,
 
     /// Logs per page.
     #[arg(long, default_value_t = 100)]
-    limit: u32,
+    pub limit: u32,
 
     /// Write the figures as JSON to this file too.
     #[arg(long)]
-    json: Option<std::path::PathBuf>,
+    pub json: Option<std::path::PathBuf>,
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("logpipeline-query-bench: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("logpipeline-query-bench: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run(args: Args) -> Result<()> {
+pub async fn run(args: QueryBenchArgs) -> Result<()> {
     let redis = RedisServer::start()?;
     let postgres = PostgresServer::start_with(PostgresOptions {
         durable: true,
@@ -74,10 +49,10 @@ async fn run(args: Args) -> Result<()> {
         .max_connections(2)
         .connect(&database)
         .await?;
-    logpipeline_e2e::stack::wait_for_schema(&pool).await?;
+    crate::wait_for_schema(&pool).await?;
 
     fill(&pool, args.rows, args.devices).await?;
-    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
+    let client = crate::http_client()?;
     let base = api.url();
 
     // Every request a query of its own (another device, another `until`): all misses.

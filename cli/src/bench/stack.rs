@@ -7,10 +7,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use redis::aio::MultiplexedConnection;
 
-use crate::postgres::{PostgresOptions, PostgresServer};
-use crate::process::wait_until;
-use crate::redis::{RedisOptions, RedisServer};
-use crate::services::{ApiProcess, Env, WorkerProcess};
+use logpipeline_local::postgres::{PostgresOptions, PostgresServer};
+use logpipeline_local::process::wait_until;
+use logpipeline_local::redis::{RedisOptions, RedisServer};
+use logpipeline_local::services::{ApiProcess, Env, WorkerProcess};
 
 /// How to configure the services.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -1,54 +1,39 @@
-//! Runs a whole LogPipeline on this machine: Redis and PostgreSQL as child processes in
-//! a temporary directory, then the api and a worker. Ctrl-C stops everything.
-//!
-//! `cargo run --release -p logpipeline-e2e --bin logpipeline-stack`
+//! `logpipeline dev`: a whole LogPipeline on this machine. Redis and PostgreSQL run as
+//! child processes in a temporary directory, then the api and a worker. Ctrl-C stops
+//! everything.
 
-use std::process::{Command, ExitCode};
-
-use anyhow::{Context, Result, bail};
-use clap::Parser;
-use logpipeline_e2e::postgres::{PostgresOptions, PostgresServer, postgres_bindir};
-use logpipeline_e2e::process::find_on_path;
-use logpipeline_e2e::redis::{RedisOptions, RedisServer};
-use logpipeline_e2e::services::{ApiProcess, Env, WorkerProcess};
+use anyhow::Result;
+use logpipeline_local::packages;
+use logpipeline_local::postgres::{PostgresOptions, PostgresServer};
+use logpipeline_local::redis::{RedisOptions, RedisServer};
+use logpipeline_local::services::{ApiProcess, Env, WorkerProcess};
 
 /// Runs Redis, PostgreSQL, the LogPipeline api and a worker on this machine until Ctrl-C.
-#[derive(Debug, Parser)]
-#[command(name = "logpipeline-stack")]
-struct Args {
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
     /// Port the api serves on (127.0.0.1).
     #[arg(long, default_value_t = 8080)]
-    port: u16,
+    pub port: u16,
 
     /// Port the api serves gRPC on (127.0.0.1), as system B's server did.
     #[arg(long, default_value_t = 50051)]
-    grpc_port: u16,
+    pub grpc_port: u16,
 
     /// Concurrent consumers in the worker.
     #[arg(long, default_value_t = 4)]
-    concurrency: u32,
+    pub concurrency: u32,
 
     /// Most entries the stream holds before the api answers 503.
     #[arg(long, default_value_t = 100_000)]
-    stream_capacity: u64,
+    pub stream_capacity: u64,
 
     /// Do not install missing Redis or PostgreSQL packages with apt-get; fail instead.
     #[arg(long)]
-    no_install: bool,
+    pub no_install: bool,
 }
 
-fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("logpipeline-stack: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(args: Args) -> Result<()> {
-    ensure_installed(!args.no_install)?;
+pub fn run(args: DevArgs) -> Result<()> {
+    packages::ensure_installed(!args.no_install)?;
     println!("starting Redis (append-only file) and PostgreSQL in temporary directories…");
     let redis = RedisServer::start_with(RedisOptions {
         append_only: true,
@@ -120,51 +105,6 @@ fn api_log(api: &ApiProcess) -> String {
 
 fn worker_log(worker: &WorkerProcess) -> String {
     worker.log_path().display().to_string()
-}
-
-/// Installs `redis-server` and PostgreSQL from the distribution's packages when missing.
-fn ensure_installed(install: bool) -> Result<()> {
-    let mut missing = Vec::new();
-    if find_on_path("redis-server").is_none() {
-        missing.push("redis-server");
-    }
-    if postgres_bindir().is_err() {
-        missing.push("postgresql");
-    }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if !install || find_on_path("apt-get").is_none() {
-        bail!(
-            "missing packages: {}; install them and run again",
-            missing.join(" ")
-        );
-    }
-    println!("installing {} with apt-get…", missing.join(" "));
-    let sudo = !nix::unistd::Uid::effective().is_root();
-    let apt = |apt_args: &[&str]| -> Result<()> {
-        let mut command = if sudo {
-            Command::new("sudo")
-        } else {
-            Command::new("apt-get")
-        };
-        if sudo {
-            command.arg("apt-get");
-        }
-        let status = command
-            .args(apt_args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .context("running apt-get")?;
-        if !status.success() {
-            bail!("apt-get {} failed ({status})", apt_args.join(" "));
-        }
-        Ok(())
-    };
-    apt(&["update", "-qq"])?;
-    let mut install_args = vec!["install", "-y", "-qq"];
-    install_args.extend(&missing);
-    apt(&install_args)
 }
 
 fn wait_for_ctrl_c() -> Result<()> {
