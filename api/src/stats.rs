@@ -1,6 +1,7 @@
 //! `GET /api/stats`: totals, counts by level and the most active devices.
 //!
-//! The numbers come from `log_counts`, which the worker keeps in the same transaction
+//! The numbers come from `log_count_totals` (the counters in `log_counts` and the counts
+//! waiting to be folded into them), which the worker keeps in the same transaction
 //! as its inserts, so they are exact and cost the same at ten million logs as at ten;
 //! the answer is cached briefly, as the seed did.
 
@@ -86,7 +87,7 @@ async fn read(state: &AppState, tenant: &Tenant) -> Result<Stats> {
     let started = Instant::now();
     // Counts per level, summed over devices and stripes.
     let by_level: Vec<(String, i64)> = sqlx::query_as(
-        "select log_level, sum(count)::bigint from log_counts where tenant = $1 \
+        "select log_level, sum(count)::bigint from log_count_totals where tenant = $1 \
          group by log_level order by log_level",
     )
     .bind(tenant.as_str())
@@ -96,7 +97,7 @@ async fn read(state: &AppState, tenant: &Tenant) -> Result<Stats> {
     // The devices with the most logs.
     let devices: Vec<DeviceActivity> = sqlx::query_as(
         "select device_id, sum(count)::bigint as count, max(last_at) as last_log_at \
-         from log_counts where tenant = $1 group by device_id \
+         from log_count_totals where tenant = $1 group by device_id \
          order by count desc, device_id limit $2",
     )
     .bind(tenant.as_str())

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use logpipeline::bench::{self, BenchOptions, query::QueryBenchArgs};
+use logpipeline::bench::query::QueryBenchArgs;
+use logpipeline::bench::store::StoreBenchArgs;
+use logpipeline::bench::{self, BenchOptions};
 use logpipeline::cluster::{self, ClusterArgs};
 use logpipeline::dev::{self, DevArgs};
 use logpipeline::load::{self, LoadOptions};
@@ -43,6 +45,9 @@ enum Bench {
     Pipeline(BenchOptions),
     /// The read path on a large table: cached and uncached device queries, statistics.
     Query(QueryBenchArgs),
+    /// The worker's store path alone against a durable PostgreSQL: logs/s, CPU per log
+    /// of PostgreSQL and of the worker's code, WAL and disk bytes per log.
+    Store(StoreBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,6 +90,9 @@ fn run(command: Command) -> Result<bool> {
         Command::Bench(Bench::Pipeline(options)) => bench::run(&options).map(|()| true),
         Command::Bench(Bench::Query(args)) => runtime(None)?
             .block_on(bench::query::run(args))
+            .map(|()| true),
+        Command::Bench(Bench::Store(args)) => runtime(None)?
+            .block_on(bench::store::run(args))
             .map(|()| true),
         Command::Cluster(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -24,6 +24,9 @@ const CONVERT_LOCK: i64 = 0x6c70_0001;
 const CREATE_LOCK: i64 = 0x6c70_0002;
 /// Advisory lock held by the one process running upkeep: retention, compaction.
 pub const UPKEEP_LOCK: i64 = 0x6c70_0003;
+/// Advisory lock (transaction-scoped) held while counts are folded, so that one worker
+/// folds at a time and the others skip rather than wait.
+const FOLD_LOCK: i64 = 0x6c70_0005;
 
 /// The partitioned table: the seed's columns, the tenant and the stable ids. Its primary
 /// key includes the partition key, as PostgreSQL requires of unique indexes.
@@ -221,6 +224,10 @@ pub async fn drop_expired(
             }
             None => {}
         }
+        // Every count of the partition, folded first, goes with it.
+        while fold_counts(&mut *connection).await? == FoldOutcome::Busy {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
         sqlx::query("delete from log_counts where period = coalesce($1, '-infinity'::timestamptz)")
             .bind(partition.from)
@@ -238,6 +245,54 @@ pub async fn drop_expired(
         dropped.push(name.clone());
     }
     Ok(dropped)
+}
+
+/// What [`fold_counts`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FoldOutcome {
+    /// Folded the counts of this many transactions.
+    Folded(u64),
+    /// Another process is folding.
+    Busy,
+}
+
+/// Folds the counts waiting in `log_count_deltas` into `log_counts`, in one statement:
+/// the rows it takes are deleted and their sums added, atomically, so every count is in
+/// exactly one of the two at any time and `log_count_totals` never changes by a fold.
+/// Rows added meanwhile wait for the next fold. One process folds at a time; the others
+/// are told [`FoldOutcome::Busy`].
+pub async fn fold_counts(db: impl sqlx::PgExecutor<'_>) -> Result<FoldOutcome, sqlx::Error> {
+    let (locked, folded): (bool, i64) = sqlx::query_as(
+        "with locked as (
+            select pg_try_advisory_xact_lock($1) as locked
+        ), taken as (
+            delete from log_count_deltas where (select locked from locked)
+            returning tenants, devices, levels, periods, counts, last_ats
+        ), counts as (
+            select d.*
+            from taken,
+                unnest(tenants, devices, levels, periods, counts, last_ats)
+                    as d (tenant, device_id, log_level, period, count, last_at)
+        ), added as (
+            insert into log_counts (tenant, device_id, log_level, period, stripe, count, last_at)
+            select tenant, device_id, log_level, period, 0, sum(count), max(last_at)
+            from counts
+            group by tenant, device_id, log_level, period
+            order by tenant, device_id, log_level, period
+            on conflict (tenant, device_id, log_level, period, stripe) do update
+                set count = log_counts.count + excluded.count,
+                    last_at = greatest(log_counts.last_at, excluded.last_at)
+        )
+        select (select locked from locked), (select count(*) from taken)",
+    )
+    .bind(FOLD_LOCK)
+    .fetch_one(db)
+    .await?;
+    Ok(if locked {
+        FoldOutcome::Folded(folded.unsigned_abs())
+    } else {
+        FoldOutcome::Busy
+    })
 }
 
 /// Folds the counter stripes of partitions that ended before `before` into stripe 0: the

@@ -1105,7 +1105,7 @@ async fn a_worker_dying_between_commit_and_acknowledgement_causes_no_duplicate()
         .await
         .unwrap();
     assert_eq!(stored, 10);
-    let counted: i64 = sqlx::query_scalar("select sum(count)::bigint from log_counts")
+    let counted: i64 = sqlx::query_scalar("select sum(count)::bigint from log_count_totals")
         .fetch_one(&pool)
         .await
         .unwrap();

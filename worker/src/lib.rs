@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod config;
 pub mod consumer;
+pub mod copy;
 mod error;
 pub mod maintenance;
 pub mod metrics;
@@ -147,6 +148,12 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
         store.clone(),
         metrics.clone(),
         Duration::from_secs(config.storage_upkeep_secs),
+        shutdown.clone(),
+    ));
+    tasks.spawn(upkeep::fold_counts(
+        store.clone(),
+        metrics.clone(),
+        upkeep::FOLD_EVERY,
         shutdown.clone(),
     ));
     tasks.spawn(maintenance::run(

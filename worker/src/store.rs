@@ -1,8 +1,22 @@
-//! Storing logs in PostgreSQL: one statement per batch, idempotent on each log's id,
-//! and isolating the entries PostgreSQL rejects so they do not hold back the rest.
+//! Storing logs in PostgreSQL: each batch by binary `COPY` in one transaction with its
+//! counts, exactly once, and isolating the logs PostgreSQL rejects so they do not hold
+//! back the rest.
+//!
+//! Exactly once rests on the primary key `(created_at, id)`: a log's key comes from its
+//! stream entry ([`codec::log_key`]), so a re-delivered entry (a worker killed between its
+//! commit and its acknowledgement, a claim, a retry) brings keys that are stored already.
+//! A batch goes in by `COPY`, which has no `on conflict`: PostgreSQL's unique check
+//! refuses the whole `COPY` when one key is stored already, and only then the batch goes
+//! in again by an `insert … on conflict do nothing`, which skips what is there. First
+//! deliveries, nearly all of them, pay neither the conflict handling nor `unnest`'s
+//! array decoding.
+//!
+//! Counts go to `log_count_deltas`, one row of arrays per transaction, which
+//! [`storage::fold_counts`] folds into `log_counts` every second: a batch of 500 logs over
+//! 500 devices and levels costs one row there instead of 500 counter updates.
 
+use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use logpipeline_core::codec::{self, Entry};
@@ -10,51 +24,62 @@ use logpipeline_core::partitions::{Partition, Retention};
 use logpipeline_core::record::LogRecord;
 use logpipeline_core::storage::{self, PartitionSettings};
 use logpipeline_core::tenant::DEFAULT_TENANT;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 use tracing::debug;
 
+use crate::copy::CopyRows;
 use crate::stream::StreamEntry;
 
-/// Stores a batch of logs given as one array per column (`$1`–`$8`, `$10`–`$12`), and
-/// counts the logs inserted per tenant, device, level and partition in stripe `$9` of
-/// `log_counts`, in one statement (one transaction). A log whose key `(created_at, id)` is
-/// stored already (its entry was delivered again after a crash) is skipped and not
-/// counted, so each log is stored and counted exactly once however often its entry is
-/// delivered. In the legacy
-/// partition, which holds the logs of before partitioning, the unique `message_id` does
-/// the same for entries stored before the upgrade: `on conflict do nothing` honours every
-/// unique index of the partition a row goes to. Returns the number inserted.
-const INSERT: &str = "
+/// The columns a log is stored with, in the order [`copy_rows`] writes them; the
+/// partition key routes each row.
+const COPY_LOGS: &str = "copy logs (id, message_id, tenant, device_id, log_level, message, \
+    log_data, created_at, service_name, trace_id, span_id) from stdin (format binary)";
+/// Fields of a row of [`COPY_LOGS`].
+const COPY_FIELDS: i16 = 11;
+
+/// Adds one transaction's counts, as arrays of equal length, to those waiting to be folded
+/// into `log_counts`.
+const ADD_COUNTS: &str = "insert into log_count_deltas \
+    (tenants, devices, levels, periods, counts, last_ats) \
+    values ($1, $2, $3, $4::text[]::timestamptz[], $5, $6)";
+
+/// Stores a batch given as one array per column (`$1`–`$11`) and adds the counts of the
+/// logs it inserted per tenant, device, level and partition to `log_count_deltas`, in one
+/// statement (one transaction). A log whose key `(created_at, id)` is stored already (its
+/// entry was delivered again) is skipped and not counted. In the legacy partition, which
+/// holds the logs of before partitioning, the unique `message_id` does the same for
+/// entries stored before the upgrade: `on conflict do nothing` honours every unique
+/// index of the partition a row goes to. Returns the number inserted.
+const INSERT_ONCE: &str = "
 with inserted as (
     insert into logs (id, message_id, tenant, device_id, log_level, message, log_data, created_at,
                       service_name, trace_id, span_id)
     select id, message_id, tenant, device_id, log_level, message, log_data::jsonb, created_at,
            service_name, trace_id, span_id
     from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                $7::text[], $8::timestamptz[], $10::text[], $11::text[], $12::text[])
+                $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::text[])
         as batch (id, message_id, tenant, device_id, log_level, message, log_data, created_at,
                   service_name, trace_id, span_id)
     on conflict do nothing
     returning tenant, device_id, log_level, created_at
 ), counted as (
-    insert into log_counts (tenant, device_id, log_level, period, stripe, count, last_at)
-    select i.tenant, i.device_id, i.log_level, coalesce(p.from_at, '-infinity'), $9,
-           count(*), max(i.created_at)
+    select i.tenant, i.device_id::text as device_id, i.log_level::text as log_level,
+           coalesce(p.from_at, '-infinity') as period, count(*) as n, max(i.created_at) as last_at
     from inserted i
     join log_partitions p
         on (p.from_at is null or i.created_at >= p.from_at) and i.created_at < p.to_at
     group by 1, 2, 3, 4
-    order by 1, 2, 3, 4
-    on conflict (tenant, device_id, log_level, period, stripe) do update
-        set count = log_counts.count + excluded.count,
-            last_at = greatest(log_counts.last_at, excluded.last_at)
+), added as (
+    insert into log_count_deltas (tenants, devices, levels, periods, counts, last_ats)
+    select array_agg(tenant), array_agg(device_id), array_agg(log_level), array_agg(period),
+           array_agg(n), array_agg(last_at)
+    from counted
+    having count(*) > 0
 )
 select count(*) from inserted
 ";
-
-/// How many stripes each counter of `log_counts` is split over.
-const COUNT_STRIPES: u32 = 16;
 
 /// The device of the synthetic log [`Store::accepts_writes`] inserts and rolls back.
 const PROBE_DEVICE: &str = "logpipeline-probe";
@@ -174,8 +199,6 @@ pub struct Store {
     settings: StoreSettings,
     /// The partitions known to exist, refreshed when a batch needs one that is not.
     known: Arc<RwLock<Vec<Partition>>>,
-    /// Picks the counter stripe of the next batch.
-    next_stripe: Arc<AtomicU32>,
 }
 
 impl Store {
@@ -185,7 +208,6 @@ impl Store {
             pool,
             settings,
             known: Arc::default(),
-            next_stripe: Arc::new(AtomicU32::new(std::process::id())),
         }
     }
 
@@ -223,13 +245,11 @@ impl Store {
             if range.is_empty() {
                 continue;
             }
-            let batch = || live[range.clone()].iter().map(|&index| &entries[index]);
-            let error = match insert(Columns::of(batch()), self.next_stripe(), &self.pool).await {
+            let rows = Row::of_entries(live[range.clone()].iter().map(|&index| &entries[index]));
+            let error = match self.write(&rows).await {
                 Ok(inserted) => {
                     outcome.inserted += inserted;
-                    outcome.logs += batch()
-                        .map(|decoded| decoded.entry.logs.len() as u64)
-                        .sum::<u64>();
+                    outcome.logs += rows.len() as u64;
                     outcome.stored.extend(live[range].iter().copied());
                     continue;
                 }
@@ -278,11 +298,8 @@ impl Store {
             if range.is_empty() {
                 continue;
             }
-            let mut columns = Columns::default();
-            for index in range.clone() {
-                columns.push(decoded, index);
-            }
-            match insert(columns, self.next_stripe(), &self.pool).await {
+            let rows: Vec<Row<'_>> = range.clone().map(|index| Row::of(decoded, index)).collect();
+            match self.write(&rows).await {
                 Ok(inserted) => rejection.inserted += inserted,
                 Err(error) if is_refusal(&error) && range.len() == 1 => {
                     rejection.reason = rejection_reason(&error);
@@ -332,30 +349,82 @@ impl Store {
     /// write (a read-only failover, a full disk, a revoked grant, a missing table) is
     /// never mistaken for bad data, whatever its SQLSTATE.
     pub async fn accepts_writes(&self) -> Result<(), sqlx::Error> {
-        let stripe = self.next_stripe();
         let now = OffsetDateTime::now_utc();
         self.ensure_partitions(std::iter::once(now)).await?;
-        let columns = Columns {
-            id: vec![i64::from(stripe)],
-            message_id: vec![format!("{PROBE_DEVICE}:{}:{stripe}", std::process::id())],
-            tenant: vec![DEFAULT_TENANT],
-            device_id: vec![PROBE_DEVICE],
-            log_level: vec!["INFO"],
-            message: vec!["probe"],
-            log_data: vec!["{}"],
-            created_at: vec![now],
-            service_name: vec![None],
-            trace_id: vec![None],
-            span_id: vec![None],
+        let probe = Row {
+            id: i64::from(std::process::id()),
+            message_id: format!("{PROBE_DEVICE}:{}", std::process::id()),
+            tenant: DEFAULT_TENANT,
+            device_id: PROBE_DEVICE,
+            log_level: "INFO",
+            message: "probe",
+            log_data: "{}",
+            created_at: now,
+            service_name: None,
+            trace_id: None,
+            span_id: None,
         };
+        let counts = self.counts(std::slice::from_ref(&probe));
         let mut transaction = self.pool.begin().await?;
-        insert(columns, stripe, &mut *transaction).await?;
+        copy(&mut transaction, std::slice::from_ref(&probe)).await?;
+        if let Some(counts) = counts {
+            counts.add(&mut transaction).await?;
+        }
         transaction.rollback().await
     }
 
-    /// The counter stripe of the next statement.
-    fn next_stripe(&self) -> i16 {
-        (self.next_stripe.fetch_add(1, Ordering::Relaxed) % COUNT_STRIPES) as i16
+    /// Stores `rows` in one transaction with their counts: by `COPY`, or when one of them
+    /// is stored already, by an insert that skips those. Returns how many were inserted.
+    async fn write(&self, rows: &[Row<'_>]) -> Result<u64, sqlx::Error> {
+        let Some(counts) = self.counts(rows) else {
+            return insert_once(rows, &self.pool).await;
+        };
+        let mut transaction = self.pool.begin().await?;
+        match copy(&mut transaction, rows).await {
+            Ok(()) => {}
+            Err(error) if is_unique_violation(&error) => {
+                // Delivered before: some of these logs are stored already.
+                transaction.rollback().await?;
+                return insert_once(rows, &self.pool).await;
+            }
+            Err(error) => return Err(error),
+        }
+        counts.add(&mut transaction).await?;
+        transaction.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
+    /// The counts of `rows` per tenant, device, level and partition; None when a row's
+    /// partition is not among those known (the insert then finds it in the database).
+    fn counts(&self, rows: &[Row<'_>]) -> Option<Counts> {
+        let known = self
+            .known
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut counts: HashMap<CountKey<'_>, (i64, OffsetDateTime)> = HashMap::new();
+        for row in rows {
+            let partition = known
+                .iter()
+                .find(|partition| partition.contains(row.created_at))?;
+            let count = counts
+                .entry((row.tenant, row.device_id, row.log_level, partition.from))
+                .or_insert((0, row.created_at));
+            count.0 += 1;
+            count.1 = count.1.max(row.created_at);
+        }
+        let mut arrays = Counts::default();
+        for ((tenant, device, level, period), (count, last_at)) in counts {
+            arrays.tenants.push(tenant.to_owned());
+            arrays.devices.push(device.to_owned());
+            arrays.levels.push(level.to_owned());
+            arrays.periods.push(period.map_or_else(
+                || "-infinity".to_owned(),
+                |from| from.format(&Rfc3339).unwrap_or_default(),
+            ));
+            arrays.counts.push(count);
+            arrays.last_ats.push(last_at);
+        }
+        Some(arrays)
     }
 
     /// The connection pool.
@@ -369,97 +438,149 @@ impl Store {
     }
 }
 
-/// Inserts `columns` in one statement, counting them in `stripe`; returns how many logs
-/// were new.
-async fn insert<'e>(
-    columns: Columns<'_>,
-    stripe: i16,
-    executor: impl sqlx::PgExecutor<'e>,
-) -> Result<u64, sqlx::Error> {
-    let inserted: i64 = sqlx::query_scalar(INSERT)
-        .bind(columns.id)
-        .bind(columns.message_id)
-        .bind(columns.tenant)
-        .bind(columns.device_id)
-        .bind(columns.log_level)
-        .bind(columns.message)
-        .bind(columns.log_data)
-        .bind(columns.created_at)
-        .bind(stripe)
-        .bind(columns.service_name)
-        .bind(columns.trace_id)
-        .bind(columns.span_id)
-        .fetch_one(executor)
+/// One log as it is stored: a row of `logs`.
+struct Row<'a> {
+    id: i64,
+    message_id: String,
+    tenant: &'a str,
+    device_id: &'a str,
+    log_level: &'static str,
+    message: &'a str,
+    log_data: &'a str,
+    created_at: OffsetDateTime,
+    service_name: Option<&'a str>,
+    trace_id: Option<&'a str>,
+    span_id: Option<&'a str>,
+}
+
+impl<'a> Row<'a> {
+    /// Log `index` of `decoded`.
+    fn of(decoded: &'a Decoded, index: usize) -> Self {
+        let log: &LogRecord = &decoded.entry.logs[index];
+        Self {
+            id: decoded.key(index),
+            message_id: codec::log_id(&decoded.raw.id, index, decoded.entry.logs.len()),
+            tenant: decoded.entry.tenant.as_str(),
+            device_id: log.device_id.as_str(),
+            log_level: log.log_level.as_str(),
+            message: log.message.as_str(),
+            log_data: log.log_data.as_ref().map_or("{}", |data| data.as_json()),
+            created_at: decoded.entry.received_at,
+            service_name: log.service_name.as_ref().map(|name| name.as_str()),
+            trace_id: log.trace_id.as_ref().map(|id| id.as_str()),
+            span_id: log.span_id.as_ref().map(|id| id.as_str()),
+        }
+    }
+
+    /// Every log of `entries`, in order.
+    fn of_entries(entries: impl Iterator<Item = &'a Decoded>) -> Vec<Self> {
+        entries
+            .flat_map(|decoded| {
+                (0..decoded.entry.logs.len()).map(move |index| Self::of(decoded, index))
+            })
+            .collect()
+    }
+}
+
+/// `rows` in binary `COPY` form, in [`COPY_LOGS`]'s columns.
+fn copy_rows(rows: &[Row<'_>]) -> Vec<u8> {
+    let bytes: usize = rows
+        .iter()
+        .map(|row| 160 + row.message.len() + row.log_data.len())
+        .sum();
+    let mut copy = CopyRows::with_capacity(bytes);
+    for row in rows {
+        copy.row(COPY_FIELDS);
+        copy.bigint(row.id);
+        copy.text(&row.message_id);
+        copy.text(row.tenant);
+        copy.text(row.device_id);
+        copy.text(row.log_level);
+        copy.text(row.message);
+        copy.jsonb(row.log_data);
+        copy.timestamptz(row.created_at);
+        copy.optional_text(row.service_name);
+        copy.optional_text(row.trace_id);
+        copy.optional_text(row.span_id);
+    }
+    copy.finish()
+}
+
+/// Writes `rows` with `COPY` on `connection`, in its transaction.
+async fn copy(connection: &mut PgConnection, rows: &[Row<'_>]) -> Result<(), sqlx::Error> {
+    let data = copy_rows(rows);
+    let mut copy_in = connection.copy_in_raw(COPY_LOGS).await?;
+    if let Err(error) = copy_in.send(data).await {
+        // The connection must leave COPY mode before it is used again.
+        let _ = copy_in.abort("the worker could not send the rows").await;
+        return Err(error);
+    }
+    copy_in.finish().await.map(drop)
+}
+
+/// Inserts `rows` in one statement that skips the logs stored already, and counts those
+/// it inserted; returns how many.
+async fn insert_once<'a>(rows: &'a [Row<'a>], pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let column = |value: fn(&'a Row<'a>) -> &'a str| rows.iter().map(value).collect::<Vec<&str>>();
+    let optional = |value: fn(&'a Row<'a>) -> Option<&'a str>| {
+        rows.iter().map(value).collect::<Vec<Option<&str>>>()
+    };
+    let inserted: i64 = sqlx::query_scalar(INSERT_ONCE)
+        .bind(rows.iter().map(|row| row.id).collect::<Vec<i64>>())
+        .bind(column(|row| &row.message_id))
+        .bind(column(|row| row.tenant))
+        .bind(column(|row| row.device_id))
+        .bind(column(|row| row.log_level))
+        .bind(column(|row| row.message))
+        .bind(column(|row| row.log_data))
+        .bind(
+            rows.iter()
+                .map(|row| row.created_at)
+                .collect::<Vec<OffsetDateTime>>(),
+        )
+        .bind(optional(|row| row.service_name))
+        .bind(optional(|row| row.trace_id))
+        .bind(optional(|row| row.span_id))
+        .fetch_one(pool)
         .await?;
     Ok(inserted.unsigned_abs())
 }
 
-/// The batch's logs, one vector per column.
-#[derive(Default)]
-struct Columns<'a> {
-    id: Vec<i64>,
-    message_id: Vec<String>,
-    tenant: Vec<&'a str>,
-    device_id: Vec<&'a str>,
-    log_level: Vec<&'static str>,
-    message: Vec<&'a str>,
-    log_data: Vec<&'a str>,
-    created_at: Vec<OffsetDateTime>,
-    service_name: Vec<Option<&'a str>>,
-    trace_id: Vec<Option<&'a str>>,
-    span_id: Vec<Option<&'a str>>,
+/// What logs are counted by: tenant, device, level, and the start of their partition
+/// (None for the legacy one).
+type CountKey<'a> = (&'a str, &'a str, &'a str, Option<OffsetDateTime>);
+
+/// One transaction's counts, as the arrays of a `log_count_deltas` row.
+#[derive(Debug, Default)]
+struct Counts {
+    tenants: Vec<String>,
+    devices: Vec<String>,
+    levels: Vec<String>,
+    /// Each partition's start, as text: `-infinity` for the legacy partition.
+    periods: Vec<String>,
+    counts: Vec<i64>,
+    last_ats: Vec<OffsetDateTime>,
 }
 
-impl<'a> Columns<'a> {
-    fn of(entries: impl Iterator<Item = &'a Decoded> + Clone) -> Self {
-        let logs = entries
-            .clone()
-            .map(|decoded| decoded.entry.logs.len())
-            .sum();
-        let mut columns = Columns {
-            id: Vec::with_capacity(logs),
-            message_id: Vec::with_capacity(logs),
-            tenant: Vec::with_capacity(logs),
-            device_id: Vec::with_capacity(logs),
-            log_level: Vec::with_capacity(logs),
-            message: Vec::with_capacity(logs),
-            log_data: Vec::with_capacity(logs),
-            created_at: Vec::with_capacity(logs),
-            service_name: Vec::with_capacity(logs),
-            trace_id: Vec::with_capacity(logs),
-            span_id: Vec::with_capacity(logs),
-        };
-        for decoded in entries {
-            for index in 0..decoded.entry.logs.len() {
-                columns.push(decoded, index);
-            }
-        }
-        columns
+impl Counts {
+    /// Adds them in `connection`'s transaction.
+    async fn add(self, connection: &mut PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query(ADD_COUNTS)
+            .bind(self.tenants)
+            .bind(self.devices)
+            .bind(self.levels)
+            .bind(self.periods)
+            .bind(self.counts)
+            .bind(self.last_ats)
+            .execute(connection)
+            .await
+            .map(drop)
     }
+}
 
-    /// Adds log `index` of `decoded`.
-    fn push(&mut self, decoded: &'a Decoded, index: usize) {
-        let log = &decoded.entry.logs[index];
-        self.id.push(decoded.key(index));
-        self.message_id.push(codec::log_id(
-            &decoded.raw.id,
-            index,
-            decoded.entry.logs.len(),
-        ));
-        self.tenant.push(decoded.entry.tenant.as_str());
-        self.device_id.push(log.device_id.as_str());
-        self.log_level.push(log.log_level.as_str());
-        self.message.push(log.message.as_str());
-        self.log_data
-            .push(log.log_data.as_ref().map_or("{}", |data| data.as_json()));
-        self.created_at.push(decoded.entry.received_at);
-        self.service_name
-            .push(log.service_name.as_ref().map(|name| name.as_str()));
-        self.trace_id
-            .push(log.trace_id.as_ref().map(|id| id.as_str()));
-        self.span_id
-            .push(log.span_id.as_ref().map(|id| id.as_str()));
-    }
+/// Whether PostgreSQL refused a write for a key that is stored already (SQLSTATE 23505).
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(error) if error.code().as_deref() == Some("23505"))
 }
 
 /// Whether PostgreSQL answered the statement with an error, of any SQLSTATE class:

@@ -39,6 +39,31 @@ pub async fn run(store: Store, metrics: Metrics, every: Duration, shutdown: Canc
     }
 }
 
+/// How often the counts of stored logs are folded into `log_counts`.
+pub const FOLD_EVERY: Duration = Duration::from_secs(1);
+
+/// Folds the counts of stored logs into `log_counts` every `every` until `shutdown`
+/// ([`storage::fold_counts`]); one worker folds at a time, the others skip.
+pub async fn fold_counts(
+    store: Store,
+    metrics: Metrics,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        if let Err(error) = storage::fold_counts(store.pool()).await {
+            metrics.storage_upkeep_errors.inc();
+            debug!(%error, "folding counts failed; they are folded next time");
+        }
+    }
+}
+
 /// One pass at `now`: makes the partitions wanted ahead, then, unless another worker
 /// holds the upkeep lock (false), drops what the retention expired, folds counters and
 /// applies the GIN setting.

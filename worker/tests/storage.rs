@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use logpipeline_core::codec;
 use logpipeline_core::db;
 use logpipeline_core::partitions::{PartitionInterval, Retention};
-use logpipeline_core::storage::PartitionSettings;
+use logpipeline_core::storage::{self, PartitionSettings};
 use logpipeline_core::tenant::Tenant;
 use logpipeline_local::postgres;
 use logpipeline_worker::metrics::Metrics;
@@ -238,7 +238,7 @@ async fn a_seed_database_is_adopted_with_every_row() {
         "a log without a time gets the time it was indexed"
     );
     assert_eq!(
-        scalar(&pool, "select sum(count)::bigint from log_counts").await,
+        scalar(&pool, "select sum(count)::bigint from log_count_totals").await,
         5001,
         "the seed's rows are counted once"
     );
@@ -365,7 +365,7 @@ async fn retention_drops_exactly_the_partitions_past_it_with_their_counts() {
     // The counters went with their partitions: they still equal the rows.
     assert_eq!(
         scalar(&pool, "select count(*) from logs").await,
-        scalar(&pool, "select sum(count)::bigint from log_counts").await
+        scalar(&pool, "select sum(count)::bigint from log_count_totals").await
     );
     // A log received past the retention is not stored.
     let outcome = store
@@ -379,7 +379,7 @@ async fn retention_drops_exactly_the_partitions_past_it_with_their_counts() {
 }
 
 #[tokio::test]
-async fn counter_stripes_of_ended_partitions_fold_and_sums_stay_exact() {
+async fn counts_wait_one_row_per_batch_and_fold_exactly_while_stores_go_on() {
     let pool = database().await;
     db::migrate(&pool).await.unwrap();
     let store = Store::new(pool.clone(), settings(None));
@@ -387,19 +387,150 @@ async fn counter_stripes_of_ended_partitions_fold_and_sums_stay_exact() {
     let two_days_ago = now - Duration::from_secs(2 * 86_400);
     for _ in 0..20 {
         store
-            .store(&[entry(two_days_ago, "d", 5), entry(now, "d", 1)])
+            .store(&[entry(two_days_ago, "d", 5), entry(now, "e", 1)])
             .await
             .unwrap();
     }
-    let rows_before = scalar(&pool, "select count(*) from log_counts").await;
-    upkeep::pass(&store, &Metrics::new().unwrap(), now)
+    assert_eq!(
+        scalar(&pool, "select count(*) from log_count_deltas").await,
+        20
+    );
+    assert_eq!(scalar(&pool, "select count(*) from log_counts").await, 0);
+    assert_eq!(
+        scalar(&pool, "select sum(count)::bigint from log_count_totals").await,
+        120
+    );
+    // Folds racing each other and the writers: the totals always equal the rows.
+    let writers = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for _ in 0..50 {
+                store.store(&[entry(now, "f", 3)]).await.unwrap();
+            }
+        })
+    };
+    let mut folded = 0;
+    while !writers.is_finished() {
+        let (a, b) = tokio::join!(storage::fold_counts(&pool), storage::fold_counts(&pool));
+        for outcome in [a.unwrap(), b.unwrap()] {
+            if let storage::FoldOutcome::Folded(count) = outcome {
+                folded += count;
+            }
+        }
+        let (rows, counted): (i64, i64) = sqlx::query_as(
+            "select (select count(*) from logs), \
+                    (select sum(count)::bigint from log_count_totals)",
+        )
+        .fetch_one(&pool)
         .await
         .unwrap();
-    let rows_after = scalar(&pool, "select count(*) from log_counts").await;
-    assert!(rows_after < rows_before, "{rows_before} -> {rows_after}");
+        assert_eq!(rows, counted);
+    }
+    writers.await.unwrap();
+    while storage::fold_counts(&pool).await.unwrap() != storage::FoldOutcome::Folded(0) {}
+    assert!(folded >= 20, "{folded}");
+    assert_eq!(
+        scalar(&pool, "select count(*) from log_count_deltas").await,
+        0
+    );
     assert_eq!(
         scalar(&pool, "select sum(count)::bigint from log_counts").await,
-        120
+        270
+    );
+    // One counter row per tenant, device, level and partition.
+    assert_eq!(scalar(&pool, "select count(*) from log_counts").await, 3);
+}
+
+/// The previous release's store statement (migration 5): the batch inserted with
+/// `on conflict do nothing`, its counts added to a striped counter in the same statement.
+const RELEASE_5_INSERT: &str = "
+with inserted as (
+    insert into logs (id, message_id, tenant, device_id, log_level, message, log_data, created_at)
+    select id, message_id, 'default', device_id, 'INFO', message, '{}'::jsonb, created_at
+    from unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+        as batch (id, message_id, device_id, message, created_at)
+    on conflict do nothing
+    returning tenant, device_id, log_level, created_at
+)
+insert into log_counts (tenant, device_id, log_level, period, stripe, count, last_at)
+select i.tenant, i.device_id, i.log_level, coalesce(p.from_at, '-infinity'), 7, count(*),
+       max(i.created_at)
+from inserted i
+join log_partitions p
+    on (p.from_at is null or i.created_at >= p.from_at) and i.created_at < p.to_at
+group by 1, 2, 3, 4";
+
+#[tokio::test]
+async fn an_upgrade_from_the_previous_release_keeps_every_row_and_exactly_once() {
+    let pool = database().await;
+    db::MIGRATOR
+        .run_to(db::BEFORE_PARTITIONING, &pool)
+        .await
+        .unwrap();
+    storage::partition_legacy(&pool).await.unwrap();
+    db::MIGRATOR.run_to(5, &pool).await.unwrap();
+    let store = Store::new(pool.clone(), settings(None));
+    let now = OffsetDateTime::now_utc();
+    storage::ensure_partitions(&pool, &[now], PartitionSettings::default())
+        .await
+        .unwrap();
+    // Entries the previous release stored, the last of them not yet acknowledged.
+    let entries: Vec<Decoded> = (0..10).map(|i| entry(now, &format!("d{i}"), 5)).collect();
+    for decoded in &entries {
+        let count = decoded.entry.logs.len();
+        let keys: Vec<i64> = (0..count)
+            .map(|i| codec::log_key(&decoded.raw.id, i).unwrap())
+            .collect();
+        let ids = codec::log_ids(&decoded.raw.id, count);
+        let devices: Vec<&str> = decoded
+            .entry
+            .logs
+            .iter()
+            .map(|l| l.device_id.as_str())
+            .collect();
+        let messages: Vec<&str> = decoded
+            .entry
+            .logs
+            .iter()
+            .map(|l| l.message.as_str())
+            .collect();
+        sqlx::query(RELEASE_5_INSERT)
+            .bind(keys)
+            .bind(ids)
+            .bind(devices)
+            .bind(messages)
+            .bind(vec![decoded.entry.received_at; count])
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let before = sqlx::query_scalar::<_, String>(ROWS)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    db::migrate(&pool).await.unwrap();
+    let after = sqlx::query_scalar::<_, String>(ROWS)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(before, after, "every row, unchanged");
+    assert_eq!(
+        scalar(&pool, "select sum(count)::bigint from log_count_totals").await,
+        50
+    );
+    // The new release gets the unacknowledged entries again: nothing is stored twice.
+    let outcome = store.store(&entries[7..]).await.unwrap();
+    assert_eq!(
+        (outcome.logs, outcome.inserted, outcome.stored.len()),
+        (15, 0, 3)
+    );
+    let fresh = entry(now, "d0", 2);
+    let outcome = store.store(&[fresh]).await.unwrap();
+    assert_eq!(outcome.inserted, 2);
+    assert_eq!(scalar(&pool, "select count(*) from logs").await, 52);
+    assert_eq!(
+        scalar(&pool, "select sum(count)::bigint from log_count_totals").await,
+        52
     );
 }
 

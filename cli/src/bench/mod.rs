@@ -9,6 +9,7 @@
 mod probe;
 pub mod query;
 mod stack;
+pub mod store;
 mod table;
 
 use std::path::PathBuf;

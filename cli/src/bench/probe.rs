@@ -144,7 +144,7 @@ async fn cpu_by_part(stack: &mut BenchStack) -> Result<Vec<(&'static str, f64)>>
 }
 
 /// The user and system CPU seconds of process `pid`.
-fn cpu_secs(pid: u32) -> Result<f64> {
+pub(crate) fn cpu_secs(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     let fields = stat_fields(&stat).with_context(|| format!("parsing /proc/{pid}/stat"))?;
@@ -165,6 +165,16 @@ fn peak_rss_kib(pid: u32) -> Result<f64> {
         .with_context(|| format!("/proc/{pid}/status has no VmHWM"))
 }
 
+/// The pid of the postmaster of the PostgreSQL server in `dir`.
+pub(crate) fn postmaster_pid(dir: &std::path::Path) -> Result<u32> {
+    std::fs::read_to_string(dir.join("data/postmaster.pid"))
+        .context("reading postmaster.pid")?
+        .lines()
+        .next()
+        .and_then(|pid| pid.trim().parse().ok())
+        .context("postmaster.pid has no pid")
+}
+
 /// The fields of a `/proc/<pid>/stat` line after the command name (from field 3, the
 /// state).
 fn stat_fields(stat: &str) -> Option<Vec<&str>> {
@@ -173,7 +183,7 @@ fn stat_fields(stat: &str) -> Option<Vec<&str>> {
 }
 
 /// The running children of process `parent`.
-fn children_of(parent: u32) -> Result<Vec<u32>> {
+pub(crate) fn children_of(parent: u32) -> Result<Vec<u32>> {
     let mut children = Vec::new();
     for entry in std::fs::read_dir("/proc")?.flatten() {
         let Some(pid) = entry

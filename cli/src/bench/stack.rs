@@ -157,14 +157,10 @@ impl BenchStack {
             .and_then(|pid| pid.trim().parse().ok())
             .context("Redis INFO has no process_id")?;
         pids.push(("redis", redis_pid));
-        let postmaster = std::fs::read_to_string(self.postgres.dir().join("data/postmaster.pid"))
-            .context("reading postmaster.pid")?;
-        let postmaster = postmaster
-            .lines()
-            .next()
-            .and_then(|pid| pid.trim().parse().ok())
-            .context("postmaster.pid has no pid")?;
-        pids.push(("postgres", postmaster));
+        pids.push((
+            "postgres",
+            super::probe::postmaster_pid(self.postgres.dir())?,
+        ));
         Ok(pids)
     }
 }

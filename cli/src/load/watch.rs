@@ -41,7 +41,7 @@ impl Backlog {
 /// Logs stored and counted, all tenants and partitions.
 async fn stored(pool: &PgPool) -> Result<i64> {
     Ok(
-        sqlx::query_scalar::<_, Option<i64>>("select sum(count)::bigint from log_counts")
+        sqlx::query_scalar::<_, Option<i64>>("select sum(count)::bigint from log_count_totals")
             .fetch_one(pool)
             .await?
             .unwrap_or(0),
