@@ -1,27 +1,61 @@
-//! Checks of every request before it is routed: request ids a client sets, and body
-//! encodings.
+//! What happens around every request, in one middleware (one future and no box per
+//! layer, which a stack of layers would cost each request): its request id, a span,
+//! its metrics, and the check of its body's encoding.
 
-use axum::extract::Request;
-use axum::http::{HeaderValue, header};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
 
 use crate::error::Error;
+use crate::metrics::Metrics;
 
 /// Longest `X-Request-Id` kept from a client.
 const MAX_REQUEST_ID_BYTES: usize = 128;
 
-/// Drops an `X-Request-Id` that is longer than 128 bytes or not visible ASCII, so that a
-/// new one is made: request ids go into every log line and answer.
-pub async fn request_id(mut request: Request, next: Next) -> Response {
-    if request
-        .headers()
-        .get("x-request-id")
-        .is_some_and(|id| !acceptable_request_id(id))
-    {
-        request.headers_mut().remove("x-request-id");
-    }
-    next.run(request).await
+/// The header that carries a request's id, both ways.
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Around every request:
+/// - its id: the client's `X-Request-Id` when it is 1 to 128 visible ASCII bytes (it goes
+///   into log lines and answers), else a new UUID; the answer carries it back;
+/// - a `request` span (method, matched route, request id) and an `answered` event (status,
+///   time taken) at debug level, so that a busy api does not format them per request
+///   unless asked (`RUST_LOG=info,logpipeline_api=debug`);
+/// - the request's metrics: in flight, duration and answers by route, method and status;
+/// - its body's encoding: 415 unless gzip (decoded further in) or none.
+pub async fn around(State(metrics): State<Metrics>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = match request.headers().get(&REQUEST_ID) {
+        Some(id) if acceptable_request_id(id) => id.clone(),
+        _ => {
+            let id = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                .unwrap_or(HeaderValue::from_static("unknown"));
+            request.headers_mut().insert(REQUEST_ID.clone(), id.clone());
+            id
+        }
+    };
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let span = tracing::debug_span!("request", method = %request.method(), route, request_id = id.to_str().unwrap_or_default());
+    let tracked = metrics.request_started(route, request.method());
+    let mut response = match content_encoding(&mut request) {
+        Ok(()) => next.run(request).instrument(span.clone()).await,
+        Err(error) => error.into_response(),
+    };
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            micros = started.elapsed().as_micros(),
+            "answered"
+        );
+    });
+    response.headers_mut().insert(REQUEST_ID.clone(), id);
+    tracked.finish(&response, started);
+    response
 }
 
 fn acceptable_request_id(id: &HeaderValue) -> bool {
@@ -31,7 +65,7 @@ fn acceptable_request_id(id: &HeaderValue) -> bool {
 
 /// Refuses (415) a body encoded otherwise than with gzip (decoded further in) or not at
 /// all, and spells the one accepted as the decoder expects.
-pub async fn content_encoding(mut request: Request, next: Next) -> Response {
+fn content_encoding(request: &mut Request) -> Result<(), Error> {
     let codings: Vec<String> = request
         .headers()
         .get_all(header::CONTENT_ENCODING)
@@ -48,14 +82,14 @@ pub async fn content_encoding(mut request: Request, next: Next) -> Response {
         [] => None,
         [one] if one == "gzip" => Some(HeaderValue::from_static("gzip")),
         [one] if one == "identity" => Some(HeaderValue::from_static("identity")),
-        _ => return Error::UnsupportedEncoding(codings.join(", ")).into_response(),
+        _ => return Err(Error::UnsupportedEncoding(codings.join(", "))),
     };
     if let Some(accepted) = accepted {
         request
             .headers_mut()
             .insert(header::CONTENT_ENCODING, accepted);
     }
-    next.run(request).await
+    Ok(())
 }
 
 #[cfg(test)]

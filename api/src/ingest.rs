@@ -7,7 +7,7 @@
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::{Extension, Json};
-use logpipeline_core::record::{LogBatch, LogLevel, LogRecord, MAX_BATCH_LOGS};
+use logpipeline_core::record::{LogBatch, LogLevel, LogRecord, LogView, MAX_BATCH_LOGS};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
@@ -90,7 +90,10 @@ pub async fn create_log(
 ) -> Result<Json<LogAccepted>> {
     let received_at = now();
     let key = IdempotencyKey::from_headers(&headers)?;
-    let log: LogRecord = parse(&body)?;
+    let level = match checked_levels(&body, false) {
+        Some(levels) => levels[0],
+        None => parse::<LogRecord>(&body)?.log_level,
+    };
     let mut logs_json = Vec::with_capacity(body.len() + 2);
     logs_json.push(b'[');
     logs_json.extend_from_slice(&body);
@@ -100,7 +103,7 @@ pub async fn create_log(
         &principal,
         received_at,
         &logs_json,
-        &[log.log_level],
+        &[level],
         Endpoint::Log,
         key.as_ref(),
     )
@@ -110,6 +113,31 @@ pub async fn create_log(
         message_id: accepted.entry_id.clone(),
         received_at: accepted.received_at,
     }))
+}
+
+/// The levels of the logs in `json` (an array of them when `array`, else one), when every
+/// log follows the rules: checked in place ([`LogView`]), without copying their text.
+/// None when something is wrong, which the callers then parse again to say what.
+fn checked_levels(json: &[u8], array: bool) -> Option<Vec<LogLevel>> {
+    let views: Vec<LogView<'_>> = if array {
+        serde_json::from_slice(json).ok()?
+    } else {
+        vec![serde_json::from_slice(json).ok()?]
+    };
+    views.iter().map(|view| view.check().ok()).collect()
+}
+
+/// The levels of the batch's logs, or what is wrong with them, naming the log and field.
+#[cold]
+fn levels_or_problem(json: &[u8]) -> Result<Vec<LogLevel>> {
+    let logs: Vec<LogRecord> = parse(json).map_err(|error| match error {
+        Error::InvalidLog(detail) if detail.starts_with('[') => {
+            Error::InvalidLog(format!("logs{detail}"))
+        }
+        Error::InvalidLog(detail) => Error::InvalidLog(format!("logs: {detail}")),
+        other => other,
+    })?;
+    Ok(logs.iter().map(|log| log.log_level).collect())
 }
 
 /// The batch body with its logs left as text, to store them as sent.
@@ -156,20 +184,16 @@ pub async fn create_batch(
     let received_at = now();
     let key = IdempotencyKey::from_headers(&headers)?;
     let raw: RawBatch<'_> = parse(&body)?;
-    let logs: Vec<LogRecord> = parse(raw.logs.get().as_bytes()).map_err(|error| match error {
-        Error::InvalidLog(detail) if detail.starts_with('[') => {
-            Error::InvalidLog(format!("logs{detail}"))
-        }
-        Error::InvalidLog(detail) => Error::InvalidLog(format!("logs: {detail}")),
-        other => other,
-    })?;
-    let count = logs.len();
+    let levels = match checked_levels(raw.logs.get().as_bytes(), true) {
+        Some(levels) => levels,
+        None => levels_or_problem(raw.logs.get().as_bytes())?,
+    };
+    let count = levels.len();
     if !(1..=MAX_BATCH_LOGS).contains(&count) {
         return Err(Error::InvalidLog(format!(
             "logs: must hold 1 to {MAX_BATCH_LOGS} logs, got {count}"
         )));
     }
-    let levels: Vec<LogLevel> = logs.iter().map(|log| log.log_level).collect();
     let accepted = accept(
         &state,
         &principal,

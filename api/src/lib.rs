@@ -35,16 +35,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath};
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use logpipeline_core::retry::until_done;
 use logpipeline_core::{shutdown, stream};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::CancellationToken;
-use tower::ServiceBuilder;
 use tower_http::decompression::RequestDecompressionLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 use tracing::{info, warn};
 
 pub use crate::auth::{Auth, Keys};
@@ -56,7 +53,7 @@ pub use crate::limits::{RateLimit, RateLimits};
 pub use crate::metrics::Metrics;
 pub use crate::queue::Queue;
 use crate::server::{ConnectionLimits, Protocol, Server};
-pub use crate::state::AppState;
+pub use crate::state::{AppState, Shared};
 pub use crate::v1::{ConcurrentTestLimits, FrontInfo};
 
 /// How often the rate limiters forget the clients they have not seen lately.
@@ -125,33 +122,11 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(RequestDecompressionLayer::new())
-        .layer(axum::middleware::from_fn(hygiene::content_encoding))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
-            metrics::track,
+            hygiene::around,
         ))
-        .layer(
-            ServiceBuilder::new()
-                .layer(axum::middleware::from_fn(hygiene::request_id))
-                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(TraceLayer::new_for_http().make_span_with(request_span))
-                .layer(PropagateRequestIdLayer::x_request_id()),
-        )
         .with_state(state)
-}
-
-/// The span of a request: method, matched route and request id.
-fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or(request.uri().path(), MatchedPath::as_str);
-    let id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|id| id.to_str().ok())
-        .unwrap_or_default();
-    tracing::info_span!("request", method = %request.method(), route, request_id = id)
 }
 
 /// Connects to Redis (retrying while it is down), serves until a shutdown signal, then
@@ -221,7 +196,7 @@ pub async fn run(config: Config) -> Result<()> {
             }
         }
     });
-    let state = AppState {
+    let state = AppState::new(Shared {
         queue: Queue::new(
             redis.clone(),
             &config.stream.stream,
@@ -250,7 +225,7 @@ pub async fn run(config: Config) -> Result<()> {
                 max_workers: config.concurrent_test_max_workers,
             }),
         },
-    };
+    });
     state.metrics.set_stream_capacity(config.stream_capacity);
     tokio::spawn(health::watch(
         state.clone(),

@@ -5,9 +5,8 @@ use std::time::Instant;
 
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::{Method, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use logpipeline_core::record::LogLevel;
 use prometheus::{
@@ -352,44 +351,51 @@ impl Metrics {
     }
 }
 
-/// Records every request's route, method, status and duration, and refusals by reason.
-pub async fn track(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let matched = request.extensions().get::<MatchedPath>().cloned();
-    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let method = method_label(request.method());
-    let inner = &metrics.inner;
-    let in_flight = InFlight::enter(inner.http_in_flight.with_label_values(&[route]));
-    let response = next.run(request).await;
-    drop(in_flight);
-    inner
-        .http_duration
-        .with_label_values(&[route, method])
-        .observe(started.elapsed().as_secs_f64());
-    inner
-        .http_requests
-        .with_label_values(&[route, method, response.status().as_str()])
-        .inc();
-    if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
-        inner.rejected.with_label_values(&[*code]).inc();
-    }
-    response
-}
-
 /// One request counted in flight until it is answered or dropped (a client that goes
-/// away cancels the handler).
-struct InFlight(IntGauge);
+/// away cancels the handler), then counted and timed by [`Tracked::finish`].
+pub struct Tracked<'a> {
+    metrics: &'a Metrics,
+    in_flight: IntGauge,
+    route: &'a str,
+    method: &'static str,
+}
 
-impl InFlight {
-    fn enter(gauge: IntGauge) -> Self {
-        gauge.inc();
-        Self(gauge)
+impl Metrics {
+    /// Counts a request to `route` in flight until the returned guard is finished or
+    /// dropped.
+    pub fn request_started<'a>(&'a self, route: &'a str, method: &Method) -> Tracked<'a> {
+        let in_flight = self.inner.http_in_flight.with_label_values(&[route]);
+        in_flight.inc();
+        Tracked {
+            metrics: self,
+            in_flight,
+            route,
+            method: method_label(method),
+        }
     }
 }
 
-impl Drop for InFlight {
+impl Tracked<'_> {
+    /// Counts the request answered with `response`, started at `started`.
+    pub fn finish(self, response: &Response, started: Instant) {
+        let inner = &self.metrics.inner;
+        inner
+            .http_duration
+            .with_label_values(&[self.route, self.method])
+            .observe(started.elapsed().as_secs_f64());
+        inner
+            .http_requests
+            .with_label_values(&[self.route, self.method, response.status().as_str()])
+            .inc();
+        if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
+            inner.rejected.with_label_values(&[*code]).inc();
+        }
+    }
+}
+
+impl Drop for Tracked<'_> {
     fn drop(&mut self) {
-        self.0.dec();
+        self.in_flight.dec();
     }
 }
 

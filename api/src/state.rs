@@ -1,5 +1,7 @@
 //! What every handler can reach.
 
+use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRef;
@@ -12,9 +14,34 @@ use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::v1::FrontInfo;
 
-/// The api's shared state; cheap to clone.
-#[derive(Clone, FromRef)]
-pub struct AppState {
+/// The api's shared state: one allocation, so that the clone every request and
+/// middleware takes is one reference count, whatever the state holds.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// The state of `shared`.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl FromRef<AppState> for Metrics {
+    fn from_ref(state: &AppState) -> Self {
+        state.metrics.clone()
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct Shared {
     /// The stream accepted logs go to.
     pub queue: Queue,
     /// The stored logs.
@@ -24,21 +51,15 @@ pub struct AppState {
     /// The api's metrics.
     pub metrics: Metrics,
     /// How requests are authenticated.
-    #[from_ref(skip)]
     pub auth: Auth,
     /// Request-rate limits.
-    #[from_ref(skip)]
     pub rate_limits: RateLimits,
     /// Largest request body accepted, in bytes.
-    #[from_ref(skip)]
     pub max_body_bytes: usize,
     /// How long a page of logs stays cached when no commit retires it.
-    #[from_ref(skip)]
     pub query_cache_ttl: Duration,
     /// How long statistics stay cached.
-    #[from_ref(skip)]
     pub stats_cache_ttl: Duration,
     /// What the `/api/v1` front says of the service, and its concurrent test.
-    #[from_ref(skip)]
     pub front: FrontInfo,
 }

@@ -133,7 +133,7 @@ identifier!(
     "00f067aa0ba902b7"
 );
 
-fn check_identifier(field: &str, value: &str) -> Result<(), FieldError> {
+pub(crate) fn check_identifier(field: &str, value: &str) -> Result<(), FieldError> {
     if value.is_empty() || value.len() > MAX_TRACE_ID_CHARS {
         return Err(FieldError::new(format!(
             "{field} must be 1 to {MAX_TRACE_ID_CHARS} characters long"

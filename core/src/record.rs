@@ -7,6 +7,7 @@
 //! UTF-16 surrogate escapes in JSON, numbers beyond its `numeric`) is refused up front
 //! rather than failing later in the worker.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -16,7 +17,9 @@ use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{AnyOfBuilder, ArrayBuilder, ObjectBuilder, Ref, Schema, Type};
 
 use crate::numeric;
-use crate::origin::{ServiceName, SpanId, TraceId, check_name};
+use crate::origin::{
+    MAX_SERVICE_NAME_CHARS, ServiceName, SpanId, TraceId, check_identifier, check_name,
+};
 
 /// Most logs one batch request may carry.
 pub const MAX_BATCH_LOGS: usize = 1000;
@@ -54,6 +57,48 @@ pub struct LogRecord {
     /// The span within the trace, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub span_id: Option<SpanId>,
+}
+
+/// A log checked where it lies, borrowing its text from the request body: the rules of
+/// [`LogRecord`], applied by the same functions, without building one. The ingest paths
+/// that keep the body as sent check with it, and build a [`LogRecord`] only to say what
+/// is wrong with a log that fails.
+#[derive(Debug, Deserialize)]
+pub struct LogView<'a> {
+    #[serde(borrow)]
+    device_id: Cow<'a, str>,
+    log_level: LogLevel,
+    #[serde(borrow)]
+    message: Cow<'a, str>,
+    #[serde(borrow, default)]
+    log_data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    service_name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    trace_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    span_id: Option<Cow<'a, str>>,
+}
+
+impl LogView<'_> {
+    /// Whether the log follows every rule of [`LogRecord`]; its level if it does.
+    pub fn check(&self) -> Result<LogLevel, FieldError> {
+        check_name("device_id", &self.device_id, MAX_DEVICE_ID_CHARS)?;
+        check_text("message", &self.message, MAX_MESSAGE_CHARS)?;
+        if let Some(data) = self.log_data {
+            check_log_data(data.get())?;
+        }
+        if let Some(name) = &self.service_name {
+            check_name("service_name", name, MAX_SERVICE_NAME_CHARS)?;
+        }
+        if let Some(id) = &self.trace_id {
+            check_identifier("trace_id", id)?;
+        }
+        if let Some(id) = &self.span_id {
+            check_identifier("span_id", id)?;
+        }
+        Ok(self.log_level)
+    }
 }
 
 /// The body of `POST /api/logs/batch`.
@@ -312,11 +357,7 @@ impl TryFrom<Box<RawValue>> for LogData {
     type Error = FieldError;
 
     fn try_from(value: Box<RawValue>) -> Result<Self, FieldError> {
-        if !value.get().starts_with('{') {
-            return Err(FieldError("log_data must be a JSON object".into()));
-        }
-        check_json_escapes(value.get())?;
-        check_json_structure(value.get())?;
+        check_log_data(value.get())?;
         Ok(Self(value))
     }
 }
@@ -325,6 +366,15 @@ impl From<LogData> for Box<RawValue> {
     fn from(value: LogData) -> Self {
         value.0
     }
+}
+
+/// The rules of `log_data`, given as valid JSON text.
+fn check_log_data(json: &str) -> Result<(), FieldError> {
+    if !json.starts_with('{') {
+        return Err(FieldError("log_data must be a JSON object".into()));
+    }
+    check_json_escapes(json)?;
+    check_json_structure(json)
 }
 
 /// Refuses the `\u` escapes of valid JSON text that PostgreSQL's `jsonb` cannot store:
@@ -575,6 +625,45 @@ mod tests {
         for (json, expected) in cases {
             let error = parse(&json).unwrap_err();
             assert!(error.contains(expected), "{json}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_log_view_follows_the_same_rules_as_a_record() {
+        let mut logs = vec![
+            r#"{"device_id":"d","log_level":"INFO","message":"m"}"#.to_owned(),
+            r#"{"device_id":"d\u00e9","log_level":"INFO","message":"a\"b","log_data":null}"#
+                .to_owned(),
+            r#"{"device_id":"d","log_level":"INFO","message":"m","log_data":{"n":1e131072}}"#
+                .to_owned(),
+            r#"{"device_id":"d","log_level":"INFO","message":"m","log_data":{"n":"\u0000"}}"#
+                .to_owned(),
+            r#"{"device_id":"d","log_level":"INFO","message":"m","span_id":"x y"}"#.to_owned(),
+            r#"{"device_id":"d","log_level":"INFO","message":"m","service_name":null}"#.to_owned(),
+            r#"{"device_id":"d","log_level":"INFO","message":"m","extra":[1]}"#.to_owned(),
+            r#"{"device_id":"d","device_id":"e","log_level":"INFO","message":"m"}"#.to_owned(),
+            r#"{"device_id":"d","log_level":"INFO","message":"\u0000"}"#.to_owned(),
+        ];
+        logs.extend([
+            format!(
+                r#"{{"device_id":"{}","log_level":"INFO","message":"m"}}"#,
+                "x".repeat(51)
+            ),
+            format!(
+                r#"{{"device_id":"d","log_level":"INFO","message":"{}"}}"#,
+                "é".repeat(5001)
+            ),
+            format!(
+                r#"{{"device_id":"d","log_level":"INFO","message":"m","trace_id":"{}"}}"#,
+                "t".repeat(65)
+            ),
+        ]);
+        for json in logs {
+            let view = serde_json::from_str::<LogView<'_>>(&json)
+                .ok()
+                .and_then(|view| view.check().ok());
+            let record = parse(&json).ok().map(|record| record.log_level);
+            assert_eq!(view, record, "{json}");
         }
     }
 

@@ -243,7 +243,7 @@ async fn request_ids_are_propagated_and_logs_can_be_json() {
     let stack = Stack::builder()
         .api()
         .api_env("LOGPIPELINE_LOG_FORMAT", "json")
-        .api_env("RUST_LOG", "info,tower_http=debug")
+        .api_env("RUST_LOG", "info,logpipeline_api=debug")
         .start()
         .unwrap();
     let client = logpipeline_e2e::http_client(|builder| builder).unwrap();

@@ -10,7 +10,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
-use logpipeline_api::{AppState, Auth, Cache, FrontInfo, Metrics, Queue, RateLimits, app};
+use logpipeline_api::{AppState, Auth, Cache, FrontInfo, Metrics, Queue, RateLimits, Shared, app};
 use logpipeline_core::codec;
 use logpipeline_core::generations::GenerationKeys;
 use logpipeline_local::postgres::{self, PostgresServer};
@@ -90,7 +90,7 @@ impl TestApi {
             .await
             .unwrap();
         let metrics = Metrics::new().unwrap();
-        let state = AppState {
+        let state = AppState::new(Shared {
             queue: Queue::new(
                 con.clone(),
                 STREAM,
@@ -116,7 +116,7 @@ impl TestApi {
                 grpc_serving: Arc::default(),
                 concurrent_test: None,
             },
-        };
+        });
         Self {
             redis,
             postgres,

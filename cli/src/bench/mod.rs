@@ -305,7 +305,7 @@ async fn run_profiles(
     let mut rows = Vec::new();
     for &profile in &options.profiles {
         let runs = profile.runs(options);
-        let mut reports: Vec<Vec<Report>> = vec![Vec::new(); variants.len()];
+        let mut reports: Vec<Vec<(Report, Diagnosis)>> = vec![Vec::new(); variants.len()];
         for index in 1..=runs {
             for (variant, &(mode, protocol)) in variants.iter().enumerate() {
                 if running != Some(mode) {
@@ -323,7 +323,11 @@ async fn run_profiles(
                 let load = profile.load(options, stack, index, keys.client_key(mode), protocol);
                 let probe = Probe::start(stack).await?;
                 let report = crate::load::run(&load).await?;
-                let diagnosis = probe.finish(stack).await?;
+                let logs = report
+                    .end_to_end
+                    .as_ref()
+                    .map_or(report.accepted_logs, |e2e| e2e.persisted_logs);
+                let diagnosis = probe.finish(stack, logs).await?;
                 print!("{}{}", report.render(), diagnosis.render());
                 if let Some(dir) = &options.json_dir {
                     let path = dir.join(format!(
@@ -344,7 +348,7 @@ async fn run_profiles(
                     std::fs::write(&path, serde_json::to_vec_pretty(&run)?)
                         .with_context(|| format!("writing {}", path.display()))?;
                 }
-                reports[variant].push(report);
+                reports[variant].push((report, diagnosis));
             }
         }
         for (&(mode, protocol), reports) in variants.iter().zip(&reports) {

@@ -19,6 +19,9 @@ pub struct Diagnosis {
     /// CPU used by each part of the stack (and `load`, the generator), in percent of
     /// one core over the run.
     pub cpu_percent: BTreeMap<String, f64>,
+    /// CPU used by each part over the run (its drain included), in microseconds per log
+    /// it stored (or accepted, without an end-to-end check).
+    pub cpu_us_per_log: BTreeMap<String, f64>,
     /// Peak resident memory of each process of the stack but PostgreSQL (whose shared
     /// buffers would dominate), and of the generator, in MiB since it started.
     pub peak_rss_mib: BTreeMap<String, f64>,
@@ -40,6 +43,12 @@ impl Diagnosis {
             .collect();
         // Writing into a String cannot fail.
         let _ = writeln!(out, "  cpu        {}", cpu.join("  "));
+        let per_log: Vec<String> = self
+            .cpu_us_per_log
+            .iter()
+            .map(|(name, micros)| format!("{name} {micros:.1}"))
+            .collect();
+        let _ = writeln!(out, "  µs/log     {}", per_log.join("  "));
         let memory: Vec<String> = self
             .peak_rss_mib
             .iter()
@@ -87,14 +96,23 @@ impl Probe {
         })
     }
 
-    /// What the run cost since [`start`](Self::start).
-    pub async fn finish(self, stack: &mut BenchStack) -> Result<Diagnosis> {
+    /// What the run, which stored `logs`, cost since [`start`](Self::start).
+    pub async fn finish(self, stack: &mut BenchStack, logs: u64) -> Result<Diagnosis> {
         let wall = self.started.elapsed().as_secs_f64();
         let mut cpu_percent = BTreeMap::new();
+        let mut cpu_us_per_log = BTreeMap::new();
         for ((name, before), (_, after)) in self.cpu.iter().zip(cpu_by_part(stack).await?) {
             *cpu_percent.entry((*name).to_owned()).or_insert(0.0) +=
                 (after - before) / wall * 100.0;
+            *cpu_us_per_log.entry((*name).to_owned()).or_insert(0.0) +=
+                (after - before) * 1e6 / logs.max(1) as f64;
         }
+        let pipeline: f64 = cpu_us_per_log
+            .iter()
+            .filter(|(name, _)| name.as_str() != "load")
+            .map(|(_, micros)| micros)
+            .sum();
+        cpu_us_per_log.insert("pipeline".to_owned(), pipeline);
         let mut peak_rss_mib = BTreeMap::new();
         let mut parts = stack.pids().await?;
         parts.push(("load", std::process::id()));
@@ -118,6 +136,7 @@ impl Probe {
         )?;
         Ok(Diagnosis {
             cpu_percent,
+            cpu_us_per_log,
             peak_rss_mib,
             redis_commands: command_stats(&info),
             statements: statements.lines().map(str::to_owned).collect(),

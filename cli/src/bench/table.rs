@@ -1,8 +1,10 @@
 //! The benchmark's summary table: the median of each profile's runs beside the seed
 //! system's published figures.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use super::probe::Diagnosis;
 use crate::load::Report;
 
 /// One profile's runs, summarised.
@@ -32,12 +34,27 @@ pub struct Row {
     pub errors: u64,
     /// Whether persistence kept up in every run (open-loop profiles only).
     pub keeps_up: Option<bool>,
+    /// Median CPU per stored log of each process (and `pipeline`, all but the load
+    /// generator), in microseconds.
+    pub cpu_us_per_log: BTreeMap<String, f64>,
 }
 
 impl Row {
-    /// Summarises `reports`, the runs of `profile`.
-    pub fn of(profile: &str, reports: &[Report]) -> Self {
-        let median_of = |value: &dyn Fn(&Report) -> f64| median(reports.iter().map(value));
+    /// Summarises `runs`, the runs of `profile` and what each cost.
+    pub fn of(profile: &str, runs: &[(Report, Diagnosis)]) -> Self {
+        let reports: Vec<&Report> = runs.iter().map(|(report, _)| report).collect();
+        let mut cpu_us_per_log = BTreeMap::new();
+        for (_, diagnosis) in runs {
+            for name in diagnosis.cpu_us_per_log.keys() {
+                cpu_us_per_log.entry(name.clone()).or_insert_with(|| {
+                    median(
+                        runs.iter()
+                            .filter_map(|(_, d)| d.cpu_us_per_log.get(name).copied()),
+                    )
+                });
+            }
+        }
+        let median_of = |value: &dyn Fn(&Report) -> f64| median(reports.iter().map(|r| value(r)));
         let e2e: Vec<_> = reports
             .iter()
             .filter_map(|r| r.end_to_end.as_ref())
@@ -61,6 +78,7 @@ impl Row {
             // Only an open loop can keep up: a closed loop sends as fast as accepted.
             keeps_up: (has_e2e && reports.iter().all(|r| r.mode == "open"))
                 .then(|| e2e.iter().all(|e| e.keeps_up)),
+            cpu_us_per_log,
         }
     }
 }
@@ -122,6 +140,23 @@ pub fn render(rows: &[Row]) -> String {
             row.errors,
         );
     }
+    let _ = writeln!(out, "\nCPU per stored log, µs (median of the runs):\n");
+    let names: Vec<&String> = rows
+        .iter()
+        .flat_map(|row| row.cpu_us_per_log.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let header: Vec<&str> = names.iter().map(|name| name.as_str()).collect();
+    let _ = writeln!(out, "| profile | {} |", header.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---:|".repeat(names.len()));
+    for row in rows {
+        let cells: Vec<String> = names
+            .iter()
+            .map(|name| optional(row.cpu_us_per_log.get(*name).copied(), 1))
+            .collect();
+        let _ = writeln!(out, "| {} | {} |", row.profile, cells.join(" | "));
+    }
     out
 }
 
@@ -171,6 +206,7 @@ mod tests {
             duplicated: 0,
             errors: 0,
             keeps_up: None,
+            cpu_us_per_log: BTreeMap::from([("api".to_owned(), 4.25)]),
         };
         let table = render(&[row]);
         let lines: Vec<&str> = table.lines().collect();
@@ -178,6 +214,10 @@ mod tests {
         assert_eq!(
             lines[3],
             "| seed | 3 | 150,000 | 1.00 | 2.00 | 3.00 | 60,000 | 1.50 | 0 | 0 | 0 |"
+        );
+        assert!(
+            table.ends_with("| profile | api |\n|---|---:|\n| seed | 4.2 |\n"),
+            "{table}"
         );
     }
 }
