@@ -52,6 +52,11 @@ pub struct BenchOptions {
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub sustained_secs: u64,
 
+    /// Seconds of the sustained profile's warm-up before its measured seconds: its
+    /// requests are sent and checked, their latencies left out.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub warmup_secs: u64,
+
     /// Runs of the sustained profile.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub sustained_runs: u32,
@@ -213,10 +218,15 @@ impl Profile {
         api_key: Option<String>,
         protocol: Protocol,
     ) -> LoadOptions {
-        let (logs_per_request, duration_secs, rate) = match self {
-            Self::Seed => (5, bench.duration_secs, None),
-            Self::Single => (1, bench.duration_secs, None),
-            Self::Sustained => (5, bench.sustained_secs, Some(bench.sustained_rate)),
+        let (logs_per_request, duration_secs, rate, warmup_secs) = match self {
+            Self::Seed => (5, bench.duration_secs, None, 0),
+            Self::Single => (1, bench.duration_secs, None, 0),
+            Self::Sustained => (
+                5,
+                bench.sustained_secs + bench.warmup_secs,
+                Some(bench.sustained_rate),
+                bench.warmup_secs,
+            ),
         };
         LoadOptions {
             url: match protocol {
@@ -228,6 +238,7 @@ impl Profile {
             connections: 200,
             logs_per_request,
             duration_secs,
+            warmup_secs,
             total_logs: None,
             rate,
             run: Some(format!(

@@ -303,9 +303,11 @@ async fn connection(shared: Arc<Shared>) -> Vec<(u64, Fate)> {
         }
         .unwrap_or(Outcome::Failed(TIMEOUT));
         let answered = Instant::now();
-        shared
-            .latencies
-            .record(answered.saturating_duration_since(measured_from));
+        if due >= shared.schedule.start() + shared.plan.warmup {
+            shared
+                .latencies
+                .record(answered.saturating_duration_since(measured_from));
+        }
         if matches!(outcome, Outcome::Failed(_))
             && let Sender::Http(http) = &mut sender
         {

@@ -95,6 +95,7 @@ pub async fn run(options: &LoadOptions) -> Result<Report> {
         }
         .into(),
         target_logs_per_sec: options.rate,
+        warmup_secs: options.warmup_secs,
         devices: plan.devices,
         connections: plan.connections,
         logs_per_request: plan.logs_per_request,

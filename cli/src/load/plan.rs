@@ -41,6 +41,12 @@ pub struct LoadOptions {
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub duration_secs: u64,
 
+    /// Seconds at the start whose requests are sent and checked but whose latencies are
+    /// left out (connections opening, caches filling): the percentiles describe the
+    /// steady state. Part of --duration-secs.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub warmup_secs: u64,
+
     /// Send this many logs in all (rounded up to whole requests) instead of sending for
     /// --duration-secs.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -166,6 +172,8 @@ pub struct Plan {
     pub message_bytes: usize,
     /// How long a request may take.
     pub timeout: Duration,
+    /// How long after the start latencies begin to count.
+    pub warmup: Duration,
 }
 
 impl Plan {
@@ -201,6 +209,7 @@ impl Plan {
             run,
             message_bytes: options.message_bytes as usize,
             timeout: Duration::from_millis(options.timeout_ms),
+            warmup: Duration::from_secs(options.warmup_secs),
         })
     }
 

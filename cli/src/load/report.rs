@@ -24,6 +24,9 @@ pub struct Report {
     pub connections: u32,
     /// Logs per request.
     pub logs_per_request: u64,
+    /// Seconds at the start whose latencies are left out.
+    #[serde(default)]
+    pub warmup_secs: u64,
     /// Length of each message, in bytes.
     pub message_bytes: usize,
     /// How long requests were sent, in seconds.
@@ -190,9 +193,14 @@ impl Report {
             "  accepted   {:.0} logs/s, {:.0} requests/s ({} logs in {} requests)",
             self.logs_per_sec, self.requests_per_sec, self.accepted_logs, self.accepted_requests
         );
+        let warmup = if self.warmup_secs > 0 {
+            format!(" (after the first {} s)", self.warmup_secs)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "  latency ms p50 {:.2}  p90 {:.2}  p95 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+            "  latency ms p50 {:.2}  p90 {:.2}  p95 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}{warmup}",
             l.p50, l.p90, l.p95, l.p99, l.p999, l.max
         );
         let statuses: Vec<String> = self
@@ -359,6 +367,7 @@ mod tests {
             devices: 100,
             connections: 200,
             logs_per_request: 5,
+            warmup_secs: 0,
             message_bytes: 64,
             elapsed_secs: 30.0,
             requests: 10,
