@@ -319,6 +319,10 @@ pub async fn watch(auth: Auth, path: PathBuf, every: Duration, shutdown: Cancell
             continue;
         }
         match Keys::parse(&text) {
+            // As at start-up: a file that lists no key would lock every client out.
+            Ok(keys) if keys.is_empty() => {
+                error!(path = %path.display(), "the API keys file changed and lists no key; the keys read before stay in force");
+            }
             Ok(keys) => {
                 info!(keys = keys.len(), path = %path.display(), "API keys reloaded");
                 auth.replace(keys);

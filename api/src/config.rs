@@ -156,6 +156,29 @@ pub struct Config {
     #[arg(long, env = "LOGPIPELINE_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Seconds every request body has on top of what the minimum rate allows; a body
+    /// slower than that is answered 408 and its connection closed.
+    #[arg(long, env = "LOGPIPELINE_BODY_GRACE_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_grace_secs: u64,
+
+    /// The average rate, in bytes a second, a request body must keep after its grace.
+    #[arg(long, env = "LOGPIPELINE_BODY_MIN_BYTES_PER_SEC", default_value_t = 16 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_min_bytes_per_sec: u64,
+
+    /// Most times a gzip-encoded body may grow when decoded (a decompression bomb is
+    /// refused with 413 once it passes this).
+    #[arg(long, env = "LOGPIPELINE_MAX_GZIP_RATIO", default_value_t = 200,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_gzip_ratio: u64,
+
+    /// Bytes of request bodies the api holds at once, beyond each body's first 64 KiB; a
+    /// body that finds no room within half a second is answered 503 with Retry-After.
+    /// Default: a quarter of the container's memory limit, or 512 MiB without one.
+    #[arg(long, env = "LOGPIPELINE_BODY_BYTES_IN_FLIGHT")]
+    pub body_bytes_in_flight: Option<usize>,
+
     /// Seconds to wait for Redis to answer a command before the request fails (with 504
     /// `outcome_unknown` for ingest: the entry may have been added).
     #[arg(long, env = "LOGPIPELINE_REDIS_TIMEOUT_SECS", default_value_t = 5)]

@@ -114,6 +114,25 @@ pub enum Error {
     #[error("this endpoint does not accept this method")]
     MethodNotAllowed,
 
+    /// The body did not arrive in time: slower than the minimum rate allows, after the
+    /// grace every body gets.
+    #[error(
+        "the request body did not arrive in time (at least {min_bytes_per_sec} bytes a second after the first {grace_secs} s)"
+    )]
+    RequestTimeout {
+        /// The rate a body must keep, on average.
+        min_bytes_per_sec: u64,
+        /// The time every body has on top of what the rate allows.
+        grace_secs: u64,
+    },
+
+    /// The api holds as many request bodies as its memory budget allows.
+    #[error("the api holds {budget_bytes} bytes of request bodies, its budget; retry later")]
+    BodiesInFlight {
+        /// The budget, in bytes.
+        budget_bytes: usize,
+    },
+
     /// The stream's backlog has reached its capacity.
     #[error("the queue holds {capacity} unprocessed requests, its capacity; retry later")]
     Backpressure {
@@ -178,7 +197,9 @@ impl Error {
             }
             Self::NotFound | Self::Disabled(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Backpressure { .. }
+            | Self::BodiesInFlight { .. }
             | Self::QueueUnavailable(_)
             | Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -211,6 +232,8 @@ impl Error {
             Self::Disabled(_) => "disabled",
             Self::LimitExceeded(_) => "limit_exceeded",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::RequestTimeout { .. } => "request_timeout",
+            Self::BodiesInFlight { .. } => "bodies_in_flight",
             Self::Backpressure { .. } => "backpressure",
             Self::QueueUnavailable(_) => "queue_unavailable",
             Self::Config(_) | Self::RedisSetup(_) | Self::Bind { .. } | Self::Serve(_) => {
@@ -257,8 +280,8 @@ pub struct ErrorBody {
     /// `unsupported_media_type`, `unsupported_encoding`, `invalid_path`, `invalid_log`,
     /// `invalid_query`, `idempotency_key_reused`, `unauthorized`, `forbidden`,
     /// `rate_limited`, `not_found`, `disabled`, `limit_exceeded`, `method_not_allowed`,
-    /// `backpressure`, `queue_unavailable`, `outcome_unknown`, `database_unavailable`,
-    /// `internal`.
+    /// `request_timeout`, `bodies_in_flight`, `backpressure`, `queue_unavailable`,
+    /// `outcome_unknown`, `database_unavailable`, `internal`.
     #[schema(example = "invalid_log")]
     pub error: &'static str,
     /// What went wrong, for people.
@@ -304,6 +327,10 @@ impl IntoResponse for Error {
                     header::RETRY_AFTER,
                     HeaderValue::from_static(RETRY_AFTER_SECS),
                 );
+            }
+            // The rest of the body may still come: the connection is done.
+            Self::RequestTimeout { .. } => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             Self::Unauthorized => {
                 headers.insert(

@@ -4,7 +4,7 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use serde::Deserialize;
 use serde_json::error::Category;
 
@@ -44,7 +44,8 @@ impl FromRequest<AppState> for JsonBody {
     }
 }
 
-/// A request body of any content type, no larger than the limit.
+/// A request body of any content type, read within the body limits
+/// ([`crate::body::BodyLimits`]).
 #[derive(Debug)]
 pub struct RawBody(pub Bytes);
 
@@ -52,17 +53,26 @@ impl FromRequest<AppState> for RawBody {
     type Rejection = Error;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self> {
-        match Bytes::from_request(request, state).await {
-            Ok(bytes) => Ok(Self(bytes)),
-            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(Error::PayloadTooLarge {
-                    limit: state.max_body_bytes,
-                })
-            }
-            Err(_) => Err(Error::UnreadableBody),
-        }
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok());
+        let compressed = request
+            .extensions()
+            .get::<CompressedLength>()
+            .map(|CompressedLength(length)| *length);
+        state
+            .body
+            .read(request.into_body(), declared, compressed)
+            .await
+            .map(Self)
     }
 }
+
+/// The length of a gzip body as sent, before decoding, when it was declared.
+#[derive(Debug, Clone, Copy)]
+pub struct CompressedLength(pub u64);
 
 /// `application/json`, or an `application/*+json` type, with no charset or UTF-8 (the
 /// only one JSON allows, RFC 8259).

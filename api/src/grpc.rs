@@ -207,13 +207,13 @@ impl LogService for GrpcLogService {
             )
             .await?;
             let results: Vec<WriteLogResponse> = sorted
-                .results(&accepted.log_ids())
+                .results(&accepted.log_ids(), accepted.duplicate)
                 .into_iter()
                 .map(|result| WriteLogResponse {
                     success: result.success,
                     log_id: result.log_id,
                     error_message: result.error_message,
-                    duplicate: result.success && accepted.duplicate,
+                    duplicate: result.duplicate,
                 })
                 .collect();
             let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
 use crate::error::Error;
+use crate::extract::CompressedLength;
 use crate::metrics::Metrics;
 
 /// Longest `X-Request-Id` kept from a client.
@@ -38,6 +39,9 @@ pub async fn around(State(metrics): State<Metrics>, mut request: Request, next: 
             id
         }
     };
+    if let Some(length) = gzip_length(&request) {
+        request.extensions_mut().insert(CompressedLength(length));
+    }
     let matched = request.extensions().get::<MatchedPath>().cloned();
     let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let span = tracing::debug_span!("request", method = %request.method(), route, request_id = id.to_str().unwrap_or_default());
@@ -61,6 +65,21 @@ pub async fn around(State(metrics): State<Metrics>, mut request: Request, next: 
 fn acceptable_request_id(id: &HeaderValue) -> bool {
     let bytes = id.as_bytes();
     (1..=MAX_REQUEST_ID_BYTES).contains(&bytes.len()) && bytes.iter().all(u8::is_ascii_graphic)
+}
+
+/// The declared length of a gzip-encoded body, before it is decoded further in.
+fn gzip_length(request: &Request) -> Option<u64> {
+    let encoding = request.headers().get(header::CONTENT_ENCODING)?;
+    if !encoding.as_bytes().eq_ignore_ascii_case(b"gzip") {
+        return None;
+    }
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Refuses (415) a body encoded otherwise than with gzip (decoded further in) or not at

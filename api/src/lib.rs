@@ -8,6 +8,7 @@
 
 mod accept;
 pub mod auth;
+pub mod body;
 mod cache;
 mod concurrent_test;
 pub mod config;
@@ -45,6 +46,7 @@ use tower_http::decompression::RequestDecompressionLayer;
 use tracing::{info, warn};
 
 pub use crate::auth::{Auth, Keys};
+pub use crate::body::BodyLimits;
 pub use crate::cache::Cache;
 use crate::config::{AuthMode, Config};
 pub use crate::error::{Error, ErrorBody, Result};
@@ -215,6 +217,15 @@ pub async fn run(config: Config) -> Result<()> {
         auth,
         rate_limits: rate_limits.clone(),
         max_body_bytes: config.max_body_bytes,
+        body: BodyLimits::new(
+            config.max_body_bytes,
+            Duration::from_secs(config.body_grace_secs),
+            config.body_min_bytes_per_sec,
+            config.max_gzip_ratio,
+            config
+                .body_bytes_in_flight
+                .unwrap_or_else(body::default_budget_bytes),
+        ),
         query_cache_ttl: Duration::from_secs(config.query_cache_ttl_secs),
         stats_cache_ttl: Duration::from_secs(config.stats_cache_ttl_secs),
         front: FrontInfo {

@@ -33,6 +33,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
 use prost::Message;
+use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
 use tonic::Code;
@@ -125,8 +126,7 @@ impl Encoding {
         match self {
             Self::Protobuf => ExportLogsServiceRequest::decode(body)
                 .map_err(|error| Error::MalformedBody(format!("protobuf body: {error}"))),
-            Self::Json => serde_json::from_slice(body)
-                .map_err(|error| Error::MalformedBody(format!("JSON body: {error}"))),
+            Self::Json => decode_json(body),
         }
     }
 
@@ -145,6 +145,59 @@ impl Encoding {
             }
         }
     }
+}
+
+/// Deepest nesting of objects and arrays an OTLP/JSON body may have. An AnyValue nests
+/// four JSON levels per level of its own (`{"kvlistValue": {"values": [{"value": …}]}}`),
+/// so a record whose `log_data` nests the 64 levels of the rule takes about 260: deeper
+/// records parse, and are refused one by one by that rule (partial success).
+const MAX_JSON_DEPTH: usize = 1024;
+
+/// Parses an OTLP/JSON body without serde_json's limit of 128 levels (about 30 of an
+/// AnyValue), on a stack that grows as deep as the body nests; the body's nesting is
+/// bounded first.
+fn decode_json(body: &[u8]) -> Result<ExportLogsServiceRequest> {
+    let depth = json_depth(body);
+    if depth > MAX_JSON_DEPTH {
+        return Err(Error::MalformedBody(format!(
+            "JSON body: nests {depth} levels deep, more than {MAX_JSON_DEPTH}"
+        )));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    deserializer.disable_recursion_limit();
+    let request =
+        ExportLogsServiceRequest::deserialize(serde_stacker::Deserializer::new(&mut deserializer))
+            .and_then(|request| deserializer.end().map(|()| request))
+            .map_err(|error| Error::MalformedBody(format!("JSON body: {error}")))?;
+    Ok(request)
+}
+
+/// The deepest nesting of objects and arrays in `json` (strings skipped), whether or
+/// not it is valid JSON.
+fn json_depth(json: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &byte in json {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Accepts an OTLP/HTTP logs export (`POST /v1/logs`). The answer comes once Redis holds
@@ -277,6 +330,51 @@ mod tests {
             Encoding::Protobuf.decode(b"\xff\xff\xff"),
             Err(Error::MalformedBody(_))
         ));
+    }
+
+    /// An export of two records whose one attribute nests kvlists `first` and `second`
+    /// levels deep.
+    fn nested_export(first: usize, second: usize) -> Vec<u8> {
+        let value = |depth: usize| {
+            let mut value = r#"{"stringValue":"leaf"}"#.to_owned();
+            for _ in 0..depth {
+                value =
+                    format!(r#"{{"kvlistValue":{{"values":[{{"key":"k","value":{value}}}]}}}}"#);
+            }
+            value
+        };
+        let record = |depth| {
+            format!(
+                r#"{{"body":{{"stringValue":"m"}},"attributes":[{{"key":"a","value":{}}}]}}"#,
+                value(depth)
+            )
+        };
+        format!(
+            r#"{{"resourceLogs":[{{"scopeLogs":[{{"logRecords":[{},{}]}}]}}]}}"#,
+            record(first),
+            record(second)
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn json_records_nest_to_the_log_data_rule_and_deeper_ones_are_refused_alone() {
+        // log_data holds the attributes (level 2), then one level per kvlist.
+        let export = Encoding::Json.decode(&nested_export(62, 63)).unwrap();
+        let mapped = logpipeline_core::otlp::records(export);
+        assert_eq!(mapped.records.len(), 1, "{:?}", mapped.rejected);
+        assert_eq!(mapped.rejected.len(), 1);
+        assert!(
+            mapped.rejected[0].contains("64 levels"),
+            "{:?}",
+            mapped.rejected
+        );
+        // Far deeper than any record may be: refused whole, without a deep recursion.
+        assert!(matches!(
+            Encoding::Json.decode(&nested_export(2, 300)),
+            Err(Error::MalformedBody(_))
+        ));
+        assert_eq!(json_depth(br#"{"a":"[[[[","b":[{}]}"#), 3);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use axum::extract::FromRef;
 use sqlx::PgPool;
 
 use crate::auth::Auth;
+use crate::body::BodyLimits;
 use crate::cache::Cache;
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
@@ -56,6 +57,8 @@ pub struct Shared {
     pub rate_limits: RateLimits,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// How request bodies are read: time, size and memory bounds.
+    pub body: BodyLimits,
     /// How long a page of logs stays cached when no commit retires it.
     pub query_cache_ttl: Duration,
     /// How long statistics stay cached.

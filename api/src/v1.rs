@@ -293,7 +293,7 @@ pub async fn batch(
     )
     .await?;
     let ids = accepted.log_ids();
-    let results = sorted.results(&ids);
+    let results = sorted.results(&ids, accepted.duplicate);
     let errors: Vec<EntryError> = sorted
         .problems
         .iter()
@@ -351,8 +351,9 @@ impl Sorted {
         Ok(Self { valid, problems })
     }
 
-    /// One result per entry, in order, with `ids` of the valid ones.
-    pub fn results(&self, ids: &[String]) -> Vec<WriteLogResult> {
+    /// One result per entry, in order: the accepted ones with their `ids`, each marked
+    /// `duplicate` as the whole request is.
+    pub fn results(&self, ids: &[String], duplicate: bool) -> Vec<WriteLogResult> {
         let total = self.valid.len() + self.problems.len();
         let mut problems = self.problems.iter().peekable();
         let mut ids = ids.iter();
@@ -368,7 +369,7 @@ impl Sorted {
                     success: true,
                     log_id: ids.next().cloned().unwrap_or_default(),
                     error_message: String::new(),
-                    duplicate: false,
+                    duplicate,
                 },
             })
             .collect()

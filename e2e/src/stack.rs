@@ -163,6 +163,36 @@ impl Stack {
             .await?)
     }
 
+    /// Waits until the workers have stored and acknowledged every entry of the stream:
+    /// the consumer group has nothing left to deliver and nothing pending. What is in
+    /// PostgreSQL then is all that will ever be.
+    pub async fn wait_until_drained(&self, timeout: Duration) -> Result<()> {
+        let redis = self.redis().await?;
+        eventually("the stream is drained", timeout, || {
+            let mut redis = redis.clone();
+            async move {
+                let groups: Vec<std::collections::HashMap<String, redis::Value>> =
+                    redis::cmd("XINFO")
+                        .arg("GROUPS")
+                        .arg("logs:stream")
+                        .query_async(&mut redis)
+                        .await?;
+                let number =
+                    |group: &std::collections::HashMap<String, redis::Value>, key| match group
+                        .get(key)
+                    {
+                        Some(redis::Value::Int(value)) => Some(*value),
+                        _ => None,
+                    };
+                Ok(!groups.is_empty()
+                    && groups.iter().all(|group| {
+                        number(group, "pending") == Some(0) && number(group, "lag") == Some(0)
+                    }))
+            }
+        })
+        .await
+    }
+
     /// A connection to Redis, for assertions.
     pub async fn redis(&self) -> Result<redis::aio::MultiplexedConnection> {
         let client = redis::Client::open(self.redis.url())?;

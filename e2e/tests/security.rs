@@ -176,6 +176,23 @@ async fn tenants_write_and_read_only_their_own_logs_and_keys_rotate_without_a_re
     .unwrap();
     let (status, page) = get(client, &format!("{base}/api/logs/pump-1"), acme_next).await;
     assert_eq!(status, StatusCode::OK, "{page}");
+    // So does a file that lists no key, which would lock every client out.
+    write_keys(&keys_path, &[]);
+    eventually(
+        "the api refuses the keys file without keys",
+        Duration::from_secs(15),
+        || {
+            let api_log = api_log.clone();
+            async move {
+                Ok(std::fs::read_to_string(api_log)?
+                    .contains("the API keys file changed and lists no key"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let (status, page) = get(client, &format!("{base}/api/logs/pump-1"), acme_next).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use logpipeline_client::{Batcher, BatcherSettings, Client, ClientBuilder, Level, Log};
 use logpipeline_e2e::stack::{Stack, eventually, wait_for_count};
-use logpipeline_local::services::{ApiProcess, Env, WorkerProcess};
+use logpipeline_local::services::{ApiProcess, Env, WorkerProcess, http_get, metric_value};
 use logpipeline_proto::v1::log_service_client::LogServiceClient;
 use logpipeline_proto::v1::{BatchWriteLogsRequest, WriteLogRequest};
 use serde_json::{Value, json};
@@ -274,9 +274,12 @@ async fn a_retry_after_a_lost_answer_stores_nothing_twice() {
             .await
             .unwrap();
     }
-    // A duplicate would be a second stream entry, stored as soon as the first: give the
-    // worker time to store anything still queued, then count again.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A duplicate would be a second stream entry: once the workers have acknowledged
+    // every entry, count again.
+    stack
+        .wait_until_drained(Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(rows_and_distinct(&pool, &run).await, (1, 1));
     assert_eq!(rows_and_distinct(&pool, &grpc_run).await, (10, 10));
 }
@@ -328,16 +331,20 @@ async fn the_v1_front_answers_in_the_seeds_shapes() {
         "{body}"
     );
 
-    let (status, body) = post(
-        &http,
-        format!("{base}/api/v1/logs/batch"),
-        json!({"log_entries": [
-            {"message": "one", "service_name": "batch-service", "level": "warning", "metadata": {"run": run}},
-            {"message": "", "service_name": "batch-service"},
-            {"message": "three", "service_name": "batch-service", "level": "ERROR", "metadata": {"run": run}},
-        ]}),
-    )
-    .await;
+    let batch = json!({"log_entries": [
+        {"message": "one", "service_name": "batch-service", "level": "warning", "metadata": {"run": run}},
+        {"message": "", "service_name": "batch-service"},
+        {"message": "three", "service_name": "batch-service", "level": "ERROR", "metadata": {"run": run}},
+    ]});
+    let send_batch = || {
+        http.post(format!("{base}/api/v1/logs/batch"))
+            .header("Idempotency-Key", format!("{run}-batch"))
+            .json(&batch)
+            .send()
+    };
+    let answer = send_batch().await.unwrap();
+    let status = answer.status().as_u16();
+    let body: Value = answer.json().await.unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         (
@@ -357,6 +364,13 @@ async fn the_v1_front_answers_in_the_seeds_shapes() {
             .contains("log_entries[1].message"),
         "{body}"
     );
+    assert_eq!(body["duplicate"], false, "{body}");
+    // The same batch again, with its key: a duplicate, and every accepted result says so.
+    let again: Value = send_batch().await.unwrap().json().await.unwrap();
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(again["results"][0]["duplicate"], true, "{again}");
+    assert_eq!(again["results"][2]["duplicate"], true, "{again}");
+    assert_eq!(again["results"][0]["log_id"], body["results"][0]["log_id"]);
 
     let health: Value = http
         .get(format!("{base}/api/v1/logs/health"))
@@ -648,7 +662,21 @@ async fn grpc_health_follows_redis_reflection_lists_the_services_and_refusals_sa
     let client = quick(Client::grpc(grpc_url.clone()));
     let waiting = Log::new("after room").service("svc").field("run", &run);
     let write = tokio::spawn(async move { client.write_log(waiting).await });
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let api_port = stack.api.as_ref().unwrap().port();
+    let refusals = move || {
+        let metrics = http_get(api_port, "/metrics").unwrap_or_default();
+        metric_value(
+            &metrics,
+            r#"logpipeline_api_grpc_requests_total{code="RESOURCE_EXHAUSTED",method="WriteLog"}"#,
+        )
+        .unwrap_or(0.0)
+    };
+    // Refused once above; the client is refused again and goes on waiting.
+    eventually("the client retries", Duration::from_secs(30), || async {
+        Ok(refusals() >= 3.0)
+    })
+    .await
+    .unwrap();
     assert!(!write.is_finished(), "the stream is still full");
     tokio::task::block_in_place(|| stack.start_worker(&Env::new())).unwrap();
     write.await.unwrap().unwrap();

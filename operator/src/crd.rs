@@ -161,6 +161,12 @@ pub struct ApiSpec {
     #[serde(default = "default_max_connections_per_address")]
     #[schemars(range(min = 1, max = 100_000))]
     pub max_connections_per_address: i32,
+    /// Bytes of request bodies each API pod holds at once, beyond each body's first
+    /// 64 KiB; a body that finds no room is answered 503 with Retry-After. Unset: a
+    /// quarter of the pod's memory limit (or 512 MiB without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1_048_576))]
+    pub body_bytes_in_flight: Option<i64>,
     /// CIDRs of proxies, such as the Ingress controller's pod range, whose
     /// `X-Forwarded-For` header the API believes for the client address (used by the
     /// per-address rate limit). Empty: the client address is the connection's

@@ -10,7 +10,9 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
-use logpipeline_api::{AppState, Auth, Cache, FrontInfo, Metrics, Queue, RateLimits, Shared, app};
+use logpipeline_api::{
+    AppState, Auth, BodyLimits, Cache, FrontInfo, Metrics, Queue, RateLimits, Shared, app,
+};
 use logpipeline_core::codec;
 use logpipeline_core::generations::GenerationKeys;
 use logpipeline_local::postgres::{self, PostgresServer};
@@ -109,6 +111,13 @@ impl TestApi {
             auth: options.auth,
             rate_limits: options.rate_limits,
             max_body_bytes: 1024 * 1024,
+            body: BodyLimits::new(
+                1024 * 1024,
+                Duration::from_secs(10),
+                16 * 1024,
+                200,
+                64 * 1024 * 1024,
+            ),
             query_cache_ttl: Duration::from_secs(300),
             stats_cache_ttl: Duration::from_secs(60),
             front: FrontInfo {

@@ -53,6 +53,12 @@ pub fn api_env(lp: &LogPipeline) -> Vec<EnvVar> {
         "LOGPIPELINE_MAX_CONNECTIONS_PER_ADDRESS",
         api.max_connections_per_address.to_string(),
     ));
+    if let Some(bytes) = api.body_bytes_in_flight {
+        env.push(plain_env(
+            "LOGPIPELINE_BODY_BYTES_IN_FLIGHT",
+            bytes.to_string(),
+        ));
+    }
     if !api.trusted_proxies.is_empty() {
         env.push(plain_env(
             "LOGPIPELINE_TRUSTED_PROXIES",
@@ -324,10 +330,16 @@ mod tests {
 
         let mut connections = LogPipeline::test();
         connections.spec.api.max_connections_per_address = 64;
+        connections.spec.api.body_bytes_in_flight = Some(128 << 20);
         assert_eq!(
             self::env(&connections)["LOGPIPELINE_MAX_CONNECTIONS_PER_ADDRESS"],
             "64"
         );
+        assert_eq!(
+            self::env(&connections)["LOGPIPELINE_BODY_BYTES_IN_FLIGHT"],
+            "134217728"
+        );
+        assert!(!self::env(&LogPipeline::test()).contains_key("LOGPIPELINE_BODY_BYTES_IN_FLIGHT"));
     }
 
     #[test]
