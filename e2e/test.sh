@@ -2,6 +2,9 @@
 # LogPipeline's test command: sets up what the tests need on a fresh machine, then runs
 # every test.
 #
+#   e2e/test.sh            every test, in three phases, each timed
+#   e2e/test.sh --quick    the quick tier: unit and in-process tests, no root, no
+#                          Kubernetes (phase 1 alone, about 5 minutes warm)
 #   e2e/test.sh [arguments for cargo test, e.g. --test cluster]
 #
 # Set-up, each step skipped when its result is already there (a second run does none):
@@ -12,7 +15,11 @@
 #      with its OTLP exporters over HTTP and gRPC), with pip.
 #   3. The Kubernetes tools, built from the Go module proxy into ~/.cache/logpipeline
 #      (local/k8s/build-tools.sh; about 20 minutes the first time).
-# Then `cargo test --workspace --locked`. The node cluster's tests need root.
+# Then the tests, in phases:
+#   1. every crate but e2e: unit tests and in-process tests on real Redis and PostgreSQL;
+#   2. e2e's tests of the services as processes, and of the operator and the chart on a
+#      bare control plane;
+#   3. e2e's tests on the one-node cluster (root).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -44,6 +51,11 @@ for need in "${!packages[@]}"; do
 done
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+quick=false
+if [[ ${1:-} == --quick ]]; then
+    quick=true
+    shift
+fi
 if ((${#missing[@]})); then
     step "installing Debian packages: ${missing[*]} (a minute or two)"
     export DEBIAN_FRONTEND=noninteractive
@@ -69,11 +81,37 @@ if ((${#missing[@]})); then
         python3 -m pip install --quiet --break-system-packages "${missing[@]}"
 fi
 
-if ! local/k8s/build-tools.sh --check; then
+if ! $quick && ! local/k8s/build-tools.sh --check; then
     step "building the Kubernetes tools from the Go module proxy (about 20 minutes when cold)"
     local/k8s/build-tools.sh
 fi
 
-step "cargo test --workspace --locked --no-fail-fast $*"
-cargo test --workspace --locked --no-fail-fast "$@"
+failed=()
+phase() {
+    local name=$1 begun=$SECONDS
+    shift
+    step "$name: cargo test --locked --no-fail-fast $*"
+    cargo test --locked --no-fail-fast "$@" || failed+=("$name")
+    timings+=("$(printf '%-32s %5d s' "$name" "$((SECONDS - begun))")")
+}
+timings=()
+if (($#)); then
+    phase "cargo test $*" --workspace "$@"
+else
+    phase "1. unit and in-process" --workspace --exclude logpipeline-e2e
+    if ! $quick; then
+        services=()
+        for file in e2e/tests/*.rs; do
+            services+=(--test "$(basename "$file" .rs)")
+        done
+        phase "2. services, control plane" -p logpipeline-e2e --lib "${services[@]}"
+        phase "3. one-node cluster" -p logpipeline-e2e --test cluster
+    fi
+fi
+step "phases"
+printf '   %s\n' "${timings[@]}" >&2
+if ((${#failed[@]})); then
+    step "failed: ${failed[*]}"
+    exit 1
+fi
 step "all tests passed"

@@ -38,26 +38,7 @@ use tracing::{error, info};
 
 use crate::error::{Error, Result};
 use crate::limits::RateLimits;
-
-/// What a key allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// Ingest logs.
-    Write,
-    /// Query logs and statistics.
-    Read,
-}
-
-impl Scope {
-    /// The scope's name in the keys file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Write => "write",
-            Self::Read => "read",
-        }
-    }
-}
+pub use crate::scope::Scope;
 
 /// Who a request acts for: a tenant, through one of its keys.
 #[derive(Debug, Clone)]

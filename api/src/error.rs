@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tracing::{error, warn};
 
-use crate::auth::Scope;
+use crate::scope::Scope;
 
 /// The api's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

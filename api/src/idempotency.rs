@@ -13,7 +13,6 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
-use crate::queue::Admission;
 use logpipeline_core::tenant::Tenant;
 
 /// The HTTP header that carries the key.
@@ -72,10 +71,19 @@ pub fn fingerprint(logs_json: &[u8]) -> String {
         .collect()
 }
 
+/// What the api answered the first time a request came with its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirstAnswer {
+    /// The entry holding the logs.
+    pub entry_id: String,
+    /// When the api received them the first time.
+    pub received_at: OffsetDateTime,
+}
+
 /// The first answer to a request repeated with its key, from the record
 /// `<entry id> <receive time, µs> <fingerprint>`; refused when `fingerprint`, the
 /// repeated request's, differs.
-pub fn replay(record: &str, fingerprint: &str) -> Result<Admission> {
+pub fn replay(record: &str, fingerprint: &str) -> Result<FirstAnswer> {
     let mut parts = record.split(' ');
     let (Some(entry_id), Some(micros), Some(first), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -92,10 +100,9 @@ pub fn replay(record: &str, fingerprint: &str) -> Result<Admission> {
     if first != fingerprint {
         return Err(Error::IdempotencyKeyReused);
     }
-    Ok(Admission {
+    Ok(FirstAnswer {
         entry_id: entry_id.to_owned(),
         received_at,
-        duplicate: true,
     })
 }
 
@@ -133,7 +140,6 @@ mod tests {
         let record = format!("1795308807997-3 1795308807997201 {print}");
         let first = replay(&record, &print).unwrap();
         assert_eq!(first.entry_id, "1795308807997-3");
-        assert!(first.duplicate);
         assert_eq!(
             logpipeline_core::codec::unix_micros(first.received_at),
             1_795_308_807_997_201

@@ -25,6 +25,7 @@ mod metrics;
 pub mod otlp;
 mod query;
 mod queue;
+mod scope;
 pub mod server;
 mod state;
 mod stats;
@@ -56,7 +57,7 @@ pub use crate::metrics::Metrics;
 pub use crate::queue::Queue;
 use crate::server::{ConnectionLimits, Protocol, Server};
 pub use crate::state::{AppState, Shared};
-pub use crate::v1::{ConcurrentTestLimits, FrontInfo};
+pub use crate::state::{ConcurrentTestLimits, FrontInfo};
 
 /// How often the rate limiters forget the clients they have not seen lately.
 const FORGET_IDLE_LIMITS_EVERY: Duration = Duration::from_secs(60);

@@ -187,7 +187,13 @@ impl Queue {
                 duplicate: false,
             }),
             Outcome::AcceptedBefore(record) => {
-                idempotency::replay(&record, fingerprint.as_deref().unwrap_or_default())
+                let first =
+                    idempotency::replay(&record, fingerprint.as_deref().unwrap_or_default())?;
+                Ok(Admission {
+                    entry_id: first.entry_id,
+                    received_at: first.received_at,
+                    duplicate: true,
+                })
             }
             Outcome::Full => Err(Error::Backpressure {
                 capacity: self.capacity,

@@ -1,7 +1,9 @@
 //! What every handler can reach.
 
+use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use axum::extract::FromRef;
@@ -13,7 +15,6 @@ use crate::cache::Cache;
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
-use crate::v1::FrontInfo;
 
 /// The api's shared state: one allocation, so that the clone every request and
 /// middleware takes is one reference count, whatever the state holds.
@@ -65,4 +66,24 @@ pub struct Shared {
     pub stats_cache_ttl: Duration,
     /// What the `/api/v1` front says of the service, and its concurrent test.
     pub front: FrontInfo,
+}
+
+/// What the `/api/v1` front and `GET /` say about the service.
+#[derive(Debug, Clone)]
+pub struct FrontInfo {
+    /// Where gRPC is served.
+    pub grpc_listen: SocketAddr,
+    /// Whether the gRPC server is serving.
+    pub grpc_serving: Arc<AtomicBool>,
+    /// The concurrent test's limits, when it is on.
+    pub concurrent_test: Option<ConcurrentTestLimits>,
+}
+
+/// Bounds of `POST /api/v1/logs/concurrent-test`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConcurrentTestLimits {
+    /// Most logs one test writes.
+    pub max_count: u32,
+    /// Most writers at once.
+    pub max_workers: u32,
 }

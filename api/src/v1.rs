@@ -7,9 +7,7 @@
 //! the seed's fields and LogPipeline's (`error`, `detail`), so clients of either read
 //! them.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -30,26 +28,6 @@ use crate::extract::{JsonBody, parse};
 use crate::idempotency::IdempotencyKey;
 use crate::metrics::Endpoint;
 use crate::state::AppState;
-
-/// What the `/api/v1` front and `GET /` say about the service.
-#[derive(Debug, Clone)]
-pub struct FrontInfo {
-    /// Where gRPC is served.
-    pub grpc_listen: SocketAddr,
-    /// Whether the gRPC server is serving.
-    pub grpc_serving: Arc<AtomicBool>,
-    /// The concurrent test's limits, when it is on.
-    pub concurrent_test: Option<ConcurrentTestLimits>,
-}
-
-/// Bounds of `POST /api/v1/logs/concurrent-test`.
-#[derive(Debug, Clone, Copy)]
-pub struct ConcurrentTestLimits {
-    /// Most logs one test writes.
-    pub max_count: u32,
-    /// Most writers at once.
-    pub max_workers: u32,
-}
 
 /// One log, as system B's client sends it.
 #[derive(Debug, Deserialize, ToSchema)]

@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod config;
 pub mod db;
+pub mod field;
 pub mod fuzz;
 pub mod generations;
 pub mod indexes;

@@ -7,7 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::record::FieldError;
+use crate::field::FieldError;
 
 /// Longest `service_name`, in characters.
 pub const MAX_SERVICE_NAME_CHARS: usize = 100;

@@ -16,6 +16,7 @@ use utoipa::ToSchema;
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{AnyOfBuilder, ArrayBuilder, ObjectBuilder, Ref, Schema, Type};
 
+pub use crate::field::FieldError;
 use crate::numeric;
 use crate::origin::{
     MAX_SERVICE_NAME_CHARS, ServiceName, SpanId, TraceId, check_identifier, check_name,
@@ -109,17 +110,6 @@ pub struct LogBatch {
     pub logs: Vec<LogRecord>,
 }
 
-/// Why a field was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct FieldError(String);
-
-impl FieldError {
-    pub(crate) fn new(why: String) -> Self {
-        Self(why)
-    }
-}
-
 /// Severity of a log, as the seed accepts it.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
@@ -170,7 +160,7 @@ impl LogLevel {
             "FATAL" => Ok(Self::Critical),
             "TRACE" => Ok(Self::Debug),
             upper => upper.parse().map_err(|_| {
-                FieldError(format!(
+                FieldError::new(format!(
                     "unknown log level `{level}`, expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL (any case; WARN, FATAL and TRACE also)"
                 ))
             }),
@@ -186,7 +176,7 @@ impl std::str::FromStr for LogLevel {
             .into_iter()
             .find(|candidate| candidate.as_str() == level)
             .ok_or_else(|| {
-                FieldError(format!(
+                FieldError::new(format!(
                     "unknown log level `{level}`, expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
                 ))
             })
@@ -265,12 +255,12 @@ fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), FieldErr
     // The byte length bounds the character count: only long text needs counting.
     let too_long = value.len() > max_chars && value.chars().nth(max_chars).is_some();
     if value.is_empty() || too_long {
-        return Err(FieldError(format!(
+        return Err(FieldError::new(format!(
             "{field} must be 1 to {max_chars} characters long"
         )));
     }
     if value.contains('\0') {
-        return Err(FieldError(format!(
+        return Err(FieldError::new(format!(
             "{field} must not contain NUL characters"
         )));
     }
@@ -293,9 +283,9 @@ impl LogData {
         object: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<Self, FieldError> {
         let text = serde_json::to_string(object)
-            .map_err(|error| FieldError(format!("log_data cannot be written: {error}")))?;
+            .map_err(|error| FieldError::new(format!("log_data cannot be written: {error}")))?;
         let raw = RawValue::from_string(text)
-            .map_err(|error| FieldError(format!("log_data cannot be written: {error}")))?;
+            .map_err(|error| FieldError::new(format!("log_data cannot be written: {error}")))?;
         Self::try_from(raw)
     }
 }
@@ -371,7 +361,7 @@ impl From<LogData> for Box<RawValue> {
 /// The rules of `log_data`, given as valid JSON text.
 fn check_log_data(json: &str) -> Result<(), FieldError> {
     if !json.starts_with('{') {
-        return Err(FieldError("log_data must be a JSON object".into()));
+        return Err(FieldError::new("log_data must be a JSON object".into()));
     }
     check_json_escapes(json)?;
     check_json_structure(json)
@@ -389,7 +379,7 @@ fn check_json_escapes(json: &str) -> Result<(), FieldError> {
         let unicode = if bytes.get(i + 1) == Some(&b'u') {
             let hex = json.get(i + 2..i + 6);
             let code = hex.and_then(|hex| u16::from_str_radix(hex, 16).ok());
-            Some(code.ok_or_else(|| FieldError("log_data has a malformed \\u escape".into()))?)
+            Some(code.ok_or_else(|| FieldError::new("log_data has a malformed \\u escape".into()))?)
         } else {
             None
         };
@@ -398,7 +388,7 @@ fn check_json_escapes(json: &str) -> Result<(), FieldError> {
             Some(0xDC00..=0xDFFF) if pending_high == Some(i) => {}
             _ if pending_high.is_some() => return Err(unpaired_surrogate()),
             Some(0) => {
-                return Err(FieldError(
+                return Err(FieldError::new(
                     "log_data must not contain \\u0000 (PostgreSQL cannot store it)".into(),
                 ));
             }
@@ -428,7 +418,7 @@ fn check_json_structure(json: &str) -> Result<(), FieldError> {
             b'{' | b'[' => {
                 depth += 1;
                 if depth > MAX_LOG_DATA_DEPTH {
-                    return Err(FieldError(format!(
+                    return Err(FieldError::new(format!(
                         "log_data must not nest objects and arrays more than {MAX_LOG_DATA_DEPTH} levels deep"
                     )));
                 }
@@ -444,7 +434,7 @@ fn check_json_structure(json: &str) -> Result<(), FieldError> {
                     .position(|b| !matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
                     .map_or(bytes.len(), |length| i + length);
                 numeric::check(&json[i..end]).map_err(|why| {
-                    FieldError(format!(
+                    FieldError::new(format!(
                         "log_data has a number PostgreSQL cannot store ({why})"
                     ))
                 })?;
@@ -473,7 +463,7 @@ fn string_end(bytes: &[u8], start: usize) -> usize {
 }
 
 fn unpaired_surrogate() -> FieldError {
-    FieldError(
+    FieldError::new(
         "log_data has an unpaired UTF-16 surrogate escape (PostgreSQL cannot store it)".into(),
     )
 }

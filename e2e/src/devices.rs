@@ -1,7 +1,7 @@
 //! Simulated devices that send logs to the api, the way the seed's stress test did.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -128,10 +128,36 @@ pub struct Continuous {
     pub failed: Vec<String>,
 }
 
+/// What a test shares with devices that send in the background: when to stop, and how
+/// many requests were answered 200 so far, so that the test waits for progress rather
+/// than for a time.
+#[derive(Debug, Default)]
+pub struct Flow {
+    stop: AtomicBool,
+    accepted: AtomicUsize,
+}
+
+impl Flow {
+    /// Tells the devices to stop after their request in flight.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the devices were told to stop.
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered 200 so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
 /// Sends logs of run `run` as `devices` devices at once, `logs_per_request` logs per
 /// request (1 to `POST /api/log`, more to `/api/logs/batch`), each device pausing
-/// `pause` after each answer, until `stop` is set. A 503 is a refusal: the same logs are
-/// sent again after the answer's Retry-After, until `stop` is set.
+/// `pause` after each answer, until `flow` is stopped. A 503 is a refusal: the same logs
+/// are sent again after the answer's Retry-After, until `flow` is stopped.
 pub async fn send_until(
     client: &reqwest::Client,
     base_url: &str,
@@ -139,12 +165,12 @@ pub async fn send_until(
     devices: usize,
     logs_per_request: usize,
     pause: Duration,
-    stop: &AtomicBool,
+    flow: &Flow,
 ) -> Continuous {
     let device = |device: usize| async move {
         let mut sent = Continuous::default();
         let mut seq = 0;
-        while !stop.load(Ordering::Relaxed) {
+        while !flow.stopped() {
             let (path, body) = if logs_per_request == 1 {
                 ("/api/log", log(run, device, seq))
             } else {
@@ -181,10 +207,11 @@ pub async fn send_until(
                         Err(error) => sent.failed.push(format!("{path}: {error:?}")),
                     }
                     sent.accepted += 1;
+                    flow.accepted.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
                 *sent.refused.entry(status).or_default() += 1;
-                if status != 503 || stop.load(Ordering::Relaxed) {
+                if status != 503 || flow.stopped() {
                     break;
                 }
                 let retry_after = response

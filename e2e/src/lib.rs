@@ -1,14 +1,20 @@
-//! The harness of LogPipeline's end-to-end tests: a whole stack per test, devices that
-//! send logs, rows written straight to PostgreSQL, a real Prometheus, and the checks of
-//! the shipped dashboards. The servers themselves (Redis, PostgreSQL, the binaries, a
-//! one-node Kubernetes) come from `logpipeline-local`; every one stops when its handle is
-//! dropped or the test process exits.
+//! The harness of LogPipeline's end-to-end tests: a whole stack per test, devices and the
+//! system-B client that send logs, runs to find them again, readers of the Redis stream,
+//! rows written straight to PostgreSQL, the operator's tests' objects on a shared
+//! control plane, a real Prometheus, and the checks of the shipped dashboards. The
+//! servers themselves (Redis, PostgreSQL, the binaries, a one-node Kubernetes) come from
+//! `logpipeline-local`; every one stops when its handle is dropped or the test process
+//! exits.
 
+pub mod client;
 pub mod devices;
 pub mod monitoring;
+pub mod operator;
 pub mod prometheus;
 pub mod rows;
+pub mod runs;
 pub mod stack;
+pub mod stream;
 
 /// Makes ring the process's default TLS crypto provider. The tests' TLS uses ring (the
 /// cluster tests reach the ingress over HTTPS), and reqwest, built here without a

@@ -198,6 +198,21 @@ impl Stack {
         let client = redis::Client::open(self.redis.url())?;
         Ok(client.get_multiplexed_async_connection().await?)
     }
+
+    /// The first worker's last log lines, newest first, to explain a wait that timed
+    /// out: text to append to the error.
+    pub fn worker_log(&self) -> String {
+        let log = self
+            .workers
+            .first()
+            .and_then(|worker| std::fs::read_to_string(worker.log_path()).ok())
+            .unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        format!(
+            "; the worker's last lines, newest first:\n{}",
+            tail.join("\n")
+        )
+    }
 }
 
 /// Waits until a service has applied the whole schema to `pool`'s database: every

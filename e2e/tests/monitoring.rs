@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use logpipeline_e2e::devices::{self, Plan};
-use logpipeline_e2e::monitoring;
 use logpipeline_e2e::prometheus::{PrometheusServer, Sample, Target, promtool};
 use logpipeline_e2e::stack::{Stack, eventually, wait_for_schema};
+use logpipeline_e2e::{monitoring, operator};
 use logpipeline_local::kube::{self, KubeCluster, Operator, OperatorOptions, repo_root};
 use logpipeline_local::services::{Env, WorkerProcess, http_get, metric_value};
 use redis::AsyncCommands;
@@ -119,7 +119,7 @@ fn quick_rules(dir: &std::path::Path) -> PathBuf {
 /// A LogPipeline for the operator to watch, pointing at the stack's Redis.
 fn pipeline_objects(cluster: &KubeCluster, ns: &str, redis_url: &str, database_url: &str) {
     for (name, url) in [("redis", redis_url), ("postgres", database_url)] {
-        secret(cluster, ns, name, url);
+        operator::secret(cluster, ns, name, url).unwrap();
     }
     let pipeline = json!({
         "apiVersion": "logpipeline.io/v1alpha1",
@@ -137,17 +137,6 @@ fn pipeline_objects(cluster: &KubeCluster, ns: &str, redis_url: &str, database_u
     });
     cluster
         .kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &pipeline.to_string())
-        .unwrap();
-}
-
-fn secret(cluster: &KubeCluster, ns: &str, name: &str, url: &str) {
-    let secret = json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": name},
-        "stringData": {"url": url},
-    });
-    cluster
-        .kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &secret.to_string())
         .unwrap();
 }
 
@@ -375,7 +364,7 @@ async fn every_panel_shows_data_and_each_fault_fires_its_alert() {
     // PostgreSQL stops while devices keep sending: the worker retries, the backlog grows
     // until the stream is full and the api answers 503.
     stack.postgres.as_mut().unwrap().stop().unwrap();
-    let stop = std::sync::atomic::AtomicBool::new(false);
+    let flow = devices::Flow::default();
     let sending = devices::send_until(
         &client,
         &url,
@@ -383,7 +372,7 @@ async fn every_panel_shows_data_and_each_fault_fires_its_alert() {
         20,
         1,
         Duration::ZERO,
-        &stop,
+        &flow,
     );
     let waiting = async {
         seen.wait_for("LogPipelinePostgresUnavailable", Duration::from_secs(90))
@@ -392,7 +381,7 @@ async fn every_panel_shows_data_and_each_fault_fires_its_alert() {
             .await;
         seen.wait_for("LogPipelineBackpressure", Duration::from_secs(90))
             .await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        flow.stop();
     };
     let (sent, ()) = tokio::join!(sending, waiting);
     assert!(
@@ -442,7 +431,7 @@ async fn every_panel_shows_data_and_each_fault_fires_its_alert() {
         .unwrap();
     seen.wait_for("LogPipelineDegraded", Duration::from_secs(90))
         .await;
-    secret(cluster, ns, "redis", &redis_url);
+    operator::secret(cluster, ns, "redis", &redis_url).unwrap();
 
     // An operator that may not write what it renders fails every reconcile.
     operator.stop().unwrap();
@@ -469,7 +458,7 @@ async fn every_panel_shows_data_and_each_fault_fires_its_alert() {
     // Redis stops while devices send: the api cannot accept logs and answers 503
     // queue_unavailable, an ingest error.
     stack.redis.stop().unwrap();
-    let stop = std::sync::atomic::AtomicBool::new(false);
+    let flow = devices::Flow::default();
     let sending = devices::send_until(
         &client,
         &url,
@@ -477,14 +466,14 @@ async fn every_panel_shows_data_and_each_fault_fires_its_alert() {
         100,
         1,
         Duration::ZERO,
-        &stop,
+        &flow,
     );
     let waiting = async {
         seen.wait_for("LogPipelineRedisUnavailable", Duration::from_secs(90))
             .await;
         seen.wait_for("LogPipelineIngestErrors", Duration::from_secs(90))
             .await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        flow.stop();
     };
     tokio::join!(sending, waiting);
     stack.redis.start_again().unwrap();
@@ -494,9 +483,10 @@ async fn every_panel_shows_data_and_each_fault_fires_its_alert() {
     // outages; then every panel's queries return data, with every label their legends
     // name.
     healthy_traffic(&client, &url, "monitoring-after").await;
-    let mut checked = 0;
+    let (mut checked, mut expressions) = (0, 0);
     for (dashboard, json) in xtask::monitoring::dashboards(&repo_root()).unwrap() {
         let dashboard_json: Value = serde_json::from_str(&json).unwrap();
+        expressions += count_expressions(&dashboard_json);
         for (title, expr, legend) in monitoring::targets(&dashboard_json) {
             let query = substitute(&expr);
             let samples = wait_for_data(&prometheus, &client, &query).await;
@@ -512,5 +502,23 @@ async fn every_panel_shows_data_and_each_fault_fires_its_alert() {
         }
     }
     println!("{checked} panel queries return data with their legends' labels");
+    // Every expression anywhere in the dashboards was among them, and there are some.
+    assert_eq!(checked, expressions);
+    assert!(checked >= 20, "only {checked} panel queries were found");
     println!("alerts seen: {:?}", seen.0.lock().unwrap());
+}
+
+/// The `expr` strings anywhere in `value`, found without knowing the dashboard's layout.
+fn count_expressions(value: &Value) -> usize {
+    match value {
+        Value::Object(map) => map
+            .iter()
+            .map(|(key, value)| match value {
+                Value::String(_) if key == "expr" => 1,
+                value => count_expressions(value),
+            })
+            .sum(),
+        Value::Array(items) => items.iter().map(count_expressions).sum(),
+        _ => 0,
+    }
 }

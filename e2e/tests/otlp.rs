@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
+use logpipeline_e2e::runs::run_id;
 use logpipeline_e2e::stack::{Stack, eventually, wait_for_count};
 use logpipeline_local::auth::{ApiKey, keys_file};
 use logpipeline_local::services::{Env, http_get, metric_value};
@@ -27,10 +28,6 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 const EXPORTER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/otlp/export.py");
-
-fn run_id(name: &str) -> String {
-    format!("{name}-{}", uuid::Uuid::new_v4().simple())
-}
 
 fn client() -> reqwest::Client {
     logpipeline_e2e::http_client(|builder| builder.timeout(Duration::from_secs(10))).unwrap()

@@ -30,11 +30,20 @@ pub fn binaries_dir() -> Result<&'static Path> {
         .map_err(|error| anyhow::anyhow!("{error}"))
 }
 
+/// Whether the running program is a test, whose [`binaries_dir`] holds every binary of
+/// the workspace, built as the test run built them.
+pub fn running_as_test() -> bool {
+    // target/<profile>/deps/<test> for tests, target/<profile>/<bin> for binaries.
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.ends_with("deps")))
+        .unwrap_or(false)
+}
+
 fn build_binaries() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test> for tests, target/<profile>/<bin> for binaries.
     let mut dir = exe.parent().context("no directory")?.to_path_buf();
-    let is_test = dir.ends_with("deps");
+    let is_test = running_as_test();
     if is_test {
         dir.pop();
     }

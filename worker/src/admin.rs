@@ -21,8 +21,8 @@ use redis::Value;
 use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 
-use crate::config::Config;
 use crate::stream::{field_map, read_group_info, text};
+use logpipeline_core::config::RedisArgs;
 
 /// Operations on the stream.
 #[derive(Debug, Clone, Subcommand)]
@@ -110,20 +110,14 @@ end
 return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
 ";
 
-/// Runs `command` against the stream `config` names; returns what to print.
-pub async fn run(config: &Config, command: &Admin) -> Result<String, AdminError> {
+/// Runs `command` against `target` on the Redis `redis` names; returns what to print.
+pub async fn run(redis: &RedisArgs, target: Target, command: &Admin) -> Result<String, AdminError> {
     let client = redis::Client::open(
-        config
-            .redis
+        redis
             .connection_info()
             .map_err(|error| AdminError::Refused(error.to_string()))?,
     )?;
     let mut redis = client.get_multiplexed_async_connection().await?;
-    let target = Target {
-        stream: config.stream.stream.clone(),
-        group: config.stream.group.clone(),
-        dead: config.dead_letter_stream(),
-    };
     match command {
         Admin::Stream { json } => {
             let report = target.report(&mut redis).await?;
@@ -153,10 +147,14 @@ fn to_json(value: &impl Serialize) -> String {
 }
 
 /// The keys the commands work on.
-struct Target {
-    stream: String,
-    group: String,
-    dead: String,
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The stream of accepted logs.
+    pub stream: String,
+    /// The workers' consumer group.
+    pub group: String,
+    /// The dead-letter stream.
+    pub dead: String,
 }
 
 /// What `admin stream` shows.

@@ -8,6 +8,7 @@ use logpipeline_core::config::{CacheArgs, DatabaseArgs, RedisArgs, StreamArgs, T
 use logpipeline_core::partitions::{PartitionInterval, Retention};
 use logpipeline_core::storage::PartitionSettings;
 
+use crate::admin::{Admin, Target};
 use crate::store::StoreSettings;
 
 /// LogPipeline's stream consumer: stores accepted logs in PostgreSQL exactly once.
@@ -127,10 +128,19 @@ pub enum Command {
     /// Operations on the stream: show it, list or replay dead letters, delete a
     /// consumer. They use the settings above (`REDIS_URL`, `LOGPIPELINE_STREAM`, …).
     #[command(subcommand)]
-    Admin(crate::admin::Admin),
+    Admin(Admin),
 }
 
 impl Config {
+    /// The keys `admin` commands work on.
+    pub fn admin_target(&self) -> Target {
+        Target {
+            stream: self.stream.stream.clone(),
+            group: self.stream.group.clone(),
+            dead: self.dead_letter_stream(),
+        }
+    }
+
     /// The dead-letter stream's name.
     pub fn dead_letter_stream(&self) -> String {
         self.dead_letter_stream

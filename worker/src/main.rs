@@ -12,7 +12,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> ExitCode {
     let config = Config::parse();
     if let Some(Command::Admin(command)) = &config.command {
-        return match logpipeline_worker::admin::run(&config, command).await {
+        return match logpipeline_worker::admin::run(&config.redis, config.admin_target(), command)
+            .await
+        {
             Ok(printed) => {
                 print!("{printed}");
                 ExitCode::SUCCESS

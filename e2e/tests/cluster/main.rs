@@ -13,10 +13,9 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use logpipeline_e2e::devices::{self, Plan};
+use logpipeline_e2e::devices::{self, Flow, Plan};
 use logpipeline_e2e::stack::wait_for_count;
 use logpipeline_local::auth::ApiKey;
 use logpipeline_local::node::{self, NodeCluster, NodeInfo, NodeOptions};
@@ -405,14 +404,14 @@ fn worker_replicas() -> u64 {
     deployment["spec"]["replicas"].as_u64().unwrap_or(0)
 }
 
-/// Sends logs of `run` through the Ingress from a thread of its own until `stop`.
+/// Sends logs of `run` through the Ingress from a thread of its own until `flow` stops.
 fn send_in_background<'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
     run: &'scope str,
     devices: usize,
     logs_per_request: usize,
     pause: Duration,
-    stop: &'scope AtomicBool,
+    flow: &'scope Flow,
 ) -> std::thread::ScopedJoinHandle<'scope, devices::Continuous> {
     scope.spawn(move || {
         let pipeline = pipeline();
@@ -425,7 +424,7 @@ fn send_in_background<'scope>(
                 devices,
                 logs_per_request,
                 pause,
-                stop,
+                flow,
             ))
     })
 }
@@ -481,10 +480,10 @@ fn a_burst_scales_the_workers_up_the_new_pods_consume_and_scale_down_after_the_w
         ))
     });
     let run = "lag-burst";
-    let stop = AtomicBool::new(false);
+    let flow = Flow::default();
     let started = Instant::now();
     let (sent, scaled_up_after, deleted) = std::thread::scope(|scope| {
-        let sender = send_in_background(scope, run, 50, 1, Duration::ZERO, &stop);
+        let sender = send_in_background(scope, run, 50, 1, Duration::ZERO, &flow);
         let waited = wait_until(
             "the operator scales the workers up",
             Duration::from_secs(180),
@@ -500,10 +499,22 @@ fn a_burst_scales_the_workers_up_the_new_pods_consume_and_scale_down_after_the_w
         cluster
             .kubectl(&["delete", "pod", "-n", NS, &deleted, "--wait=false"])
             .unwrap();
-        std::thread::sleep(Duration::from_secs(10));
-        stop.store(true, Ordering::Relaxed);
+        // Devices go on sending until the pod is gone and 500 more logs were accepted.
+        let accepted_at_delete = flow.accepted();
+        let gone = wait_until(
+            "the deleted worker pod is gone while devices send",
+            Duration::from_secs(180),
+            || {
+                let listed = pods(cluster, "worker")?
+                    .iter()
+                    .any(|pod| pod["metadata"]["name"] == deleted.as_str());
+                Ok(!listed && flow.accepted() >= accepted_at_delete + 500)
+            },
+        );
+        flow.stop();
         let sent = sender.join().unwrap();
         waited.unwrap();
+        gone.unwrap();
         (sent, scaled_up_after, deleted)
     });
     assert!(
@@ -644,10 +655,10 @@ fn sustained_load_makes_the_autoscaler_add_api_pods_that_serve_and_go_after_the_
         ))
     });
     let run = "hpa-load";
-    let stop = AtomicBool::new(false);
+    let flow = Flow::default();
     let started = Instant::now();
     let (sent, served) = std::thread::scope(|scope| {
-        let sender = send_in_background(scope, run, 40, 10, Duration::ZERO, &stop);
+        let sender = send_in_background(scope, run, 40, 10, Duration::ZERO, &flow);
         let mut served = BTreeMap::new();
         let waited = wait_until(
             "the autoscaler adds api pods that serve requests",
@@ -664,7 +675,7 @@ fn sustained_load_makes_the_autoscaler_add_api_pods_that_serve_and_go_after_the_
                 Ok(served.values().all(|requests| *requests > 0.0))
             },
         );
-        stop.store(true, Ordering::Relaxed);
+        flow.stop();
         let sent = sender.join().unwrap();
         waited.unwrap();
         (sent, served)
@@ -738,11 +749,14 @@ fn changing_the_pipeline_rolls_its_pods_while_a_device_sends_and_nothing_is_lost
     .collect();
 
     let run = "rolling-change";
-    let stop = AtomicBool::new(false);
+    let flow = Flow::default();
     let started = Instant::now();
     let (sent, rolled_after) = std::thread::scope(|scope| {
-        let sender = send_in_background(scope, run, 4, 1, Duration::from_millis(20), &stop);
-        std::thread::sleep(Duration::from_secs(5));
+        let sender = send_in_background(scope, run, 4, 1, Duration::from_millis(20), &flow);
+        // The change begins while the old pods take a device's logs.
+        let sending = wait_until("the old pods take logs", Duration::from_secs(60), || {
+            Ok(flow.accepted() >= 50)
+        });
         patch_pipeline(
             cluster,
             &json!({
@@ -769,10 +783,16 @@ fn changing_the_pipeline_rolls_its_pods_while_a_device_sends_and_nothing_is_lost
         for deployment in [&api, &worker] {
             wait_rolled_out(cluster, deployment, Duration::from_secs(120)).unwrap();
         }
-        std::thread::sleep(Duration::from_secs(5));
-        stop.store(true, Ordering::Relaxed);
+        // And ends once the new pods took logs too.
+        let accepted_when_rolled = flow.accepted();
+        let sent_to_new = wait_until("the new pods take logs", Duration::from_secs(60), || {
+            Ok(flow.accepted() >= accepted_when_rolled + 50)
+        });
+        flow.stop();
         let sent = sender.join().unwrap();
+        sending.unwrap();
         rolled.unwrap();
+        sent_to_new.unwrap();
         (sent, rolled_after)
     });
     wait_for_condition(cluster, "Ready", "True", Duration::from_secs(120)).unwrap();

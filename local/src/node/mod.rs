@@ -185,7 +185,7 @@ impl Node {
         if options.product_images {
             step(
                 started,
-                "building LogPipeline's images with deploy/build.sh (release build: minutes when cold)",
+                "building LogPipeline's images with deploy/build.sh (a tool's: a release build, minutes when cold)",
             );
             archives.extend(builder.product()?);
         }
