@@ -16,6 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use logpipeline_e2e::devices::{self, Flow, Plan};
+use logpipeline_e2e::runs::count_query;
 use logpipeline_e2e::stack::wait_for_count;
 use logpipeline_local::auth::ApiKey;
 use logpipeline_local::node::{self, NodeCluster, NodeInfo, NodeOptions};
@@ -23,13 +24,9 @@ use logpipeline_local::process::{output_of, wait_until};
 use nix::sys::signal::Signal;
 use serde_json::json;
 use support::{
-    NS, OPERATOR_NS, PIPELINE, Timeline, backlog, cluster, consumers, is_ready, keys_secret,
-    patch_pipeline, pipeline, pods, wait_for_condition, wait_rolled_out,
+    NS, OPERATOR_NS, PIPELINE, Timeline, add_backlog, backlog, cluster, consumers, is_ready,
+    keys_secret, patch_pipeline, pipeline, pods, wait_for_condition, wait_rolled_out,
 };
-
-fn run_count_query(run: &str) -> String {
-    format!("select count(*) from logs where log_data @> '{{\"run\": \"{run}\"}}'")
-}
 
 /// Checks that what `run` stored is exactly what was accepted, and says so.
 async fn assert_stored_exactly_once(run: &str, accepted: &[String]) {
@@ -262,7 +259,7 @@ fn devices_send_through_the_ingress_and_every_log_is_stored_exactly_once() {
         let pool = pipeline.pool().await.unwrap();
         let drained = wait_for_count(
             &pool,
-            &run_count_query(&plan.run),
+            &count_query(&plan.run),
             100_000,
             Duration::from_secs(300),
         )
@@ -479,9 +476,16 @@ fn a_burst_scales_the_workers_up_the_new_pods_consume_and_scale_down_after_the_w
             lp["status"]["lag"], lp["status"]["workerReplicas"]
         ))
     });
+    // The burst: 30,000 entries put on the stream at once, thirty times the lag one worker
+    // may have, whatever the CPU, and devices that keep sending.
+    let started = Instant::now();
+    let backlog_run = "lag-backlog";
+    let backlog_ids = runtime.block_on(async {
+        let mut redis = pipeline.redis().await.unwrap();
+        add_backlog(&mut redis, backlog_run, 30_000).await.unwrap()
+    });
     let run = "lag-burst";
     let flow = Flow::default();
-    let started = Instant::now();
     let (sent, scaled_up_after, deleted) = std::thread::scope(|scope| {
         let sender = send_in_background(scope, run, 50, 1, Duration::ZERO, &flow);
         let waited = wait_until(
@@ -586,6 +590,7 @@ fn a_burst_scales_the_workers_up_the_new_pods_consume_and_scale_down_after_the_w
         "backlog drained {drained_after:.1?} after the burst began; back to one worker at {scaled_down_after:.1?}\n{}",
         timeline.stop().unwrap()
     );
+    runtime.block_on(assert_stored_exactly_once(backlog_run, &backlog_ids));
     runtime.block_on(assert_stored_exactly_once(run, &sent.message_ids));
 }
 
@@ -703,7 +708,7 @@ fn sustained_load_makes_the_autoscaler_add_api_pods_that_serve_and_go_after_the_
         let pool = pipeline.pool().await.unwrap();
         wait_for_count(
             &pool,
-            &run_count_query(run),
+            &count_query(run),
             sent.message_ids.len() as i64,
             Duration::from_secs(300),
         )
@@ -822,7 +827,7 @@ fn changing_the_pipeline_rolls_its_pods_while_a_device_sends_and_nothing_is_lost
         let pool = pipeline.pool().await.unwrap();
         wait_for_count(
             &pool,
-            &run_count_query(run),
+            &count_query(run),
             sent.message_ids.len() as i64,
             Duration::from_secs(120),
         )

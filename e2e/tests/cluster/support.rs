@@ -8,6 +8,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use logpipeline_core::codec;
+use logpipeline_core::tenant::Tenant;
+use logpipeline_e2e::devices;
 use logpipeline_local::auth::{ApiKey, keys_file};
 use logpipeline_local::kube::repo_root;
 use logpipeline_local::node::{self, INGRESS_HTTPS_PORT, NodeCluster};
@@ -370,6 +373,34 @@ impl Drop for Timeline {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Puts `entries` entries of one log each of run `run` on the stream at once, with XADD
+/// as the api encodes them, beside whatever the workers consume; the ids of their logs.
+pub async fn add_backlog(
+    redis: &mut redis::aio::MultiplexedConnection,
+    run: &str,
+    entries: usize,
+) -> Result<Vec<String>> {
+    let tenant = Tenant::default();
+    let mut ids = Vec::with_capacity(entries);
+    let mut seq = 0;
+    while seq < entries {
+        let mut pipe = redis::pipe();
+        for seq in seq..entries.min(seq + 1000) {
+            let logs = serde_json::to_vec(&[devices::log(run, 0, seq)])?;
+            let fields: Vec<(&str, Vec<u8>)> =
+                codec::encode(time::OffsetDateTime::now_utc(), &tenant, &logs)
+                    .iter()
+                    .map(|(name, value)| (*name, value.as_bytes().to_vec()))
+                    .collect();
+            pipe.xadd("logs:stream", "*", &fields);
+        }
+        let added: Vec<String> = pipe.query_async(redis).await?;
+        seq += added.len();
+        ids.extend(added.iter().flat_map(|entry| codec::log_ids(entry, 1)));
+    }
+    Ok(ids)
 }
 
 /// The consumer group's backlog, read from the pipeline's Redis: (lag, pending).
