@@ -5,29 +5,14 @@
 # (the worker's 4 consumers) insert 500 seed-shaped rows per transaction for
 # SECONDS seconds with pgbench; the sets alternate round by round and the table shows
 # the median of ROUNDS rounds.
-#   e2e/bench/index-set.sh                  # 3 rounds of 20 s
-#   ROUNDS=5 SECONDS_PER_RUN=30 e2e/bench/index-set.sh
+#   cli/scripts/index-set.sh                  # 3 rounds of 20 s
+#   ROUNDS=5 SECONDS_PER_RUN=30 cli/scripts/index-set.sh
 set -euo pipefail
 
 rounds=${ROUNDS:-3}
 seconds=${SECONDS_PER_RUN:-20}
-bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-dir=$(mktemp -d)
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-user=$(id -un)
-run=()
-[[ $user == root ]] && run=(runuser -u postgres --) && chown postgres "$dir" && user=postgres
-
-stop() {
-    "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
-    rm -rf "$dir"
-}
-trap stop EXIT
-
-"${run[@]}" "$bin/initdb" -D "$dir/data" -U "$user" >/dev/null
-"${run[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
-    -o "-p $port -k $dir -c listen_addresses='' -c shared_buffers=256MB -c max_wal_size=4GB" start >/dev/null
-psql=("${run[@]}" "$bin/psql" -h "$dir" -p "$port" -U "$user" -d postgres -qAtX -v ON_ERROR_STOP=1)
+source "$(dirname "${BASH_SOURCE[0]}")/scratch-postgres.sh"
+scratch_postgres -c max_wal_size=4GB
 
 # The index sets. `seed`: the table before partitioning (the seed's table and indexes,
 # plus the unique message_id that made stores idempotent). `partitioned`: today's

@@ -10,23 +10,8 @@
 # processes, is `logpipeline bench store`.
 set -euo pipefail
 
-bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-dir=$(mktemp -d)
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-user=$(id -un)
-run=()
-[[ $user == root ]] && run=(runuser -u postgres --) && chown postgres "$dir" && user=postgres
-
-stop() {
-    "${run[@]}" "$bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
-    rm -rf "$dir"
-}
-trap stop EXIT
-
-"${run[@]}" "$bin/initdb" -D "$dir/data" -U "$user" >/dev/null
-"${run[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
-    -o "-p $port -k $dir -c listen_addresses='' -c shared_buffers=256MB" start >/dev/null
-psql=("${run[@]}" env PGOPTIONS='-c client_min_messages=warning' "$bin/psql" -h "$dir" -p "$port" -U "$user" -d postgres -qAtX -v ON_ERROR_STOP=1)
+source "$(dirname "${BASH_SOURCE[0]}")/scratch-postgres.sh"
+scratch_postgres
 
 "${psql[@]}" <<'SQL'
 -- The logs, and the same cut into batches of 500 as the worker's arrays.
