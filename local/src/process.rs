@@ -314,10 +314,37 @@ pub fn signal_descendants(signal: Signal) {
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// The ports [`free_port`] hands out: below the kernel's ephemeral range (32768 and up on
+/// Linux), from which every outgoing connection and every bind to port 0 takes its
+/// port, and clear of the ports Kubernetes' components listen on (the kubelet's and
+/// kube-proxy's 10248–10259, the NodePorts 30000–32767).
+const TEST_PORTS: std::ops::Range<u32> = 12_000..30_000;
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a server to listen on.
+///
+/// A port the kernel picks (binding port 0) comes from the ephemeral range, where any
+/// connection opened before the server binds may take it ("address already in use").
+/// These ports come from [`TEST_PORTS`], which no connection takes, in turn from a
+/// random start, so that test processes side by side rarely try the same one.
 pub fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
+    let span = TEST_PORTS.end - TEST_PORTS.start;
+    let next = NEXT.get_or_init(|| {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        AtomicU32::new((random % u64::from(span)) as u32)
+    });
+    for _ in 0..span {
+        let port = TEST_PORTS.start + next.fetch_add(1, Ordering::Relaxed) % span;
+        let port = u16::try_from(port).context("a port beyond 65535")?;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port in {TEST_PORTS:?} on 127.0.0.1")
 }
 
 /// Finds `program` on `PATH`.
@@ -331,6 +358,18 @@ pub fn find_on_path(program: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_ports_are_outside_the_ephemeral_range_and_differ() {
+        let ports: Vec<u16> = (0..100).map(|_| free_port().unwrap()).collect();
+        assert!(
+            ports
+                .iter()
+                .all(|port| TEST_PORTS.contains(&u32::from(*port)))
+        );
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len());
+    }
 
     #[test]
     fn a_dropped_child_is_killed() {
