@@ -2,9 +2,28 @@
 //! pending and who holds them, the group's consumers, the dead letters.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use anyhow::Result;
+use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
+
+use crate::stack::eventually;
+
+/// Waits until the dead-letter stream holds `count` entries; fails after `timeout`,
+/// naming `what`.
+pub async fn wait_for_dead_letters(
+    redis: &MultiplexedConnection,
+    what: &str,
+    count: usize,
+    timeout: Duration,
+) -> Result<()> {
+    eventually(what, timeout, || {
+        let mut redis = redis.clone();
+        async move { Ok(redis.xlen::<_, usize>("logs:stream:dead").await? == count) }
+    })
+    .await
+}
 
 /// Entries the worker group has delivered and not acknowledged yet.
 pub async fn pending_count(redis: &mut MultiplexedConnection) -> Result<i64> {

@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use logpipeline_e2e::devices;
-use logpipeline_e2e::stack::{Stack, eventually, wait_for_count, wait_for_schema};
+use logpipeline_e2e::stack::{Stack, wait_for_count, wait_for_schema};
+use logpipeline_e2e::stream::wait_for_dead_letters;
 use logpipeline_local::services::binaries_dir;
 use redis::AsyncCommands;
 use serde_json::Value;
@@ -62,19 +63,16 @@ async fn dead_letters_are_listed_and_replayed_once_their_cause_is_fixed() {
         assert_eq!(answer.status(), 200, "{:?}", answer.text().await);
     }
     let mut redis = stack.redis().await.unwrap();
-    eventually("three dead letters", Duration::from_secs(90), || {
-        let mut redis = redis.clone();
-        async move { Ok(redis.xlen::<_, i64>("logs:stream:dead").await? == 3) }
-    })
-    .await
-    .unwrap_or_else(|error| {
-        let worker = std::fs::read_to_string(stack.workers[0].log_path()).unwrap_or_default();
-        let tail: Vec<&str> = worker.lines().rev().take(40).collect();
-        panic!(
-            "{error}; the worker's last lines, newest first:\n{}",
-            tail.join("\n")
-        )
-    });
+    wait_for_dead_letters(&redis, "three dead letters", 3, Duration::from_secs(90))
+        .await
+        .unwrap_or_else(|error| {
+            let worker = std::fs::read_to_string(stack.workers[0].log_path()).unwrap_or_default();
+            let tail: Vec<&str> = worker.lines().rev().take(40).collect();
+            panic!(
+                "{error}; the worker's last lines, newest first:\n{}",
+                tail.join("\n")
+            )
+        });
 
     let report = admin_json(&stack, &["stream", "--json"]);
     assert_eq!(report["dead_letters"], 3, "{report}");
@@ -137,13 +135,11 @@ async fn dead_letters_are_listed_and_replayed_once_their_cause_is_fixed() {
         )
         .await
         .unwrap();
-    eventually(
+    wait_for_dead_letters(
+        &redis,
         "the garbage is dead-lettered",
+        1,
         Duration::from_secs(30),
-        || {
-            let mut redis = redis.clone();
-            async move { Ok(redis.xlen::<_, i64>("logs:stream:dead").await? == 1) }
-        },
     )
     .await
     .unwrap();

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use logpipeline_e2e::devices::{self, Plan};
 use logpipeline_e2e::runs::{assert_exactly_once, count_query};
-use logpipeline_e2e::stack::{Stack, eventually, wait_for_count, wait_for_schema};
-use logpipeline_e2e::stream::{dead_letters, pending_count};
+use logpipeline_e2e::stack::{Stack, wait_for_count, wait_for_schema};
+use logpipeline_e2e::stream::{dead_letters, pending_count, wait_for_dead_letters};
 use logpipeline_local::services::Env;
 use redis::AsyncCommands;
 
@@ -91,13 +91,11 @@ async fn entries_that_keep_failing_are_dead_lettered_without_blocking_the_rest()
         .await
         .unwrap();
 
-    eventually(
+    wait_for_dead_letters(
+        &redis,
         "five entries are dead-lettered",
+        5,
         Duration::from_secs(30),
-        || {
-            let mut redis = redis.clone();
-            async move { Ok(redis.xlen::<_, i64>("logs:stream:dead").await? == 5) }
-        },
     )
     .await
     .unwrap();
@@ -234,13 +232,11 @@ async fn entries_refused_with_any_sqlstate_are_dead_lettered_while_the_logs_behi
         .unwrap();
 
     let expected = classes.len() + 1;
-    eventually(
+    wait_for_dead_letters(
+        &redis,
         "every refused entry is dead-lettered",
+        expected,
         Duration::from_secs(120),
-        || {
-            let mut redis = redis.clone();
-            async move { Ok(redis.xlen::<_, usize>("logs:stream:dead").await? == expected) }
-        },
     )
     .await
     .unwrap_or_else(|error| panic!("{error}{}", stack.worker_log()));
@@ -324,13 +320,11 @@ async fn an_entry_delivered_too_often_is_dead_lettered_when_claimed() {
         .unwrap();
 
     stack.start_worker(&Env::new()).unwrap();
-    eventually(
+    wait_for_dead_letters(
+        &redis,
         "the entry is dead-lettered",
+        1,
         Duration::from_secs(30),
-        || {
-            let mut redis = redis.clone();
-            async move { Ok(redis.xlen::<_, i64>("logs:stream:dead").await? == 1) }
-        },
     )
     .await
     .unwrap();
