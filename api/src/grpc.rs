@@ -12,7 +12,6 @@
 //! same idempotency key). Never INTERNAL for anything a client sends: a message that
 //! does not decode is INVALID_ARGUMENT.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -207,7 +206,7 @@ impl LogService for GrpcLogService {
             )
             .await?;
             let results: Vec<WriteLogResponse> = sorted
-                .results(&accepted.log_ids(), accepted.duplicate)
+                .results(accepted.log_ids(), accepted.duplicate)
                 .into_iter()
                 .map(|result| WriteLogResponse {
                     success: result.success,
@@ -273,12 +272,11 @@ impl GrpcLogService {
 
 /// The log of a gRPC request, as the `/api/v1` front reads it.
 fn seed_log(log: WriteLogRequest) -> SeedLog {
+    // A JSON object's fields are kept in name order (serde_json's map is a B-tree).
     let fields: Map<String, Value> = log
         .metadata
         .into_iter()
-        .collect::<BTreeMap<String, String>>()
-        .into_iter()
-        .map(|(name, value)| (name, Value::from(value)))
+        .map(|(name, value)| (name, Value::String(value)))
         .collect();
     SeedLog {
         message: log.message,

@@ -270,8 +270,7 @@ pub async fn batch(
         key.as_ref(),
     )
     .await?;
-    let ids = accepted.log_ids();
-    let results = sorted.results(&ids, accepted.duplicate);
+    let results = sorted.results(accepted.log_ids(), accepted.duplicate);
     let errors: Vec<EntryError> = sorted
         .problems
         .iter()
@@ -283,7 +282,7 @@ pub async fn batch(
     Ok(Json(BatchResult {
         success: errors.is_empty(),
         total_count: results.len(),
-        success_count: ids.len(),
+        success_count: accepted.count,
         error_count: errors.len(),
         errors,
         results,
@@ -331,10 +330,10 @@ impl Sorted {
 
     /// One result per entry, in order: the accepted ones with their `ids`, each marked
     /// `duplicate` as the whole request is.
-    pub fn results(&self, ids: &[String], duplicate: bool) -> Vec<WriteLogResult> {
+    pub fn results(&self, ids: Vec<String>, duplicate: bool) -> Vec<WriteLogResult> {
         let total = self.valid.len() + self.problems.len();
         let mut problems = self.problems.iter().peekable();
-        let mut ids = ids.iter();
+        let mut ids = ids.into_iter();
         (0..total)
             .map(|index| match problems.next_if(|(at, _)| *at == index) {
                 Some((_, why)) => WriteLogResult {
@@ -345,7 +344,7 @@ impl Sorted {
                 },
                 None => WriteLogResult {
                     success: true,
-                    log_id: ids.next().cloned().unwrap_or_default(),
+                    log_id: ids.next().unwrap_or_default(),
                     error_message: String::new(),
                     duplicate,
                 },

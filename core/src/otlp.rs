@@ -30,12 +30,14 @@ use std::fmt::Write;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::LogRecord as OtlpLogRecord;
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::record::{LogLevel, LogRecord};
-use crate::seed::SeedLog;
+use crate::record::{LogData, LogLevel, LogRecord};
+use crate::seed::{FieldProblem, SeedLog, checked};
 
 /// The resource attribute that names a log's device, when a resource has one.
 pub const DEVICE_ID_ATTRIBUTE: &str = "device.id";
@@ -63,12 +65,15 @@ pub fn records(request: ExportLogsServiceRequest) -> Export {
         let origin = Origin {
             service_name: text(&resource, SERVICE_NAME_ATTRIBUTE),
             device_id: text(&resource, DEVICE_ID_ATTRIBUTE),
-            resource,
+            resource: rendered(&resource),
         };
         for (s, scope_logs) in resource_logs.scope_logs.into_iter().enumerate() {
-            let scope = scope_logs.scope.and_then(scope);
+            let scope = scope_logs
+                .scope
+                .and_then(scope)
+                .and_then(|scope| rendered(&scope));
             for (l, log) in scope_logs.log_records.into_iter().enumerate() {
-                match origin.log(log, scope.as_ref()).into_record() {
+                match origin.record(log, scope.as_deref()) {
                     Ok(record) => export.records.push(record),
                     Err(why) => export.rejected.push(format!(
                         "resource_logs[{r}].scope_logs[{s}].log_records[{l}].{why}"
@@ -80,62 +85,104 @@ pub fn records(request: ExportLogsServiceRequest) -> Export {
     export
 }
 
+/// `object` as JSON text, written once and spliced into the `log_data` of each record
+/// it applies to; none when it is empty.
+fn rendered(object: &Map<String, Value>) -> Option<Box<RawValue>> {
+    if object.is_empty() {
+        return None;
+    }
+    serde_json::value::to_raw_value(object).ok()
+}
+
 /// What a resource says about its logs.
 struct Origin {
     service_name: Option<String>,
     device_id: Option<String>,
-    resource: Map<String, Value>,
+    /// The resource's attributes, as JSON text.
+    resource: Option<Box<RawValue>>,
+}
+
+/// A record's `log_data`, its fields in name order as a JSON object's would be.
+#[derive(Serialize)]
+struct Data<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attributes: Option<Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<Value>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    event_name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flags: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    severity_text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<String>,
+}
+
+impl Data<'_> {
+    fn is_empty(&self) -> bool {
+        self.attributes.is_none()
+            && self.body.is_none()
+            && self.event_name.is_empty()
+            && self.flags.is_none()
+            && self.resource.is_none()
+            && self.scope.is_none()
+            && self.severity_text.is_empty()
+            && self.timestamp.is_none()
+    }
 }
 
 impl Origin {
-    /// `log` of this resource and of `scope`, as system B's logs are mapped.
-    fn log(&self, log: OtlpLogRecord, scope: Option<&Value>) -> SeedLog {
-        let mut fields = Map::new();
-        let message = match log.body.and_then(|body| body.value) {
-            Some(any_value::Value::StringValue(text)) => text,
+    /// `log` of this resource and of `scope` (its JSON text), as system B's logs are
+    /// mapped, or why it cannot be stored.
+    fn record(
+        &self,
+        log: OtlpLogRecord,
+        scope: Option<&RawValue>,
+    ) -> Result<LogRecord, FieldProblem> {
+        let (message, body) = match log.body.and_then(|body| body.value) {
+            Some(any_value::Value::StringValue(text)) => (text, None),
             Some(structured) => {
                 let body = value(structured);
-                let text = body.to_string();
-                fields.insert("body".into(), body);
-                text
+                (body.to_string(), Some(body))
             }
-            None => log.event_name.clone(),
+            None => (log.event_name.clone(), None),
         };
-        if !log.attributes.is_empty() {
-            fields.insert("attributes".into(), Value::Object(object(log.attributes)));
-        }
-        if !self.resource.is_empty() {
-            fields.insert("resource".into(), Value::Object(self.resource.clone()));
-        }
-        if let Some(scope) = scope {
-            fields.insert("scope".into(), scope.clone());
-        }
         let time = match log.time_unix_nano {
             0 => log.observed_time_unix_nano,
             time => time,
         };
-        if let Some(timestamp) = rfc3339(time) {
-            fields.insert("timestamp".into(), timestamp.into());
-        }
         let level = level(log.severity_number, &log.severity_text);
-        if !log.severity_text.is_empty() {
-            fields.insert("severity_text".into(), log.severity_text.into());
-        }
-        if !log.event_name.is_empty() {
-            fields.insert("event_name".into(), log.event_name.into());
-        }
-        if log.flags != 0 {
-            fields.insert("flags".into(), log.flags.into());
-        }
-        SeedLog {
+        let data = Data {
+            attributes: (!log.attributes.is_empty()).then(|| object(log.attributes)),
+            body,
+            event_name: &log.event_name,
+            flags: (log.flags != 0).then_some(log.flags),
+            resource: self.resource.as_deref(),
+            scope,
+            severity_text: &log.severity_text,
+            timestamp: rfc3339(time),
+        };
+        let mut record = SeedLog {
             message,
             service_name: self.service_name.clone(),
             level: Some(level.as_str().to_owned()),
             trace_id: Some(hex(&log.trace_id)),
             span_id: Some(hex(&log.span_id)),
             device_id: self.device_id.clone(),
-            fields,
+            fields: Map::new(),
         }
+        .into_record()?;
+        if !data.is_empty() {
+            let log_data =
+                LogData::from_serialized(&data).map_err(|error| checked("log_data", error))?;
+            record.log_data = Some(log_data);
+        }
+        Ok(record)
     }
 }
 
@@ -152,7 +199,7 @@ pub fn level(number: i32, text: &str) -> LogLevel {
 }
 
 /// A scope's name, version and attributes; none when it says nothing.
-fn scope(scope: InstrumentationScope) -> Option<Value> {
+fn scope(scope: InstrumentationScope) -> Option<Map<String, Value>> {
     let mut fields = Map::new();
     if !scope.name.is_empty() {
         fields.insert("name".into(), scope.name.into());
@@ -163,7 +210,7 @@ fn scope(scope: InstrumentationScope) -> Option<Value> {
     if !scope.attributes.is_empty() {
         fields.insert("attributes".into(), Value::Object(object(scope.attributes)));
     }
-    (!fields.is_empty()).then_some(Value::Object(fields))
+    (!fields.is_empty()).then_some(fields)
 }
 
 /// Attributes as a JSON object; a key given twice keeps its last value.
@@ -323,6 +370,11 @@ mod tests {
                 "timestamp": "2023-11-14T22:13:20.123456789Z",
                 "severity_text": "Error",
             })
+        );
+        assert_eq!(
+            record.log_data.as_ref().unwrap().as_json(),
+            data.to_string(),
+            "log_data is written with its keys in name order, at every level"
         );
     }
 

@@ -282,9 +282,13 @@ impl LogData {
     pub fn from_object(
         object: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<Self, FieldError> {
-        let text = serde_json::to_string(object)
-            .map_err(|error| FieldError::new(format!("log_data cannot be written: {error}")))?;
-        let raw = RawValue::from_string(text)
+        Self::from_serialized(object)
+    }
+
+    /// What `value` serialises to, as `log_data`, under the same rules as `log_data` a
+    /// device sends. The text is parsed once, by those rules' check.
+    pub fn from_serialized(value: &impl Serialize) -> Result<Self, FieldError> {
+        let raw = serde_json::value::to_raw_value(value)
             .map_err(|error| FieldError::new(format!("log_data cannot be written: {error}")))?;
         Self::try_from(raw)
     }

@@ -12,7 +12,7 @@
 //!   `metadata` go into `log_data`, `metadata` winning a name both have.
 
 use crate::origin::{ServiceName, SpanId, TraceId};
-use crate::record::{DeviceId, LogData, LogLevel, LogRecord, Message};
+use crate::record::{DeviceId, FieldError, LogData, LogLevel, LogRecord, Message};
 use serde_json::{Map, Value};
 
 /// A log of system B's client.
@@ -42,14 +42,6 @@ impl SeedLog {
     /// The record this log becomes, or why it cannot.
     pub fn into_record(self) -> Result<LogRecord, FieldProblem> {
         let present = |value: Option<String>| value.filter(|value| !value.is_empty());
-        let checked = |field: &str, error: crate::record::FieldError| {
-            let why = error.to_string();
-            if why.starts_with(field) {
-                why
-            } else {
-                format!("{field}: {why}")
-            }
-        };
         let message = Message::try_from(self.message).map_err(|error| checked("message", error))?;
         let service_name = match present(self.service_name) {
             Some(name) => {
@@ -89,6 +81,16 @@ impl SeedLog {
             trace_id,
             span_id,
         })
+    }
+}
+
+/// `error` of `field` as a problem that names the field.
+pub fn checked(field: &str, error: FieldError) -> FieldProblem {
+    let why = error.to_string();
+    if why.starts_with(field) {
+        why
+    } else {
+        format!("{field}: {why}")
     }
 }
 
