@@ -10,7 +10,6 @@ use std::time::Duration;
 use logpipeline_e2e::devices::{self, Plan};
 use logpipeline_e2e::stack::{Stack, eventually, wait_for_count, wait_for_schema};
 use logpipeline_local::services::{Env, http_get};
-use prometheus_parse::{Scrape, Value};
 use serde_json::json;
 
 async fn get(client: &reqwest::Client, url: &str) -> serde_json::Value {
@@ -119,23 +118,41 @@ async fn stats_are_exact_after_a_known_load() {
     assert_eq!(counted, 121);
 }
 
-/// The type of each metric family in a scrape, by name.
+/// The type of each metric family of a scrape in the text exposition format that has
+/// samples, by name, as its `# TYPE` line declares it.
 fn families(text: &str) -> HashMap<String, &'static str> {
-    let scrape = Scrape::parse(text.lines().map(|line| Ok(line.to_owned()))).unwrap();
-    scrape
-        .samples
-        .into_iter()
-        .map(|sample| {
-            let kind = match sample.value {
-                Value::Counter(_) => "counter",
-                Value::Gauge(_) => "gauge",
-                Value::Histogram(_) => "histogram",
-                Value::Summary(_) => "summary",
-                Value::Untyped(_) => "untyped",
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.strip_prefix("# TYPE ")?.split_whitespace();
+            let name = words.next()?;
+            let kind = match words.next()? {
+                "counter" => "counter",
+                "gauge" => "gauge",
+                "histogram" => "histogram",
+                "summary" => "summary",
+                _ => "untyped",
             };
-            (sample.metric, kind)
+            has_samples(text, name, kind).then(|| (name.to_owned(), kind))
         })
         .collect()
+}
+
+/// Whether `text` holds a sample of the family `name` of type `kind`.
+fn has_samples(text: &str, name: &str, kind: &str) -> bool {
+    let suffixes: &[&str] = match kind {
+        "histogram" => &["_bucket", "_sum", "_count"],
+        "summary" => &["", "_sum", "_count"],
+        _ => &[""],
+    };
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.strip_prefix(name))
+        .any(|rest| {
+            suffixes.iter().any(|suffix| {
+                rest.strip_prefix(suffix)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+            })
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
