@@ -20,7 +20,7 @@ pub struct DevArgs {
     pub grpc_port: u16,
 
     /// Concurrent consumers in the worker.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 2)]
     pub concurrency: u32,
 
     /// Most entries the stream holds before the api answers 503.

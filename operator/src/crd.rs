@@ -244,7 +244,8 @@ pub struct WorkerSpec {
     #[serde(default = "default_block_ms")]
     #[schemars(range(min = 1, max = 60_000))]
     pub block_ms: i32,
-    /// Consumers per worker pod.
+    /// Consumers per worker pod. Two keep one batch committing while the next is read;
+    /// more add PostgreSQL backends that compete for the cores (docs/performance.md).
     #[serde(default = "default_concurrency")]
     #[schemars(range(min = 1, max = 64))]
     pub concurrency: i32,
@@ -436,7 +437,7 @@ fn default_block_ms() -> i32 {
     2000
 }
 fn default_concurrency() -> i32 {
-    4
+    2
 }
 fn default_claim_idle_ms() -> i64 {
     30_000
@@ -579,7 +580,7 @@ mod tests {
         assert_eq!(lp.spec.stream.group, "log_workers");
         assert_eq!(lp.spec.redis_secret_ref.key, "url");
         assert_eq!(lp.spec.worker.batch_size, 100);
-        assert_eq!(lp.spec.worker.concurrency, 4);
+        assert_eq!(lp.spec.worker.concurrency, 2);
         assert_eq!(lp.spec.api.replicas, 2);
         assert_eq!(lp.spec.log_level, "info");
         assert!(lp.spec.auth.enabled);

@@ -738,7 +738,7 @@ mod tests {
         assert_eq!(data["LOGPIPELINE_METRICS_LISTEN"], "0.0.0.0:9090");
         assert_eq!(data["LOGPIPELINE_BATCH_SIZE"], "100");
         assert_eq!(data["LOGPIPELINE_BLOCK_MS"], "2000");
-        assert_eq!(data["LOGPIPELINE_CONCURRENCY"], "4");
+        assert_eq!(data["LOGPIPELINE_CONCURRENCY"], "2");
         assert_eq!(data["LOGPIPELINE_CLAIM_IDLE_MS"], "30000");
         assert_eq!(data["LOGPIPELINE_MAX_DELIVERIES"], "10");
         assert_eq!(data["LOGPIPELINE_PARTITION_INTERVAL"], "1d");

@@ -39,7 +39,9 @@ pub struct Config {
     pub block_ms: u64,
 
     /// Consumers this process runs concurrently, each reading and storing its own batches.
-    #[arg(long, env = "LOGPIPELINE_CONCURRENCY", default_value_t = 4,
+    /// Two keep one batch committing while the next is read; more add PostgreSQL backends
+    /// that compete for the cores, which costs latency (docs/performance.md).
+    #[arg(long, env = "LOGPIPELINE_CONCURRENCY", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=256))]
     pub concurrency: u32,
 

@@ -69,8 +69,8 @@ pub struct BenchOptions {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub workers: u32,
 
-    /// Consumers in each worker process (`LOGPIPELINE_CONCURRENCY`).
-    #[arg(long, default_value_t = 4)]
+    /// Consumers in each worker process (`LOGPIPELINE_CONCURRENCY`), as the worker's default.
+    #[arg(long, default_value_t = 2)]
     pub worker_concurrency: u32,
 
     /// Most stream entries a consumer reads and stores per batch (`LOGPIPELINE_BATCH_SIZE`).
