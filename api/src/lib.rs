@@ -49,12 +49,12 @@ use tracing::{info, warn};
 pub use crate::auth::{Auth, Keys};
 pub use crate::body::BodyLimits;
 pub use crate::cache::Cache;
-use crate::config::{AuthMode, Config};
+use crate::config::{AuthMode, Config, Durability};
 pub use crate::error::{Error, ErrorBody, Result};
 pub use crate::ingest::{BatchAccepted, LogAccepted};
 pub use crate::limits::{RateLimit, RateLimits};
 pub use crate::metrics::Metrics;
-pub use crate::queue::Queue;
+pub use crate::queue::{Queue, Replication, Settings as QueueSettings};
 use crate::server::{ConnectionLimits, Protocol, Server};
 pub use crate::state::{AppState, Shared};
 pub use crate::state::{ConcurrentTestLimits, FrontInfo};
@@ -164,6 +164,26 @@ pub async fn run(config: Config) -> Result<()> {
     stream::check_eviction_policy(&mut setup)
         .await
         .map_err(Error::RedisSetup)?;
+    let replication = (config.redis_durability == Durability::Replicated).then(|| Replication {
+        replicas: config.redis_replicas,
+        timeout: Duration::from_millis(config.redis_replica_timeout_ms),
+    });
+    // `WAIT` holds up the connection it is sent on: with replication each writer has its own.
+    let mut writers = Vec::with_capacity(queue::WRITERS);
+    for _ in 0..queue::WRITERS {
+        if replication.is_none() {
+            writers.push(redis.clone());
+            continue;
+        }
+        let Some(writer) = until_done("connect to Redis", &shutdown, || {
+            connect_redis(&client, &config)
+        })
+        .await
+        else {
+            return Ok(());
+        };
+        writers.push(writer);
+    }
     let metrics = Metrics::new().map_err(|error| Error::Internal(error.to_string()))?;
     let auth = authentication(&config, &shutdown)?;
     let rate_limits = RateLimits::new(
@@ -202,9 +222,13 @@ pub async fn run(config: Config) -> Result<()> {
     let state = AppState::new(Shared {
         queue: Queue::new(
             redis.clone(),
-            &config.stream.stream,
-            config.stream_capacity,
-            Duration::from_secs(config.idempotency_window_secs),
+            writers,
+            queue::Settings {
+                stream: &config.stream.stream,
+                capacity: config.stream_capacity,
+                idempotency_window: Duration::from_secs(config.idempotency_window_secs),
+                replication,
+            },
             metrics.clone(),
         ),
         cache: Cache::new(

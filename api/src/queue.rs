@@ -64,7 +64,7 @@ return results
 ";
 
 /// Writer tasks, each with one script call in flight at a time.
-const WRITERS: usize = 2;
+pub const WRITERS: usize = 2;
 /// Most entries one script call adds.
 const MAX_ENTRIES_PER_CALL: usize = 128;
 /// Entries waiting for a writer before requests wait to hand theirs over.
@@ -82,12 +82,36 @@ pub struct Admission {
     pub duplicate: bool,
 }
 
+/// How many replicas must hold an entry before it is answered, and for how long to wait
+/// for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replication {
+    /// Replicas that must acknowledge the entry.
+    pub replicas: u32,
+    /// How long to wait for them.
+    pub timeout: Duration,
+}
+
+/// Where a [`Queue`] puts entries, and when it calls them accepted.
+#[derive(Debug, Clone)]
+pub struct Settings<'a> {
+    /// The stream's key.
+    pub stream: &'a str,
+    /// Most entries the stream holds.
+    pub capacity: u64,
+    /// How long an idempotency key is remembered.
+    pub idempotency_window: Duration,
+    /// Replicas that must hold an entry too; none when the primary's copy is enough.
+    pub replication: Option<Replication>,
+}
+
 /// The stream accepted logs go to.
 #[derive(Clone)]
 pub struct Queue {
     stream: Arc<str>,
     capacity: u64,
     idempotency_window_secs: u64,
+    replication: Option<Replication>,
     redis: ConnectionManager,
     waiting: mpsc::Sender<Pending>,
 }
@@ -109,28 +133,30 @@ enum Outcome {
 }
 
 impl Queue {
-    /// A queue on `stream` of at most `capacity` entries, through `redis`, remembering
-    /// idempotency keys for `idempotency_window`. Starts its writer tasks.
+    /// A queue as `settings` say, which answers through `redis` and starts one writer
+    /// task on each of `writers`. With replication each writer needs a connection of its
+    /// own, since `WAIT` holds up the connection it is sent on.
     pub fn new(
         redis: ConnectionManager,
-        stream: &str,
-        capacity: u64,
-        idempotency_window: Duration,
+        writers: Vec<ConnectionManager>,
+        settings: Settings<'_>,
         metrics: Metrics,
     ) -> Self {
         let (waiting, receiver) = mpsc::channel(WAITING);
         let queue = Self {
-            stream: stream.into(),
-            capacity,
-            idempotency_window_secs: idempotency_window.as_secs().max(1),
+            stream: settings.stream.into(),
+            capacity: settings.capacity,
+            idempotency_window_secs: settings.idempotency_window.as_secs().max(1),
+            replication: settings.replication,
             redis,
             waiting,
         };
         let receiver = Arc::new(Mutex::new(receiver));
         let script = Arc::new(Script::new(ADMIT));
-        for _ in 0..WRITERS {
+        for connection in writers {
             tokio::spawn(write(
                 queue.clone(),
+                connection,
                 receiver.clone(),
                 script.clone(),
                 metrics.clone(),
@@ -216,15 +242,16 @@ impl Queue {
 }
 
 /// A writer: takes every entry waiting (up to [`MAX_ENTRIES_PER_CALL`]), adds them with
-/// one script call, answers each, and again, until every sender is gone.
+/// one script call on `redis`, waits for the replicas if asked to, answers each, and
+/// again, until every sender is gone.
 async fn write(
     queue: Queue,
+    mut redis: ConnectionManager,
     receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
     script: Arc<Script>,
     metrics: Metrics,
 ) {
     let mut batch = Vec::with_capacity(MAX_ENTRIES_PER_CALL);
-    let mut redis = queue.redis.clone();
     loop {
         let received = receiver
             .lock()
@@ -260,13 +287,24 @@ async fn write(
         metrics.redis_call("XADD", started.elapsed());
         match reply {
             Ok(results) if results.len() == batch.len() => {
+                // An entry added now, or by an earlier request with the same key, counts
+                // as accepted only once the replicas hold it.
+                let unreplicated = match queue.replication {
+                    Some(replication) if results.iter().any(|(status, _)| *status >= 0) => {
+                        wait_for_replicas(&mut redis, replication, &metrics)
+                            .await
+                            .err()
+                    }
+                    _ => None,
+                };
                 for (pending, (status, value)) in batch.drain(..).zip(results) {
-                    let outcome = match status {
-                        1 => Outcome::Added(value),
-                        0 => Outcome::AcceptedBefore(value),
-                        _ => Outcome::Full,
+                    let outcome = match (status, &unreplicated) {
+                        (0 | 1, Some(error)) => Err(error.clone()),
+                        (1, None) => Ok(Outcome::Added(value)),
+                        (0, None) => Ok(Outcome::AcceptedBefore(value)),
+                        _ => Ok(Outcome::Full),
                     };
-                    let _ = pending.outcome.send(Ok(outcome));
+                    let _ = pending.outcome.send(outcome);
                 }
             }
             Ok(results) => {
@@ -285,6 +323,37 @@ async fn write(
                 }
             }
         }
+    }
+}
+
+/// Waits until `replication.replicas` replicas hold every write made on `redis` so far
+/// (`WAIT`: a replica acknowledges a replication offset, and holds all that came before
+/// it). Fails with an error of unknown outcome when they do not in time, or when `WAIT`
+/// fails: the primary holds the entries either way.
+async fn wait_for_replicas(
+    redis: &mut ConnectionManager,
+    replication: Replication,
+    metrics: &Metrics,
+) -> Result<(), redis::RedisError> {
+    let unconfirmed = |why: String| {
+        redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, why))
+    };
+    let started = Instant::now();
+    let acknowledged: redis::RedisResult<u32> = redis::cmd("WAIT")
+        .arg(replication.replicas)
+        .arg(u64::try_from(replication.timeout.as_millis()).unwrap_or(u64::MAX))
+        .query_async(redis)
+        .await;
+    metrics.redis_call("WAIT", started.elapsed());
+    match acknowledged {
+        Ok(count) if count >= replication.replicas => Ok(()),
+        Ok(count) => Err(unconfirmed(format!(
+            "{count} of the {} replicas required acknowledged the entries within {:?}",
+            replication.replicas, replication.timeout
+        ))),
+        Err(error) => Err(unconfirmed(format!(
+            "waiting for the replicas failed: {error}"
+        ))),
     }
 }
 

@@ -73,6 +73,9 @@ pub struct LogPipelineSpec {
     /// The Redis Stream the API writes to and the workers read from.
     #[serde(default)]
     pub stream: StreamSpec,
+    /// How durably Redis holds what the API accepts.
+    #[serde(default)]
+    pub redis: RedisSpec,
     /// Who may use the API: API keys per tenant, on unless `enabled: false`. A pipeline
     /// without `auth` gets `{enabled: true}` and is refused until it names
     /// `keysSecretRef`, so running without keys is always an explicit choice.
@@ -318,6 +321,40 @@ impl Default for StorageSpec {
             retention: None,
             partition_interval: default_partition_interval(),
             log_data_index: false,
+        }
+    }
+}
+
+/// How durably Redis holds what the API accepts.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSpec {
+    /// When the API answers 200: `primary` once the Redis primary holds the logs (its
+    /// append-only file is synced every second, so a primary lost with its disk loses up
+    /// to that second of answered logs); `replicated` once a replica holds them too
+    /// (Redis `WAIT`; the Redis of `redisSecretRef` needs a replica, and without one every
+    /// request is answered 504).
+    #[serde(default)]
+    pub durability: Durability,
+}
+
+/// When Redis holds an accepted log durably enough to answer 200.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// The primary holds it.
+    #[default]
+    Primary,
+    /// A replica holds it too.
+    Replicated,
+}
+
+impl Durability {
+    /// The name the api's `LOGPIPELINE_REDIS_DURABILITY` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Primary => "primary",
+            Self::Replicated => "replicated",
         }
     }
 }
@@ -583,6 +620,7 @@ mod tests {
         assert_eq!(lp.spec.worker.concurrency, 2);
         assert_eq!(lp.spec.api.replicas, 2);
         assert_eq!(lp.spec.log_level, "info");
+        assert_eq!(lp.spec.redis.durability, Durability::Primary);
         assert!(lp.spec.auth.enabled);
         assert_eq!(
             lp.spec
@@ -618,6 +656,23 @@ mod tests {
             },
             "what the CEL rule refuses: opting out must be explicit"
         );
+    }
+
+    #[test]
+    fn durability_is_spelled_as_the_api_takes_it() {
+        let spec: LogPipelineSpec = serde_json::from_value(serde_json::json!({
+            "redisSecretRef": {"name": "redis"},
+            "databaseSecretRef": {"name": "postgres"},
+            "redis": {"durability": "replicated"},
+            "api": {"image": "api"},
+            "worker": {"image": "worker"},
+        }))
+        .unwrap();
+        assert_eq!(spec.redis.durability, Durability::Replicated);
+        assert_eq!(spec.redis.durability.as_str(), "replicated");
+        let schema = &spec_schema()["properties"]["redis"]["properties"]["durability"];
+        assert_eq!(schema["enum"], serde_json::json!(["primary", "replicated"]));
+        assert_eq!(schema["default"], "primary");
     }
 
     /// The schema of `spec`, as the API server gets it.

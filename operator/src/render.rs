@@ -154,6 +154,10 @@ pub fn settings(lp: &LogPipeline) -> BTreeMap<String, String> {
         ),
         ("LOGPIPELINE_STREAM_CAPACITY", s.stream.capacity.to_string()),
         (
+            "LOGPIPELINE_REDIS_DURABILITY",
+            s.redis.durability.as_str().to_owned(),
+        ),
+        (
             "LOGPIPELINE_METRICS_LISTEN",
             format!("0.0.0.0:{WORKER_METRICS_PORT}"),
         ),
@@ -739,6 +743,7 @@ mod tests {
         assert_eq!(data["LOGPIPELINE_BATCH_SIZE"], "100");
         assert_eq!(data["LOGPIPELINE_BLOCK_MS"], "2000");
         assert_eq!(data["LOGPIPELINE_CONCURRENCY"], "2");
+        assert_eq!(data["LOGPIPELINE_REDIS_DURABILITY"], "primary");
         assert_eq!(data["LOGPIPELINE_CLAIM_IDLE_MS"], "30000");
         assert_eq!(data["LOGPIPELINE_MAX_DELIVERIES"], "10");
         assert_eq!(data["LOGPIPELINE_PARTITION_INTERVAL"], "1d");

@@ -11,7 +11,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use logpipeline_api::{
-    AppState, Auth, BodyLimits, Cache, FrontInfo, Metrics, Queue, RateLimits, Shared, app,
+    AppState, Auth, BodyLimits, Cache, FrontInfo, Metrics, Queue, QueueSettings, RateLimits,
+    Shared, app,
 };
 use logpipeline_core::codec;
 use logpipeline_core::generations::GenerationKeys;
@@ -95,9 +96,13 @@ impl TestApi {
         let state = AppState::new(Shared {
             queue: Queue::new(
                 con.clone(),
-                STREAM,
-                options.capacity,
-                Duration::from_secs(600),
+                vec![con.clone(); 2],
+                QueueSettings {
+                    stream: STREAM,
+                    capacity: options.capacity,
+                    idempotency_window: Duration::from_secs(600),
+                    replication: None,
+                },
                 metrics.clone(),
             ),
             cache: Cache::new(

@@ -86,6 +86,12 @@ pub struct BenchOptions {
     #[arg(long, default_value = "everysec", value_parser = ["everysec", "always", "no"])]
     pub appendfsync: String,
 
+    /// Give Redis a replica (its CPU is counted as `replica`); with
+    /// `--api-env LOGPIPELINE_REDIS_DURABILITY=replicated` the api answers once it holds
+    /// each entry.
+    #[arg(long)]
+    pub redis_replica: bool,
+
     /// How clients authenticate: `off`, or `keys` (each request carries an API key the api
     /// checks). `off,keys` alternates the two run by run on the same stack, to compare
     /// them side by side.
@@ -279,6 +285,7 @@ pub fn run(options: &BenchOptions) -> Result<()> {
         worker_batch_size: options.worker_batch_size,
         stream_capacity: options.stream_capacity,
         appendfsync: options.appendfsync.clone(),
+        redis_replica: options.redis_replica,
         api_env: options.api_env.iter().cloned().collect::<Env>(),
         worker_env: options.worker_env.iter().cloned().collect::<Env>(),
     };

@@ -25,6 +25,9 @@ pub struct StackSettings {
     pub stream_capacity: u64,
     /// Redis `appendfsync`.
     pub appendfsync: String,
+    /// Whether Redis has a replica (with the same persistence), for the api's
+    /// `LOGPIPELINE_REDIS_DURABILITY=replicated`.
+    pub redis_replica: bool,
     /// More api settings.
     pub api_env: Env,
     /// More worker settings.
@@ -41,6 +44,8 @@ pub struct BenchStack {
     pub postgres: PostgresServer,
     /// Redis.
     pub redis: RedisServer,
+    /// Its replica, when asked for.
+    pub replica: Option<RedisServer>,
     /// The `logs` database.
     pub database_url: String,
 }
@@ -48,15 +53,38 @@ pub struct BenchStack {
 impl BenchStack {
     /// Starts Redis, PostgreSQL, the workers (which create the schema) and the api.
     pub fn start(settings: &StackSettings) -> Result<Self> {
-        let redis = RedisServer::start_with(RedisOptions {
+        let redis_options = |extra: &[String]| RedisOptions {
             append_only: true,
-            extra_args: vec![
+            extra_args: [
                 "--maxmemory-policy".into(),
                 "noeviction".into(),
                 "--appendfsync".into(),
                 settings.appendfsync.clone(),
-            ],
-        })?;
+            ]
+            .into_iter()
+            .chain(extra.iter().cloned())
+            .collect(),
+        };
+        let redis = RedisServer::start_with(redis_options(&[]))?;
+        let replica = if settings.redis_replica {
+            let replica = RedisServer::start_with(redis_options(&[
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                redis.port().to_string(),
+            ]))?;
+            let mut connection = redis::Client::open(replica.url())?.get_connection()?;
+            wait_until("the replica is in sync", Duration::from_secs(60), || {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut connection)?;
+                Ok(info
+                    .lines()
+                    .any(|line| line.trim() == "master_link_status:up"))
+            })?;
+            Some(replica)
+        } else {
+            None
+        };
         let postgres = PostgresServer::start_with(PostgresOptions {
             durable: true,
             settings: vec![
@@ -100,6 +128,7 @@ impl BenchStack {
             workers,
             postgres,
             redis,
+            replica,
             database_url,
         })
     }
@@ -147,20 +176,30 @@ impl BenchStack {
         for worker in &mut self.workers {
             pids.push(("worker", worker.process().pid()));
         }
-        let info: String = redis::cmd("INFO")
-            .arg("server")
-            .query_async(&mut self.redis().await?)
-            .await?;
-        let redis_pid = info
-            .lines()
-            .find_map(|line| line.strip_prefix("process_id:"))
-            .and_then(|pid| pid.trim().parse().ok())
-            .context("Redis INFO has no process_id")?;
-        pids.push(("redis", redis_pid));
+        pids.push(("redis", process_id(&self.redis).await?));
+        if let Some(replica) = &self.replica {
+            pids.push(("replica", process_id(replica).await?));
+        }
         pids.push((
             "postgres",
             super::probe::postmaster_pid(self.postgres.dir())?,
         ));
         Ok(pids)
     }
+}
+
+/// The process id `redis` reports.
+async fn process_id(redis: &RedisServer) -> Result<u32> {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(
+            &mut redis::Client::open(redis.url())?
+                .get_multiplexed_async_connection()
+                .await?,
+        )
+        .await?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
+        .context("Redis INFO has no process_id")
 }
