@@ -639,15 +639,23 @@ mod tests {
         assert_eq!(policy.metrics_from.len(), 1);
     }
 
-    #[test]
-    fn a_spec_without_auth_means_auth_on_without_keys() {
-        let spec: LogPipelineSpec = serde_json::from_value(serde_json::json!({
+    /// The smallest spec a user can write, with the fields of `more` added.
+    fn minimal_spec(more: serde_json::Value) -> LogPipelineSpec {
+        let mut spec = serde_json::json!({
             "redisSecretRef": {"name": "redis"},
             "databaseSecretRef": {"name": "postgres"},
             "api": {"image": "api"},
             "worker": {"image": "worker"},
-        }))
-        .unwrap();
+        });
+        if let (Some(spec), Some(more)) = (spec.as_object_mut(), more.as_object()) {
+            spec.extend(more.clone());
+        }
+        serde_json::from_value(spec).unwrap()
+    }
+
+    #[test]
+    fn a_spec_without_auth_means_auth_on_without_keys() {
+        let spec = minimal_spec(serde_json::json!({}));
         assert_eq!(
             spec.auth,
             AuthSpec {
@@ -660,14 +668,7 @@ mod tests {
 
     #[test]
     fn durability_is_spelled_as_the_api_takes_it() {
-        let spec: LogPipelineSpec = serde_json::from_value(serde_json::json!({
-            "redisSecretRef": {"name": "redis"},
-            "databaseSecretRef": {"name": "postgres"},
-            "redis": {"durability": "replicated"},
-            "api": {"image": "api"},
-            "worker": {"image": "worker"},
-        }))
-        .unwrap();
+        let spec = minimal_spec(serde_json::json!({"redis": {"durability": "replicated"}}));
         assert_eq!(spec.redis.durability, Durability::Replicated);
         assert_eq!(spec.redis.durability.as_str(), "replicated");
         let schema = &spec_schema()["properties"]["redis"]["properties"]["durability"];
