@@ -123,19 +123,6 @@ struct Data<'a> {
     timestamp: Option<String>,
 }
 
-impl Data<'_> {
-    fn is_empty(&self) -> bool {
-        self.attributes.is_none()
-            && self.body.is_none()
-            && self.event_name.is_empty()
-            && self.flags.is_none()
-            && self.resource.is_none()
-            && self.scope.is_none()
-            && self.severity_text.is_empty()
-            && self.timestamp.is_none()
-    }
-}
-
 impl Origin {
     /// `log` of this resource and of `scope` (its JSON text), as system B's logs are
     /// mapped, or why it cannot be stored.
@@ -177,11 +164,10 @@ impl Origin {
             fields: Map::new(),
         }
         .into_record()?;
-        if !data.is_empty() {
-            let log_data =
-                LogData::from_serialized(&data).map_err(|error| checked("log_data", error))?;
-            record.log_data = Some(log_data);
-        }
+        let log_data =
+            LogData::from_serialized(&data).map_err(|error| checked("log_data", error))?;
+        // A record that says nothing beyond its columns has no `log_data`.
+        record.log_data = (log_data.as_json() != "{}").then_some(log_data);
         Ok(record)
     }
 }

@@ -49,6 +49,23 @@ impl RedisServer {
         Ok(server)
     }
 
+    /// Starts a replica of the server on `primary_port` with `options`, and waits until it
+    /// has synchronised (`master_link_status:up`).
+    pub fn start_replica_of(primary_port: u16, mut options: RedisOptions) -> Result<Self> {
+        options.extra_args.extend([
+            "--replicaof".to_owned(),
+            "127.0.0.1".to_owned(),
+            primary_port.to_string(),
+        ]);
+        let replica = Self::start_with(options)?;
+        wait_until("the replica is in sync", Duration::from_secs(60), || {
+            Ok(info(replica.port, "replication")?
+                .lines()
+                .any(|line| line.trim() == "master_link_status:up"))
+        })?;
+        Ok(replica)
+    }
+
     /// Starts the server again after [`stop`](Self::stop), on the same port and data.
     pub fn start_again(&mut self) -> Result<()> {
         let binary = find_on_path("redis-server").context(
@@ -116,6 +133,23 @@ impl RedisServer {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// The text of `INFO <section>`.
+fn info(port: u16, section: &str) -> Result<String> {
+    let stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    (&stream).write_all(format!("INFO {section}\r\n").as_bytes())?;
+    let mut reader = std::io::BufReader::new(&stream);
+    let mut header = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut header)?;
+    let length: usize = header
+        .strip_prefix('$')
+        .and_then(|length| length.trim().parse().ok())
+        .with_context(|| format!("unexpected answer to INFO: {header:?}"))?;
+    let mut text = vec![0; length];
+    reader.read_exact(&mut text)?;
+    Ok(String::from_utf8_lossy(&text).into_owned())
 }
 
 fn ping(port: u16) -> Result<()> {

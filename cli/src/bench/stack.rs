@@ -53,35 +53,18 @@ pub struct BenchStack {
 impl BenchStack {
     /// Starts Redis, PostgreSQL, the workers (which create the schema) and the api.
     pub fn start(settings: &StackSettings) -> Result<Self> {
-        let redis_options = |extra: &[String]| RedisOptions {
+        let redis_options = RedisOptions {
             append_only: true,
-            extra_args: [
+            extra_args: vec![
                 "--maxmemory-policy".into(),
                 "noeviction".into(),
                 "--appendfsync".into(),
                 settings.appendfsync.clone(),
-            ]
-            .into_iter()
-            .chain(extra.iter().cloned())
-            .collect(),
+            ],
         };
-        let redis = RedisServer::start_with(redis_options(&[]))?;
+        let redis = RedisServer::start_with(redis_options.clone())?;
         let replica = if settings.redis_replica {
-            let replica = RedisServer::start_with(redis_options(&[
-                "--replicaof".into(),
-                "127.0.0.1".into(),
-                redis.port().to_string(),
-            ]))?;
-            let mut connection = redis::Client::open(replica.url())?.get_connection()?;
-            wait_until("the replica is in sync", Duration::from_secs(60), || {
-                let info: String = redis::cmd("INFO")
-                    .arg("replication")
-                    .query(&mut connection)?;
-                Ok(info
-                    .lines()
-                    .any(|line| line.trim() == "master_link_status:up"))
-            })?;
-            Some(replica)
+            Some(RedisServer::start_replica_of(redis.port(), redis_options)?)
         } else {
             None
         };
