@@ -26,6 +26,14 @@ pub struct ClusterArgs {
     /// Do not build and load LogPipeline's own images (quicker, for the add-ons alone).
     #[arg(long)]
     pub without_logpipeline_images: bool,
+    /// Take the binaries of LogPipeline's images from this directory (e.g. target/debug)
+    /// instead of a release build.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "without_logpipeline_images"
+    )]
+    pub binaries: Option<PathBuf>,
 }
 
 /// Starts the cluster, prints how to use it, and tears it down on Ctrl-C or SIGTERM.
@@ -35,6 +43,7 @@ pub async fn run(args: ClusterArgs) -> Result<()> {
     let mut hangup = signal(SignalKind::hangup())?;
     let options = NodeOptions {
         product_images: !args.without_logpipeline_images,
+        binaries: args.binaries,
     };
     let started = Instant::now();
     let mut starting = tokio::task::spawn_blocking(move || Node::start(&options));

@@ -57,18 +57,16 @@ impl ImageBuilder {
     }
 
     /// LogPipeline's three images, by the recipe users run: `deploy/build.sh`, with
-    /// buildah. A test's images hold the binaries its run has built already; a tool's,
-    /// release binaries, which `deploy/build.sh` builds first.
-    pub fn product(&self) -> Result<Vec<PathBuf>> {
+    /// buildah. They hold the binaries in `binaries` when given (a test run's, built
+    /// already), or else release binaries, which `deploy/build.sh` builds first.
+    pub fn product(&self, binaries: Option<&Path>) -> Result<Vec<PathBuf>> {
         let mut build = Command::new(repo_root().join("deploy/build.sh"));
         build
             .args(["--engine", "buildah", "--archive-dir"])
             .arg(&self.archives)
             .env("CONTAINERS_STORAGE_CONF", &self.storage_conf);
-        if crate::services::running_as_test() {
-            build
-                .arg("--binaries")
-                .arg(crate::services::binaries_dir()?);
+        if let Some(binaries) = binaries {
+            build.arg("--binaries").arg(binaries);
         }
         run_visibly(build)?;
         Ok(["api", "worker", "operator"]

@@ -92,8 +92,11 @@ pub struct NodeInfo {
 /// How to start a [`Node`].
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
-    /// Build LogPipeline's images (release binaries, `deploy/build.sh`) and load them.
+    /// Build LogPipeline's images (`deploy/build.sh`) and load them.
     pub product_images: bool,
+    /// The directory holding the binaries for LogPipeline's images; a release build
+    /// when `None`.
+    pub binaries: Option<PathBuf>,
 }
 
 /// A running one-node cluster. Dropping it tears it down.
@@ -185,9 +188,14 @@ impl Node {
         if options.product_images {
             step(
                 started,
-                "building LogPipeline's images with deploy/build.sh (a tool's: a release build, minutes when cold)",
+                match &options.binaries {
+                    Some(_) => "building LogPipeline's images with deploy/build.sh",
+                    None => {
+                        "building LogPipeline's images with deploy/build.sh (a release build first, minutes when cold)"
+                    }
+                },
             );
-            archives.extend(builder.product()?);
+            archives.extend(builder.product(options.binaries.as_deref())?);
         }
 
         step(
@@ -692,15 +700,22 @@ impl Deref for NodeCluster {
 }
 
 impl NodeCluster {
-    /// Starts a cluster and waits until it is ready; with LogPipeline's images, a cold
-    /// start includes their release build.
+    /// Starts a cluster and waits until it is ready. LogPipeline's images hold the
+    /// binaries of `options.binaries`, or else those of this run's [`binaries_dir`]:
+    /// a test's cluster makes no build of its own.
+    ///
+    /// [`binaries_dir`]: crate::services::binaries_dir
     pub fn start(options: &NodeOptions) -> Result<Self> {
-        let binary = crate::services::binaries_dir()?.join("logpipeline");
+        let binaries = crate::services::binaries_dir()?;
         let handle_dir = scratch_dir("logpipeline-cluster-")?;
         let ready = handle_dir.path().join("ready.json");
-        let mut command = Command::new(binary);
+        let mut command = Command::new(binaries.join("logpipeline"));
         command.arg("cluster").arg("--ready-file").arg(&ready);
-        if !options.product_images {
+        if options.product_images {
+            command
+                .arg("--binaries")
+                .arg(options.binaries.as_deref().unwrap_or(binaries));
+        } else {
             command.arg("--without-logpipeline-images");
         }
         let log = handle_dir.path().join("cluster.log");
@@ -763,6 +778,7 @@ pub fn shared() -> Result<&'static NodeCluster> {
         .get_or_init(|| {
             NodeCluster::start(&NodeOptions {
                 product_images: true,
+                binaries: None,
             })
             .map_err(|error| format!("{error:#}"))
         })
