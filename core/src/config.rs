@@ -95,7 +95,9 @@ impl CacheArgs {
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL database holding the `logs` table
-    /// [default: postgres://postgres@127.0.0.1:5432/logs].
+    /// [default: postgres://postgres@127.0.0.1:5432/logs]. A primary and its standbys are
+    /// named together, `postgres://user@primary:5432,standby:5432/logs`: the process
+    /// then uses only the server that takes writes, and follows a promoted standby.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
 
@@ -126,9 +128,9 @@ pub struct DatabaseArgs {
 }
 
 impl DatabaseArgs {
-    /// The connection settings: `DATABASE_URL` if set; else the `POSTGRES_*` settings
-    /// with the seed's defaults for those missing; else PostgreSQL on this host.
-    pub fn connect_options(&self) -> Result<PgConnectOptions, ConfigError> {
+    /// Where PostgreSQL is: `DATABASE_URL` if set; else the `POSTGRES_*` settings with
+    /// the seed's defaults for those missing; else PostgreSQL on this host.
+    pub fn targets(&self) -> Result<DatabaseTargets, ConfigError> {
         let seed = [
             &self.postgres_host,
             &self.postgres_port,
@@ -146,16 +148,103 @@ impl DatabaseArgs {
                     value.clone().unwrap_or_else(|| default.to_owned())
                 };
                 let port = parse_port("POSTGRES_PORT", self.postgres_port.as_deref(), 5432)?;
-                return Ok(PgConnectOptions::new_without_pgpass()
-                    .host(&or(&self.postgres_host, "localhost"))
-                    .port(port)
-                    .username(&or(&self.postgres_user, "loguser"))
-                    .password(&or(&self.postgres_password, "logpass"))
-                    .database(&or(&self.postgres_db, "logsdb")));
+                return Ok(DatabaseTargets {
+                    hosts: vec![
+                        PgConnectOptions::new_without_pgpass()
+                            .host(&or(&self.postgres_host, "localhost"))
+                            .port(port)
+                            .username(&or(&self.postgres_user, "loguser"))
+                            .password(&or(&self.postgres_password, "logpass"))
+                            .database(&or(&self.postgres_db, "logsdb")),
+                    ],
+                    session: TargetSession::Any,
+                });
             }
         };
-        url.parse()
+        DatabaseTargets::parse(url)
             .map_err(|error| ConfigError(format!("DATABASE_URL is invalid: {error}")))
+    }
+}
+
+/// The servers a process may use, from a URL naming one host or several, as libpq's
+/// multi-host URLs do: `postgres://user@primary:5432,standby:5432/logs?target_session_attrs=read-write`.
+#[derive(Debug, Clone)]
+pub struct DatabaseTargets {
+    /// The hosts, in the URL's order, each with the URL's other settings.
+    pub hosts: Vec<PgConnectOptions>,
+    /// Which of them a connection may use.
+    pub session: TargetSession,
+}
+
+/// Which servers a connection may use, as libpq's `target_session_attrs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetSession {
+    /// The first that answers.
+    Any,
+    /// Only one that accepts writes: the primary, never a standby.
+    ReadWrite,
+}
+
+impl DatabaseTargets {
+    /// Parses a PostgreSQL URL. `target_session_attrs` is `any` or `read-write`
+    /// (`primary` is the same); it is `read-write` by default when the URL names
+    /// several hosts, since LogPipeline writes, and `any` for one host.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .filter(|(scheme, _)| matches!(*scheme, "postgres" | "postgresql"))
+            .ok_or("it must begin with postgres:// or postgresql://")?;
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, path_and_query) = rest.split_at(authority_end);
+        let (user, host_list) = match authority.rsplit_once('@') {
+            Some((user, hosts)) => (format!("{user}@"), hosts),
+            None => (String::new(), authority),
+        };
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
+        let mut session = None;
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            match pair.strip_prefix("target_session_attrs=") {
+                Some("any") => session = Some(TargetSession::Any),
+                Some("read-write" | "primary") => session = Some(TargetSession::ReadWrite),
+                Some(other) => {
+                    return Err(format!(
+                        "target_session_attrs={other} is not supported: LogPipeline writes, so it takes read-write (or primary) or any"
+                    ));
+                }
+                None => kept.push(pair),
+            }
+        }
+        let query = if kept.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", kept.join("&"))
+        };
+        let hosts = host_list
+            .split(',')
+            .map(|host| {
+                if host.is_empty() && host_list.contains(',') {
+                    return Err("a host in the list is empty".to_owned());
+                }
+                format!("{scheme}://{user}{host}{path}{query}")
+                    .parse::<PgConnectOptions>()
+                    .map_err(|error| error.to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let session = session.unwrap_or(if hosts.len() > 1 {
+            TargetSession::ReadWrite
+        } else {
+            TargetSession::Any
+        });
+        Ok(Self { hosts, session })
+    }
+
+    /// Whether the process must find the writable one among several servers (or make
+    /// sure its one server is writable).
+    pub fn follows_primary(&self) -> bool {
+        self.hosts.len() > 1 || self.session == TargetSession::ReadWrite
     }
 }
 
@@ -209,22 +298,24 @@ mod tests {
     #[test]
     fn the_database_url_wins_over_the_seed_settings() {
         let options = database(&[("url", "postgres://a:b@db:6000/x"), ("host", "seed")])
-            .connect_options()
+            .targets()
             .unwrap();
+        let options = &options.hosts[0];
         assert_eq!((options.get_host(), options.get_port()), ("db", 6000));
         assert_eq!(options.get_database(), Some("x"));
     }
 
     #[test]
     fn seed_settings_fill_in_the_seed_defaults() {
-        let options = database(&[("host", "postgres"), ("password", "p@ss/word")])
-            .connect_options()
+        let targets = database(&[("host", "postgres"), ("password", "p@ss/word")])
+            .targets()
             .unwrap();
+        let options = &targets.hosts[0];
         assert_eq!((options.get_host(), options.get_port()), ("postgres", 5432));
         assert_eq!(options.get_username(), "loguser");
         assert_eq!(options.get_database(), Some("logsdb"));
         let error = database(&[("port", "tcp://10.0.0.1:5432")])
-            .connect_options()
+            .targets()
             .unwrap_err();
         assert!(
             error.0.contains("POSTGRES_PORT must be a port number"),
@@ -234,12 +325,70 @@ mod tests {
 
     #[test]
     fn without_any_setting_postgres_is_local() {
-        let options = database(&[]).connect_options().unwrap();
+        let targets = database(&[]).targets().unwrap();
+        let options = &targets.hosts[0];
         assert_eq!(
             (options.get_host(), options.get_port()),
             ("127.0.0.1", 5432)
         );
         assert_eq!(options.get_database(), Some("logs"));
+    }
+
+    #[test]
+    fn a_url_may_name_several_hosts_and_then_takes_the_writable_one() {
+        let hosts = |targets: &DatabaseTargets| -> Vec<(String, u16)> {
+            targets
+                .hosts
+                .iter()
+                .map(|host| (host.get_host().to_owned(), host.get_port()))
+                .collect()
+        };
+        let targets = database(&[(
+            "url",
+            "postgres://a:p%40ss@primary:5432,standby:6000/logs?sslmode=disable&application_name=w",
+        )])
+        .targets()
+        .unwrap();
+        assert_eq!(
+            hosts(&targets),
+            [("primary".to_owned(), 5432), ("standby".to_owned(), 6000)]
+        );
+        assert_eq!(targets.session, TargetSession::ReadWrite);
+        for host in &targets.hosts {
+            assert_eq!(host.get_username(), "a");
+            assert_eq!(host.get_database(), Some("logs"));
+            assert_eq!(host.get_application_name(), Some("w"));
+        }
+
+        let explicit =
+            DatabaseTargets::parse("postgresql://h1,h2:7000/logs?target_session_attrs=any")
+                .unwrap();
+        assert_eq!(
+            hosts(&explicit),
+            [("h1".to_owned(), 5432), ("h2".to_owned(), 7000)]
+        );
+        assert_eq!(explicit.session, TargetSession::Any);
+        assert!(explicit.follows_primary());
+
+        let one = DatabaseTargets::parse("postgres://db/logs").unwrap();
+        assert_eq!(one.session, TargetSession::Any);
+        assert!(!one.follows_primary());
+        let one_primary =
+            DatabaseTargets::parse("postgres://db/logs?target_session_attrs=primary").unwrap();
+        assert_eq!(one_primary.session, TargetSession::ReadWrite);
+        assert!(one_primary.follows_primary());
+
+        for (url, message) in [
+            (
+                "postgres://a,b/logs?target_session_attrs=standby",
+                "target_session_attrs=standby is not supported",
+            ),
+            ("postgres://a,,b/logs", "a host in the list is empty"),
+            ("mysql://a/logs", "must begin with postgres://"),
+        ] {
+            let error = database(&[("url", url)]).targets().unwrap_err();
+            assert!(error.0.contains(message), "{url}: {error}");
+        }
     }
 
     #[test]

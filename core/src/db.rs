@@ -1,10 +1,12 @@
 //! The PostgreSQL schema and connection pool.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
 use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::{Connection, PgPool};
+use tokio::time::MissedTickBehavior;
 
 use tokio_util::sync::CancellationToken;
 
@@ -16,12 +18,139 @@ use crate::{indexes, storage};
 /// released (a change is a new migration).
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
+/// How often a pool that follows the primary checks that its server still takes writes.
+const CHECK_PRIMARY_EVERY: Duration = Duration::from_secs(1);
+
+/// How long one check of a server may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A pool that connects on first use, so a process starts while PostgreSQL is down.
+///
+/// When the settings name several hosts, or ask for a writable server, the pool uses
+/// only a server that takes writes, and follows the primary across a failover: a task
+/// checks every second that its server still takes writes and, when it does not, moves
+/// the pool to the first of the hosts that does (the one in use first). Connections
+/// opened before the move are closed instead of used, so nothing writes to, or reads
+/// stale rows from, a server that has become a standby.
 pub fn lazy_pool(args: &DatabaseArgs) -> Result<PgPool, ConfigError> {
-    Ok(PgPoolOptions::new()
+    let targets = args.targets()?;
+    let options = PgPoolOptions::new()
         .max_connections(args.db_max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(args.connect_options()?))
+        .acquire_timeout(Duration::from_secs(5));
+    if !targets.follows_primary() {
+        return Ok(options.connect_lazy_with(targets.hosts[0].clone()));
+    }
+    let moved = Arc::new(Mutex::new(Instant::now()));
+    let pool = options
+        .after_connect(|connection, _| {
+            Box::pin(async move {
+                if takes_writes(connection).await? {
+                    Ok(())
+                } else {
+                    Err(sqlx::Error::Protocol(
+                        "the server is read-only (a standby); target_session_attrs asks for read-write"
+                            .into(),
+                    ))
+                }
+            })
+        })
+        .before_acquire({
+            let moved = moved.clone();
+            move |_, metadata| {
+                let opened_since_move = metadata.age <= lock(&moved).elapsed();
+                Box::pin(async move { Ok(opened_since_move) })
+            }
+        })
+        .connect_lazy_with(targets.hosts[0].clone());
+    tokio::spawn(follow_primary(pool.clone(), targets.hosts, moved));
+    Ok(pool)
+}
+
+/// Whether the server of `connection` takes writes, as libpq's `read-write` check asks.
+async fn takes_writes(connection: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    let read_only: String = sqlx::query_scalar("show transaction_read_only")
+        .fetch_one(connection)
+        .await?;
+    Ok(read_only == "off")
+}
+
+/// Whether the server at `host` answers and takes writes, on a connection of its own.
+async fn host_takes_writes(host: &PgConnectOptions) -> bool {
+    let check = async {
+        let mut connection = PgConnection::connect_with(host).await?;
+        let writable = takes_writes(&mut connection).await;
+        connection.close().await?;
+        writable
+    };
+    matches!(
+        tokio::time::timeout(CHECK_TIMEOUT, check).await,
+        Ok(Ok(true))
+    )
+}
+
+/// Keeps `pool` on a server that takes writes, among `hosts`, until the pool closes.
+async fn follow_primary(pool: PgPool, hosts: Vec<PgConnectOptions>, moved: Arc<Mutex<Instant>>) {
+    let mut current = 0;
+    let mut reported_none = false;
+    let mut ticks = tokio::time::interval(CHECK_PRIMARY_EVERY);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let closed = pool.close_event();
+    tokio::pin!(closed);
+    loop {
+        tokio::select! {
+            () = &mut closed => return,
+            _ = ticks.tick() => {}
+        }
+        let check = async {
+            let mut connection = pool.acquire().await?;
+            takes_writes(&mut connection).await
+        };
+        if let Ok(Ok(true)) = tokio::time::timeout(CHECK_TIMEOUT, check).await {
+            reported_none = false;
+            continue;
+        }
+        // The server in use first, then the others in the URL's order.
+        let order = std::iter::once(current).chain((0..hosts.len()).filter(|&i| i != current));
+        let mut found = None;
+        for candidate in order {
+            if host_takes_writes(&hosts[candidate]).await {
+                found = Some(candidate);
+                break;
+            }
+        }
+        match found {
+            Some(primary) if primary != current => {
+                tracing::warn!(
+                    from = %address(&hosts[current]),
+                    to = %address(&hosts[primary]),
+                    "PostgreSQL's primary moved; following it"
+                );
+                pool.set_connect_options(hosts[primary].clone());
+                *lock(&moved) = Instant::now();
+                current = primary;
+                reported_none = false;
+            }
+            Some(_) => reported_none = false,
+            None if !reported_none => {
+                tracing::warn!(
+                    hosts = %hosts.iter().map(address).collect::<Vec<_>>().join(","),
+                    "no PostgreSQL server takes writes; checking again every second"
+                );
+                reported_none = true;
+            }
+            None => {}
+        }
+    }
+}
+
+fn address(host: &PgConnectOptions) -> String {
+    format!("{}:{}", host.get_host(), host.get_port())
+}
+
+fn lock(moved: &Mutex<Instant>) -> std::sync::MutexGuard<'_, Instant> {
+    moved
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The last migration that runs before `logs` is partitioned; later ones find it

@@ -46,6 +46,72 @@ impl PostgresServer {
 
     /// Initialises and starts a server with `options`.
     pub fn start_with(options: PostgresOptions) -> Result<Self> {
+        let mut server = Self::prepare(options)?;
+        server.init()?;
+        server.start_again()?;
+        Ok(server)
+    }
+
+    /// Starts a streaming standby of `primary`, with its options: a copy of its data
+    /// by `pg_basebackup`, following its WAL. Returns once the standby streams.
+    pub fn start_standby_of(primary: &PostgresServer) -> Result<Self> {
+        let mut standby = Self::prepare(primary.options.clone())?;
+        let mut basebackup = standby.command("pg_basebackup");
+        basebackup
+            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string()])
+            .args(["-U", "postgres", "-D"])
+            .arg(standby.data_dir())
+            .args([
+                "--write-recovery-conf",
+                "--wal-method=stream",
+                "--checkpoint=fast",
+                "--no-sync",
+            ]);
+        let output = basebackup.output().context("running pg_basebackup")?;
+        if !output.status.success() {
+            bail!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        standby.start_again()?;
+        wait_until(
+            "the standby streams from the primary",
+            Duration::from_secs(60),
+            || {
+                Ok(primary
+                    .psql(
+                        "postgres",
+                        "select count(*) from pg_stat_replication where state = 'streaming'",
+                    )?
+                    .trim()
+                    != "0")
+            },
+        )?;
+        Ok(standby)
+    }
+
+    /// Promotes this standby to a primary, and returns once it takes writes.
+    pub fn promote(&self) -> Result<()> {
+        let mut promote = self.command("pg_ctl");
+        promote
+            .args(["promote", "--wait", "-D"])
+            .arg(self.data_dir());
+        let output = promote.output().context("running pg_ctl promote")?;
+        if !output.status.success() {
+            bail!(
+                "pg_ctl promote failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        wait_until(
+            "the promoted server takes writes",
+            Duration::from_secs(60),
+            || Ok(self.psql("postgres", "show transaction_read_only")?.trim() == "off"),
+        )
+    }
+
+    fn prepare(options: PostgresOptions) -> Result<Self> {
         let bindir = postgres_bindir()?;
         let dir = scratch_dir("logpipeline-postgres-")?;
         let user = if Uid::effective().is_root() {
@@ -57,17 +123,14 @@ impl PostgresServer {
         } else {
             None
         };
-        let mut server = Self {
+        Ok(Self {
             port: free_port()?,
             dir,
             bindir,
             user,
             options,
             process: None,
-        };
-        server.init()?;
-        server.start_again()?;
-        Ok(server)
+        })
     }
 
     fn command(&self, program: &str) -> Command {
