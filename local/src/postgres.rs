@@ -15,7 +15,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::{Uid, User, chown};
 use tempfile::TempDir;
 
-use crate::process::{ChildProcess, find_on_path, free_port, scratch_dir, wait_until};
+use crate::process::{ChildProcess, find_on_path, free_port, output_of, scratch_dir, wait_until};
 
 /// A running PostgreSQL server, stopped when dropped.
 #[derive(Debug)]
@@ -67,13 +67,7 @@ impl PostgresServer {
                 "--checkpoint=fast",
                 "--no-sync",
             ]);
-        let output = basebackup.output().context("running pg_basebackup")?;
-        if !output.status.success() {
-            bail!(
-                "pg_basebackup failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
+        output_of(basebackup)?;
         standby.start_again()?;
         wait_until(
             "the standby streams from the primary",
@@ -97,13 +91,7 @@ impl PostgresServer {
         promote
             .args(["promote", "--wait", "-D"])
             .arg(self.data_dir());
-        let output = promote.output().context("running pg_ctl promote")?;
-        if !output.status.success() {
-            bail!(
-                "pg_ctl promote failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
+        output_of(promote)?;
         wait_until(
             "the promoted server takes writes",
             Duration::from_secs(60),
@@ -155,11 +143,7 @@ impl PostgresServer {
             "--locale=C",
             "--no-sync",
         ]);
-        let output = initdb.output().context("running initdb")?;
-        if !output.status.success() {
-            bail!("initdb failed: {}", String::from_utf8_lossy(&output.stderr));
-        }
-        Ok(())
+        output_of(initdb).map(drop)
     }
 
     /// Starts the server again after [`stop`](Self::stop), on the same port and data.
