@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use logpipeline_core::codec;
 use logpipeline_core::tenant::Tenant;
-use logpipeline_e2e::devices;
+use logpipeline_e2e::devices::{self, Flow};
 use logpipeline_local::auth::{ApiKey, keys_file};
 use logpipeline_local::kube::repo_root;
 use logpipeline_local::node::{self, INGRESS_HTTPS_PORT, NodeCluster};
@@ -436,4 +436,43 @@ pub async fn consumers(redis: &mut redis::aio::MultiplexedConnection) -> Result<
             _ => None,
         })
         .collect())
+}
+
+/// Checks that what `run` stored is exactly what was accepted, and says so.
+pub async fn assert_stored_exactly_once(run: &str, accepted: &[String]) {
+    let pool = pipeline().pool().await.unwrap();
+    let stored = devices::stored(&pool, run, accepted).await.unwrap();
+    assert!(stored.exactly_once(), "{run}: {stored:?}");
+    println!(
+        "{run}: {} logs accepted, {} stored, {} duplicated, {} missing",
+        stored.accepted,
+        stored.rows,
+        stored.duplicate_ids + stored.duplicate_messages,
+        stored.missing
+    );
+}
+
+/// Sends logs of `run` through the Ingress from a thread of its own until `flow` stops.
+pub fn send_in_background<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    run: &'scope str,
+    devices: usize,
+    logs_per_request: usize,
+    pause: Duration,
+    flow: &'scope Flow,
+) -> std::thread::ScopedJoinHandle<'scope, devices::Continuous> {
+    scope.spawn(move || {
+        let pipeline = pipeline();
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(devices::send_until(
+                &pipeline.devices,
+                &pipeline.base_url,
+                run,
+                devices,
+                logs_per_request,
+                pause,
+                flow,
+            ))
+    })
 }
