@@ -92,6 +92,12 @@ pub struct BenchOptions {
     #[arg(long)]
     pub redis_replica: bool,
 
+    /// Give PostgreSQL a streaming standby (its CPU is counted as `standby`): `async`, or
+    /// `sync` (`synchronous_standby_names = '*'`: each commit waits until the standby
+    /// has flushed it). The api and workers get both in one multi-host URL.
+    #[arg(long, value_enum, default_value = "off")]
+    pub postgres_standby: PostgresStandby,
+
     /// How clients authenticate: `off`, or `keys` (each request carries an API key the api
     /// checks). `off,keys` alternates the two run by run on the same stack, to compare
     /// them side by side.
@@ -138,6 +144,18 @@ pub enum Profile {
     Single,
     /// 5 logs per request at a constant rate (open loop).
     Sustained,
+}
+
+/// Whether PostgreSQL has a standby, and whether commits wait for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PostgresStandby {
+    /// No standby.
+    Off,
+    /// A streaming standby that commits do not wait for.
+    Async,
+    /// A synchronous standby: a commit returns once the standby has flushed it.
+    Sync,
 }
 
 /// How the api authenticates clients during a run.
@@ -286,6 +304,7 @@ pub fn run(options: &BenchOptions) -> Result<()> {
         stream_capacity: options.stream_capacity,
         appendfsync: options.appendfsync.clone(),
         redis_replica: options.redis_replica,
+        postgres_standby: options.postgres_standby,
         api_env: options.api_env.iter().cloned().collect::<Env>(),
         worker_env: options.worker_env.iter().cloned().collect::<Env>(),
     };

@@ -12,6 +12,8 @@ use logpipeline_local::process::wait_until;
 use logpipeline_local::redis::{RedisOptions, RedisServer};
 use logpipeline_local::services::{ApiProcess, Env, WorkerProcess};
 
+use super::PostgresStandby;
+
 /// How to configure the services.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StackSettings {
@@ -28,6 +30,8 @@ pub struct StackSettings {
     /// Whether Redis has a replica (with the same persistence), for the api's
     /// `LOGPIPELINE_REDIS_DURABILITY=replicated`.
     pub redis_replica: bool,
+    /// Whether PostgreSQL has a streaming standby, and whether commits wait for it.
+    pub postgres_standby: PostgresStandby,
     /// More api settings.
     pub api_env: Env,
     /// More worker settings.
@@ -46,8 +50,13 @@ pub struct BenchStack {
     pub redis: RedisServer,
     /// Its replica, when asked for.
     pub replica: Option<RedisServer>,
-    /// The `logs` database.
+    /// PostgreSQL's standby, when asked for.
+    pub standby: Option<PostgresServer>,
+    /// The `logs` database on the primary.
     pub database_url: String,
+    /// The `logs` database as the api and workers are given it: with the standby, a
+    /// multi-host URL naming both.
+    services_database_url: String,
 }
 
 impl BenchStack {
@@ -68,19 +77,37 @@ impl BenchStack {
         } else {
             None
         };
+        let mut postgres_settings = vec![
+            (
+                "shared_preload_libraries".into(),
+                "pg_stat_statements".into(),
+            ),
+            ("pg_stat_statements.track".into(), "all".into()),
+        ];
+        if settings.postgres_standby == PostgresStandby::Sync {
+            postgres_settings.push(("synchronous_standby_names".into(), "'*'".into()));
+        }
         let postgres = PostgresServer::start_with(PostgresOptions {
             durable: true,
-            settings: vec![
-                (
-                    "shared_preload_libraries".into(),
-                    "pg_stat_statements".into(),
-                ),
-                ("pg_stat_statements.track".into(), "all".into()),
-            ],
+            settings: postgres_settings,
         })?;
+        let standby = match settings.postgres_standby {
+            PostgresStandby::Off => None,
+            PostgresStandby::Async | PostgresStandby::Sync => {
+                Some(PostgresServer::start_standby_of(&postgres)?)
+            }
+        };
         postgres.psql("postgres", "create database logs")?;
         postgres.psql("logs", "create extension pg_stat_statements")?;
         let database_url = postgres.url("logs");
+        let services_database_url = match &standby {
+            None => database_url.clone(),
+            Some(standby) => format!(
+                "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/logs",
+                postgres.port(),
+                standby.port()
+            ),
+        };
         let mut worker_env = Env::from([
             (
                 "LOGPIPELINE_CONCURRENCY".into(),
@@ -96,7 +123,11 @@ impl BenchStack {
         for index in 0..settings.workers {
             let mut env = worker_env.clone();
             env.insert("LOGPIPELINE_CONSUMER_NAME".into(), format!("bench{index}"));
-            workers.push(WorkerProcess::start(&redis.url(), &database_url, &env)?);
+            workers.push(WorkerProcess::start(
+                &redis.url(),
+                &services_database_url,
+                &env,
+            )?);
         }
         // The workers apply the schema as they start.
         wait_until(
@@ -105,14 +136,16 @@ impl BenchStack {
             || Ok(postgres.psql("logs", "select to_regclass('logs') is not null")? == "t"),
         )?;
         let api_env = Self::api_env(settings, &settings.api_env);
-        let api = ApiProcess::start(&redis.url(), &database_url, &api_env)?;
+        let api = ApiProcess::start(&redis.url(), &services_database_url, &api_env)?;
         Ok(Self {
             api,
             workers,
             postgres,
             redis,
             replica,
+            standby,
             database_url,
+            services_database_url,
         })
     }
 
@@ -122,7 +155,7 @@ impl BenchStack {
         let mut env = settings.api_env.clone();
         env.extend(api_env.clone());
         let env = Self::api_env(settings, &env);
-        self.api = ApiProcess::start(&self.redis.url(), &self.database_url, &env)?;
+        self.api = ApiProcess::start(&self.redis.url(), &self.services_database_url, &env)?;
         Ok(())
     }
 
@@ -167,6 +200,9 @@ impl BenchStack {
             "postgres",
             super::probe::postmaster_pid(self.postgres.dir())?,
         ));
+        if let Some(standby) = &self.standby {
+            pids.push(("standby", super::probe::postmaster_pid(standby.dir())?));
+        }
         Ok(pids)
     }
 }
