@@ -104,8 +104,30 @@ else
         for file in e2e/tests/*.rs; do
             services+=(--test "$(basename "$file" .rs)")
         done
+        # Phases 2 and 3 run side by side: the cluster's tests spend most of their time
+        # waiting for Kubernetes (pods, rollouts, the autoscalers' windows), and every
+        # test waits for conditions, never for fixed times. Both are built first, so
+        # that neither waits for the other's build; phase 3 prints when both are done.
+        step "building phases 2 and 3: cargo test --locked --no-run -p logpipeline-e2e"
+        cargo test --locked --no-run -p logpipeline-e2e --lib "${services[@]}" --test cluster
+        cluster_log=$(mktemp)
+        # Phase 3 in a process group of its own (job control on while it starts), which
+        # an early exit of this script stops (its cluster is torn down as its tests die).
+        set -m
+        (
+            failed=() timings=()
+            phase "3. one-node cluster" -p logpipeline-e2e --test cluster
+            printf '%s\n' "${timings[0]}" >"$cluster_log.timing"
+            ((${#failed[@]} == 0))
+        ) >"$cluster_log" 2>&1 &
+        cluster_phase=$!
+        set +m
+        trap 'kill -TERM -- -"$cluster_phase" 2>/dev/null || true; rm -f "$cluster_log" "$cluster_log.timing"' EXIT
         phase "2. services, control plane" -p logpipeline-e2e --lib "${services[@]}"
-        phase "3. one-node cluster" -p logpipeline-e2e --test cluster
+        step "3. one-node cluster, run beside phase 2: its output"
+        wait "$cluster_phase" || failed+=("3. one-node cluster")
+        cat "$cluster_log" >&2
+        timings+=("$(cat "$cluster_log.timing" 2>/dev/null || echo "3. one-node cluster: no timing")")
     fi
 fi
 step "phases"
