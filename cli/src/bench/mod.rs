@@ -93,7 +93,7 @@ pub struct BenchOptions {
     pub redis_replica: bool,
 
     /// Give PostgreSQL a streaming standby (its CPU is counted as `standby`): `async`, or
-    /// `sync` (`synchronous_standby_names = '*'`: each commit waits until the standby
+    /// `sync` (`synchronous_standby_names = *`: each commit waits until the standby
     /// has flushed it). The api and workers get both in one multi-host URL.
     #[arg(long, value_enum, default_value = "off")]
     pub postgres_standby: PostgresStandby,

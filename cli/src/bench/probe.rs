@@ -149,8 +149,9 @@ async fn cpu_by_part(stack: &mut BenchStack) -> Result<Vec<(&'static str, f64)>>
     let mut used = Vec::new();
     for (name, pid) in stack.pids().await? {
         let mut secs = cpu_secs(pid)?;
-        if name == "postgres" {
-            // Each connection is a child process of the postmaster.
+        if matches!(name, "postgres" | "standby") {
+            // Each connection (and the standby's WAL receiver and replay) is a child
+            // process of the postmaster.
             secs += children_of(pid)?
                 .into_iter()
                 .map(|child| cpu_secs(child).unwrap_or(0.0))

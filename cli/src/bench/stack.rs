@@ -85,7 +85,7 @@ impl BenchStack {
             ("pg_stat_statements.track".into(), "all".into()),
         ];
         if settings.postgres_standby == PostgresStandby::Sync {
-            postgres_settings.push(("synchronous_standby_names".into(), "'*'".into()));
+            postgres_settings.push(("synchronous_standby_names".into(), "*".into()));
         }
         let postgres = PostgresServer::start_with(PostgresOptions {
             durable: true,
