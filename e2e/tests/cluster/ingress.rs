@@ -5,8 +5,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use logpipeline_e2e::devices::{self, Plan};
-use logpipeline_e2e::runs::count_query;
-use logpipeline_e2e::stack::wait_for_count;
 use logpipeline_local::auth::ApiKey;
 use logpipeline_local::process::wait_until;
 
@@ -30,20 +28,13 @@ fn devices_send_through_the_ingress_and_every_log_is_stored_exactly_once() {
             .unwrap();
         let sending = started.elapsed();
         assert_eq!(sent.message_ids.len(), 100_000);
-        let pool = pipeline.pool().await.unwrap();
-        let drained = wait_for_count(
-            &pool,
-            &count_query(&plan.run),
-            100_000,
-            Duration::from_secs(300),
-        )
-        .await
-        .unwrap();
+        let drained =
+            assert_stored_exactly_once(&plan.run, &sent.message_ids, Duration::from_secs(300))
+                .await;
         println!(
             "100 devices sent 100,000 logs in {} requests through the Ingress (HTTPS, Traefik) in {sending:.1?}; stored {drained:.1?} after the last answer",
             sent.requests
         );
-        assert_stored_exactly_once(&plan.run, &sent.message_ids).await;
     });
 }
 

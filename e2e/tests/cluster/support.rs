@@ -11,6 +11,8 @@ use anyhow::{Context, Result, bail};
 use logpipeline_core::codec;
 use logpipeline_core::tenant::Tenant;
 use logpipeline_e2e::devices::{self, Flow};
+use logpipeline_e2e::runs::count_query;
+use logpipeline_e2e::stack::wait_for_count;
 use logpipeline_local::auth::{ApiKey, keys_file};
 use logpipeline_local::kube::repo_root;
 use logpipeline_local::node::{self, INGRESS_HTTPS_PORT, NodeCluster};
@@ -438,9 +440,17 @@ pub async fn consumers(redis: &mut redis::aio::MultiplexedConnection) -> Result<
         .collect())
 }
 
-/// Checks that what `run` stored is exactly what was accepted, and says so.
-pub async fn assert_stored_exactly_once(run: &str, accepted: &[String]) {
+/// Waits up to `timeout` until `run` has as many rows as logs were accepted, then checks
+/// that they are exactly the accepted logs, and says so. Returns how long it waited.
+pub async fn assert_stored_exactly_once(
+    run: &str,
+    accepted: &[String],
+    timeout: Duration,
+) -> Duration {
     let pool = pipeline().pool().await.unwrap();
+    let waited = wait_for_count(&pool, &count_query(run), accepted.len() as i64, timeout)
+        .await
+        .unwrap();
     let stored = devices::stored(&pool, run, accepted).await.unwrap();
     assert!(stored.exactly_once(), "{run}: {stored:?}");
     println!(
@@ -450,6 +460,7 @@ pub async fn assert_stored_exactly_once(run: &str, accepted: &[String]) {
         stored.duplicate_ids + stored.duplicate_messages,
         stored.missing
     );
+    waited
 }
 
 /// Sends logs of `run` through the Ingress from a thread of its own until `flow` stops.
