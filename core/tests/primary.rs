@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use logpipeline_core::config::DatabaseArgs;
 use logpipeline_core::db;
-use logpipeline_local::postgres::PostgresServer;
+use logpipeline_local::postgres::{self, PostgresServer};
 use sqlx::PgPool;
 
 /// The port of the server that answers a query through `pool`, once one does (a pool
@@ -38,11 +38,7 @@ async fn a_pool_uses_only_the_primary_and_follows_a_promoted_standby() {
     let standby = PostgresServer::start_standby_of(&primary).unwrap();
     // The standby first: a pool taking the first host that answers would read from it.
     let args = DatabaseArgs {
-        database_url: Some(format!(
-            "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{database}",
-            standby.port(),
-            primary.port()
-        )),
+        database_url: Some(postgres::multi_host_url(&[&standby, &primary], database)),
         postgres_host: None,
         postgres_port: None,
         postgres_user: None,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use logpipeline_e2e::devices::{Flow, send_until};
 use logpipeline_e2e::runs::{assert_exactly_once, count_query};
 use logpipeline_e2e::stack::{eventually, wait_for_count};
-use logpipeline_local::postgres::PostgresServer;
+use logpipeline_local::postgres::{self, PostgresServer};
 use logpipeline_local::redis::RedisServer;
 use logpipeline_local::services::{ApiProcess, Env, WorkerProcess};
 use serde_json::Value;
@@ -40,9 +40,8 @@ async fn the_worker_and_the_api_follow_a_promoted_standby_and_store_every_log_on
     let database = primary_url.rsplit('/').next().unwrap().to_owned();
     let standby = PostgresServer::start_standby_of(&primary).unwrap();
     let url = format!(
-        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/{database}?target_session_attrs=read-write",
-        primary.port(),
-        standby.port()
+        "{}?target_session_attrs=read-write",
+        postgres::multi_host_url(&[&primary, &standby], &database)
     );
     let api = ApiProcess::start(&redis.url(), &url, &Env::new()).unwrap();
     let mut worker = WorkerProcess::start(&redis.url(), &url, &Env::new()).unwrap();

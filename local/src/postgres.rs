@@ -73,13 +73,10 @@ impl PostgresServer {
             "the standby streams from the primary",
             Duration::from_secs(60),
             || {
-                Ok(primary
-                    .psql(
-                        "postgres",
-                        "select count(*) from pg_stat_replication where state = 'streaming'",
-                    )?
-                    .trim()
-                    != "0")
+                Ok(primary.psql(
+                    "postgres",
+                    "select count(*) from pg_stat_replication where state = 'streaming'",
+                )? != "0")
             },
         )?;
         Ok(standby)
@@ -95,7 +92,7 @@ impl PostgresServer {
         wait_until(
             "the promoted server takes writes",
             Duration::from_secs(60),
-            || Ok(self.psql("postgres", "show transaction_read_only")?.trim() == "off"),
+            || Ok(self.psql("postgres", "show transaction_read_only")? == "off"),
         )
     }
 
@@ -199,7 +196,7 @@ impl PostgresServer {
 
     /// The URL of database `name`.
     pub fn url(&self, name: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+        multi_host_url(&[self], name)
     }
 
     /// The port it listens on.
@@ -242,6 +239,16 @@ impl PostgresServer {
         self.psql("postgres", &format!("create database {name}"))?;
         Ok(self.url(&name))
     }
+}
+
+/// The URL of database `name` naming every server of `servers`, in that order, as a
+/// primary and its standbys are named together (libpq's multi-host form).
+pub fn multi_host_url(servers: &[&PostgresServer], name: &str) -> String {
+    let hosts: Vec<String> = servers
+        .iter()
+        .map(|server| format!("127.0.0.1:{}", server.port))
+        .collect();
+    format!("postgres://postgres@{}/{name}", hosts.join(","))
 }
 
 /// The PostgreSQL server shared by every test of this process. Tests that stop or break

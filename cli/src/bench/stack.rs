@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use redis::aio::MultiplexedConnection;
 
-use logpipeline_local::postgres::{PostgresOptions, PostgresServer};
+use logpipeline_local::postgres::{PostgresOptions, PostgresServer, multi_host_url};
 use logpipeline_local::process::wait_until;
 use logpipeline_local::redis::{RedisOptions, RedisServer};
 use logpipeline_local::services::{ApiProcess, Env, WorkerProcess};
@@ -102,11 +102,7 @@ impl BenchStack {
         let database_url = postgres.url("logs");
         let services_database_url = match &standby {
             None => database_url.clone(),
-            Some(standby) => format!(
-                "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/logs",
-                postgres.port(),
-                standby.port()
-            ),
+            Some(standby) => multi_host_url(&[&postgres, standby], "logs"),
         };
         let mut worker_env = Env::from([
             (
