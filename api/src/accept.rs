@@ -33,30 +33,46 @@ impl Accepted {
     }
 }
 
-/// Puts `logs_json`, the JSON array of valid logs of `principal`'s tenant whose levels
-/// are `levels`, on the stream; answers once Redis holds them.
+/// The logs of a request, checked: their levels, and the device of the first, which
+/// chooses the stream shard (one device's logs stay in order on one shard).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// The level of each log, in order.
+    pub levels: Vec<LogLevel>,
+    /// The first log's device.
+    pub device: String,
+}
+
+/// Puts `logs_json`, the JSON array of valid logs of `principal`'s tenant as `checked`
+/// describes them, on the stream; answers once Redis holds them.
 pub async fn accept(
     state: &AppState,
     principal: &Principal,
     received_at: OffsetDateTime,
     logs_json: &[u8],
-    levels: &[LogLevel],
+    checked: &Checked,
     endpoint: Endpoint,
     key: Option<&IdempotencyKey>,
 ) -> Result<Accepted> {
     let admission = state
         .queue
-        .publish(received_at, &principal.tenant, logs_json, key)
+        .publish(
+            received_at,
+            &principal.tenant,
+            &checked.device,
+            logs_json,
+            key,
+        )
         .await?;
     if !admission.duplicate {
-        for level in levels {
+        for level in &checked.levels {
             state.metrics.log_accepted(*level, endpoint);
         }
     }
     Ok(Accepted {
         entry_id: admission.entry_id,
         received_at: admission.received_at,
-        count: levels.len(),
+        count: checked.levels.len(),
         duplicate: admission.duplicate,
     })
 }
@@ -72,8 +88,29 @@ pub async fn accept_records(
     key: Option<&IdempotencyKey>,
 ) -> Result<Accepted> {
     let json = serde_json::to_vec(logs).map_err(|error| Error::Internal(error.to_string()))?;
-    let levels: Vec<LogLevel> = logs.iter().map(|log| log.log_level).collect();
-    accept(state, principal, received_at, &json, &levels, endpoint, key).await
+    accept(
+        state,
+        principal,
+        received_at,
+        &json,
+        &Checked::of(logs),
+        endpoint,
+        key,
+    )
+    .await
+}
+
+impl Checked {
+    /// What `logs` are.
+    pub fn of(logs: &[LogRecord]) -> Self {
+        Self {
+            levels: logs.iter().map(|log| log.log_level).collect(),
+            device: logs
+                .first()
+                .map(|log| log.device_id.as_str().to_owned())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// The current time at the precision the pipeline keeps (microseconds).

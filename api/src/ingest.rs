@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
-use crate::accept::{accept, now};
+use crate::accept::{Checked, accept, now};
 use crate::auth::Principal;
 use crate::error::{Error, ErrorBody, Result};
 use crate::extract::{JsonBody, parse};
@@ -90,9 +90,9 @@ pub async fn create_log(
 ) -> Result<Json<LogAccepted>> {
     let received_at = now();
     let key = IdempotencyKey::from_headers(&headers)?;
-    let level = match checked_levels(&body, false) {
-        Some(levels) => levels[0],
-        None => parse::<LogRecord>(&body)?.log_level,
+    let checked = match checked(&body, false) {
+        Some(checked) => checked,
+        None => Checked::of(&[parse::<LogRecord>(&body)?]),
     };
     let mut logs_json = Vec::with_capacity(body.len() + 2);
     logs_json.push(b'[');
@@ -103,7 +103,7 @@ pub async fn create_log(
         &principal,
         received_at,
         &logs_json,
-        &[level],
+        &checked,
         Endpoint::Log,
         key.as_ref(),
     )
@@ -115,21 +115,28 @@ pub async fn create_log(
     }))
 }
 
-/// The levels of the logs in `json` (an array of them when `array`, else one), when every
-/// log follows the rules: checked in place ([`LogView`]), without copying their text.
-/// None when something is wrong, which the callers then parse again to say what.
-fn checked_levels(json: &[u8], array: bool) -> Option<Vec<LogLevel>> {
+/// The logs in `json` (an array of them when `array`, else one), when every log follows
+/// the rules: checked in place ([`LogView`]), without copying their text. None when
+/// something is wrong, which the callers then parse again to say what.
+fn checked(json: &[u8], array: bool) -> Option<Checked> {
     let views: Vec<LogView<'_>> = if array {
         serde_json::from_slice(json).ok()?
     } else {
         vec![serde_json::from_slice(json).ok()?]
     };
-    views.iter().map(|view| view.check().ok()).collect()
+    let levels = views
+        .iter()
+        .map(|view| view.check().ok())
+        .collect::<Option<Vec<LogLevel>>>()?;
+    Some(Checked {
+        levels,
+        device: views.first()?.device_id().to_owned(),
+    })
 }
 
-/// The levels of the batch's logs, or what is wrong with them, naming the log and field.
+/// The batch's logs, or what is wrong with them, naming the log and field.
 #[cold]
-fn levels_or_problem(json: &[u8]) -> Result<Vec<LogLevel>> {
+fn checked_or_problem(json: &[u8]) -> Result<Checked> {
     let logs: Vec<LogRecord> = parse(json).map_err(|error| match error {
         Error::InvalidLog(detail) if detail.starts_with('[') => {
             Error::InvalidLog(format!("logs{detail}"))
@@ -137,7 +144,7 @@ fn levels_or_problem(json: &[u8]) -> Result<Vec<LogLevel>> {
         Error::InvalidLog(detail) => Error::InvalidLog(format!("logs: {detail}")),
         other => other,
     })?;
-    Ok(logs.iter().map(|log| log.log_level).collect())
+    Ok(Checked::of(&logs))
 }
 
 /// The batch body with its logs left as text, to store them as sent.
@@ -184,11 +191,11 @@ pub async fn create_batch(
     let received_at = now();
     let key = IdempotencyKey::from_headers(&headers)?;
     let raw: RawBatch<'_> = parse(&body)?;
-    let levels = match checked_levels(raw.logs.get().as_bytes(), true) {
-        Some(levels) => levels,
-        None => levels_or_problem(raw.logs.get().as_bytes())?,
+    let checked = match checked(raw.logs.get().as_bytes(), true) {
+        Some(checked) => checked,
+        None => checked_or_problem(raw.logs.get().as_bytes())?,
     };
-    let count = levels.len();
+    let count = checked.levels.len();
     if !(1..=MAX_BATCH_LOGS).contains(&count) {
         return Err(Error::InvalidLog(format!(
             "logs: must hold 1 to {MAX_BATCH_LOGS} logs, got {count}"
@@ -199,7 +206,7 @@ pub async fn create_batch(
         &principal,
         received_at,
         raw.logs.get().as_bytes(),
-        &levels,
+        &checked,
         Endpoint::Batch,
         key.as_ref(),
     )

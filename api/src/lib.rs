@@ -156,10 +156,11 @@ pub async fn run(config: Config) -> Result<()> {
         return Ok(());
     };
     let mut setup = redis.clone();
-    if let Err(error) =
-        stream::ensure_group(&mut setup, &config.stream.stream, &config.stream.group).await
-    {
-        warn!(%error, "cannot create the consumer group yet; the worker creates it too");
+    let shards = config.stream.shards();
+    for shard in shards.keys() {
+        if let Err(error) = stream::ensure_group(&mut setup, shard, &config.stream.group).await {
+            warn!(%error, "cannot create the consumer group yet; the worker creates it too");
+        }
     }
     stream::check_eviction_policy(&mut setup)
         .await
@@ -224,7 +225,7 @@ pub async fn run(config: Config) -> Result<()> {
             redis.clone(),
             writers,
             queue::Settings {
-                stream: &config.stream.stream,
+                shards: &shards,
                 capacity: config.stream_capacity,
                 idempotency_window: Duration::from_secs(config.idempotency_window_secs),
                 replication,
@@ -273,7 +274,7 @@ pub async fn run(config: Config) -> Result<()> {
     };
     let listener = bind(config.listen)?;
     let grpc_listener = bind(config.grpc_listen)?;
-    info!(address = %config.listen, grpc = %config.grpc_listen, stream = %config.stream.stream, "serving");
+    info!(address = %config.listen, grpc = %config.grpc_listen, stream = %config.stream.stream, shards = shards.count(), "serving");
     let drain = Duration::from_secs(config.shutdown_timeout_secs);
     let limits = ConnectionLimits {
         header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),

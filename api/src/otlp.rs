@@ -28,7 +28,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use logpipeline_core::otlp;
-use logpipeline_core::record::{LogLevel, MAX_BATCH_LOGS};
+use logpipeline_core::record::MAX_BATCH_LOGS;
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
@@ -38,7 +38,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 use tonic::Code;
 
-use crate::accept::{accept, now};
+use crate::accept::{Checked, accept, now};
 use crate::auth::Principal;
 use crate::error::{Error, Result, reshape_errors};
 use crate::extract::{RawBody, is_json};
@@ -63,13 +63,12 @@ pub async fn export(
         let json =
             serde_json::to_vec(records).map_err(|error| Error::Internal(error.to_string()))?;
         let key = IdempotencyKey::parse("content key", &format!("otlp-{}", fingerprint(&json)))?;
-        let levels: Vec<LogLevel> = records.iter().map(|record| record.log_level).collect();
         accept(
             state,
             principal,
             received_at,
             &json,
-            &levels,
+            &Checked::of(records),
             endpoint,
             Some(&key),
         )

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use logpipeline_core::codec;
+use logpipeline_core::stream::{MAX_SHARDS, Shards};
 use logpipeline_core::tenant::Tenant;
 use redis::Script;
 use redis::aio::ConnectionManager;
@@ -22,22 +23,47 @@ use crate::error::{Error, Result};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::metrics::Metrics;
 
-/// Adds entries to the stream `KEYS[1]`, each unless the stream holds `ARGV[1]` entries
-/// already or its idempotency record exists, atomically: the checks and the adds are one
-/// script, so concurrent requests cannot overshoot the capacity, and an entry and its
-/// idempotency record persist (AOF) and replicate together. The stream is never trimmed
-/// here: only entries the workers have acknowledged are removed, by the workers.
+/// Adds entries to the stream shard `KEYS[1]`, each unless the shard holds `ARGV[1]`
+/// entries already or its idempotency record exists, atomically: the checks and the adds
+/// are one script, so concurrent requests cannot overshoot the capacity, and an entry and
+/// its idempotency record persist (AOF) and replicate together. The stream is never
+/// trimmed here: only entries the workers have acknowledged are removed, by the workers.
 ///
-/// After `ARGV[1]` (capacity) and `ARGV[2]` (seconds an idempotency record lives), each
-/// entry is: the index in `KEYS` of its idempotency record (0 for none), the record to
-/// write (`<micros> <fingerprint>`, after the entry id), the number of its fields and
-/// values, then those. The reply holds, per entry, `{1, id}` when it was added, `{0,
-/// record}` when its key was accepted before, or `{-1, ''}` when the stream is full.
+/// Entry ids are the server's time in milliseconds and a sequence number that is the
+/// shard's number `ARGV[3]` modulo `ARGV[4]` ([`MAX_SHARDS`]), counting up by `ARGV[4]`
+/// within a millisecond: no two shards give the same id, and so no two logs the same key
+/// in PostgreSQL. A millisecond behind the shard's last id (a clock stepped back) takes
+/// the last id's.
+///
+/// After `ARGV[1]` (capacity), `ARGV[2]` (seconds an idempotency record lives), `ARGV[3]`
+/// and `ARGV[4]`, each entry is: the index in `KEYS` of its idempotency record (0 for
+/// none), the record to write (`<micros> <fingerprint>`, after the entry id), the number of
+/// its fields and values, then those. The reply holds, per entry, `{1, id}` when it was
+/// added, `{0, record}` when its key was accepted before, or `{-1, ''}` when the shard is
+/// full.
 const ADMIT: &str = r"
 local capacity = tonumber(ARGV[1])
+local step = tonumber(ARGV[4])
 local length = redis.call('XLEN', KEYS[1])
+local time = redis.call('TIME')
+local ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local seq = tonumber(ARGV[3])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    local info = redis.call('XINFO', 'STREAM', KEYS[1])
+    for j = 1, #info, 2 do
+        if info[j] == 'last-generated-id' then
+            local last_ms, last_seq = string.match(info[j + 1], '^(%d+)-(%d+)$')
+            last_ms, last_seq = tonumber(last_ms), tonumber(last_seq)
+            if last_ms >= ms then
+                ms = last_ms
+                seq = last_seq - last_seq % step + seq
+                if seq <= last_seq then seq = seq + step end
+            end
+        end
+    end
+end
 local results = {}
-local i = 3
+local i = 5
 while i <= #ARGV do
     local key = tonumber(ARGV[i])
     local first = i + 3
@@ -51,7 +77,9 @@ while i <= #ARGV do
     elseif length >= capacity then
         results[#results + 1] = {-1, ''}
     else
-        local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, first, last))
+        local id = string.format('%d-%d', ms, seq)
+        redis.call('XADD', KEYS[1], id, unpack(ARGV, first, last))
+        seq = seq + step
         length = length + 1
         if key > 0 then
             redis.call('SET', KEYS[key], id .. ' ' .. ARGV[i + 1], 'EX', ARGV[2])
@@ -95,9 +123,9 @@ pub struct Replication {
 /// Where a [`Queue`] puts entries, and when it calls them accepted.
 #[derive(Debug, Clone)]
 pub struct Settings<'a> {
-    /// The stream's key.
-    pub stream: &'a str,
-    /// Most entries the stream holds.
+    /// The stream's shards.
+    pub shards: &'a Shards,
+    /// Most entries each shard holds.
     pub capacity: u64,
     /// How long an idempotency key is remembered.
     pub idempotency_window: Duration,
@@ -108,7 +136,7 @@ pub struct Settings<'a> {
 /// The stream accepted logs go to.
 #[derive(Clone)]
 pub struct Queue {
-    stream: Arc<str>,
+    shards: Arc<Shards>,
     capacity: u64,
     idempotency_window_secs: u64,
     replication: Option<Replication>,
@@ -118,6 +146,8 @@ pub struct Queue {
 
 /// An entry handed to the writers, and where its outcome goes.
 struct Pending {
+    /// The shard it goes to.
+    shard: usize,
     /// Its fields and values, as [`codec::encode`] makes them.
     fields: Vec<(&'static str, Vec<u8>)>,
     /// Its idempotency record's key and what to write there, when it has one.
@@ -144,7 +174,7 @@ impl Queue {
     ) -> Self {
         let (waiting, receiver) = mpsc::channel(WAITING);
         let queue = Self {
-            stream: settings.stream.into(),
+            shards: Arc::new(settings.shards.clone()),
             capacity: settings.capacity,
             idempotency_window_secs: settings.idempotency_window.as_secs().max(1),
             replication: settings.replication,
@@ -165,8 +195,9 @@ impl Queue {
         queue
     }
 
-    /// Appends one entry holding `logs_json` (a JSON array of valid logs of `tenant`) and
-    /// returns its id once Redis has it. With an idempotency `key`, a request whose key
+    /// Appends one entry holding `logs_json` (a JSON array of valid logs of `tenant`, the
+    /// first of `device`) to the shard of `tenant` and `device`, and returns its id once
+    /// Redis has it. With an idempotency `key`, a request whose key
     /// was accepted within the window is not added again: the answer is the first
     /// entry's, marked duplicate, if `logs_json` is the same as then
     /// ([`Error::IdempotencyKeyReused`] if not).
@@ -180,9 +211,11 @@ impl Queue {
         &self,
         received_at: OffsetDateTime,
         tenant: &Tenant,
+        device: &str,
         logs_json: &[u8],
         key: Option<&IdempotencyKey>,
     ) -> Result<Admission> {
+        let shard = self.shards.of(tenant.as_str(), device);
         let fields = codec::encode(received_at, tenant, logs_json)
             .into_iter()
             .map(|(name, value)| (name, value.as_bytes().to_vec()))
@@ -190,12 +223,13 @@ impl Queue {
         let fingerprint = key.map(|_| idempotency::fingerprint(logs_json));
         let idempotency = key.zip(fingerprint.as_ref()).map(|(key, fingerprint)| {
             (
-                key.redis_key(&self.stream, tenant),
+                key.redis_key(&self.shards.keys()[shard], tenant),
                 format!("{} {fingerprint}", codec::unix_micros(received_at)),
             )
         });
         let (outcome, answer) = oneshot::channel();
         let pending = Pending {
+            shard,
             fields,
             idempotency,
             outcome,
@@ -227,9 +261,9 @@ impl Queue {
         }
     }
 
-    /// The stream's name.
-    pub fn stream(&self) -> &str {
-        &self.stream
+    /// The stream's shards.
+    pub fn shards(&self) -> &Shards {
+        &self.shards
     }
 
     /// Whether Redis answers.
@@ -242,8 +276,9 @@ impl Queue {
 }
 
 /// A writer: takes every entry waiting (up to [`MAX_ENTRIES_PER_CALL`]), adds them with
-/// one script call on `redis`, waits for the replicas if asked to, answers each, and
-/// again, until every sender is gone.
+/// one script call per shard on `redis` (the calls of several shards go out together),
+/// waits for the replicas if asked to, answers each, and again, until every sender is
+/// gone.
 async fn write(
     queue: Queue,
     mut redis: ConnectionManager,
@@ -261,68 +296,114 @@ async fn write(
         if received == 0 {
             return;
         }
-        let mut invocation = script.key(&*queue.stream);
-        invocation
-            .arg(queue.capacity)
-            .arg(queue.idempotency_window_secs);
-        let mut keys = 0;
-        for pending in &batch {
-            match &pending.idempotency {
-                Some((key, record)) => {
-                    keys += 1;
-                    invocation.key(key).arg(keys + 1).arg(record);
-                }
-                None => {
-                    invocation.arg(0).arg("");
-                }
-            }
-            invocation.arg(pending.fields.len() * 2);
-            for (name, value) in &pending.fields {
-                invocation.arg(*name).arg(value.as_slice());
-            }
+        let mut per_shard: Vec<Vec<Pending>> = Vec::new();
+        per_shard.resize_with(queue.shards.count(), Vec::new);
+        for pending in batch.drain(..) {
+            per_shard[pending.shard].push(pending);
         }
         let started = Instant::now();
-        let reply: redis::RedisResult<Vec<(i64, String)>> =
-            invocation.invoke_async(&mut redis).await;
+        let calls = per_shard
+            .iter()
+            .enumerate()
+            .filter(|(_, entries)| !entries.is_empty())
+            .map(|(shard, entries)| {
+                let mut redis = redis.clone();
+                let invocation = admission(&queue, &script, shard, entries);
+                async move {
+                    invocation
+                        .invoke_async::<Vec<(i64, String)>>(&mut redis)
+                        .await
+                }
+            });
+        let replies = futures::future::join_all(calls).await;
         metrics.redis_call("XADD", started.elapsed());
-        match reply {
-            Ok(results) if results.len() == batch.len() => {
-                // An entry added now, or by an earlier request with the same key, counts
-                // as accepted only once the replicas hold it.
-                let unreplicated = match queue.replication {
-                    Some(replication) if results.iter().any(|(status, _)| *status >= 0) => {
-                        wait_for_replicas(&mut redis, replication, &metrics)
-                            .await
-                            .err()
-                    }
-                    _ => None,
-                };
-                for (pending, (status, value)) in batch.drain(..).zip(results) {
-                    let outcome = match (status, &unreplicated) {
-                        (0 | 1, Some(error)) => Err(error.clone()),
-                        (1, None) => Ok(Outcome::Added(value)),
-                        (0, None) => Ok(Outcome::AcceptedBefore(value)),
-                        _ => Ok(Outcome::Full),
-                    };
-                    let _ = pending.outcome.send(outcome);
-                }
+        // An entry added now, or by an earlier request with the same key, counts as
+        // accepted only once the replicas hold it.
+        let any_held = replies.iter().any(|reply| {
+            reply
+                .as_ref()
+                .is_ok_and(|results| results.iter().any(|(status, _)| *status >= 0))
+        });
+        let unreplicated = match queue.replication {
+            Some(replication) if any_held => wait_for_replicas(&mut redis, replication, &metrics)
+                .await
+                .err(),
+            _ => None,
+        };
+        let shards = per_shard.into_iter().filter(|entries| !entries.is_empty());
+        for (entries, reply) in shards.zip(replies) {
+            answer(entries, reply, unreplicated.as_ref());
+        }
+    }
+}
+
+/// The script call that adds `entries` to `shard`.
+fn admission<'a>(
+    queue: &Queue,
+    script: &'a Script,
+    shard: usize,
+    entries: &[Pending],
+) -> redis::ScriptInvocation<'a> {
+    let mut invocation = script.key(&queue.shards.keys()[shard]);
+    invocation
+        .arg(queue.capacity)
+        .arg(queue.idempotency_window_secs)
+        .arg(shard)
+        .arg(MAX_SHARDS);
+    let mut keys = 0;
+    for pending in entries {
+        match &pending.idempotency {
+            Some((key, record)) => {
+                keys += 1;
+                invocation.key(key).arg(keys + 1).arg(record);
             }
-            Ok(results) => {
-                let error = redis::RedisError::from((
-                    redis::ErrorKind::UnexpectedReturnType,
-                    "the admission script answered for the wrong number of entries",
-                    format!("{} answers for {} entries", results.len(), batch.len()),
-                ));
-                for pending in batch.drain(..) {
-                    let _ = pending.outcome.send(Err(error.clone()));
-                }
-            }
-            Err(error) => {
-                for pending in batch.drain(..) {
-                    let _ = pending.outcome.send(Err(error.clone()));
-                }
+            None => {
+                invocation.arg(0).arg("");
             }
         }
+        invocation.arg(pending.fields.len() * 2);
+        for (name, value) in &pending.fields {
+            invocation.arg(*name).arg(value.as_slice());
+        }
+    }
+    invocation
+}
+
+/// Tells each of `entries` what became of it, from the `reply` of its shard's call and
+/// whether the replicas failed to confirm.
+fn answer(
+    entries: Vec<Pending>,
+    reply: redis::RedisResult<Vec<(i64, String)>>,
+    unreplicated: Option<&redis::RedisError>,
+) {
+    let results = match reply {
+        Ok(results) if results.len() == entries.len() => results,
+        Ok(results) => {
+            let error = redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "the admission script answered for the wrong number of entries",
+                format!("{} answers for {} entries", results.len(), entries.len()),
+            ));
+            for pending in entries {
+                let _ = pending.outcome.send(Err(error.clone()));
+            }
+            return;
+        }
+        Err(error) => {
+            for pending in entries {
+                let _ = pending.outcome.send(Err(error.clone()));
+            }
+            return;
+        }
+    };
+    for (pending, (status, value)) in entries.into_iter().zip(results) {
+        let outcome = match (status, unreplicated) {
+            (0 | 1, Some(error)) => Err(error.clone()),
+            (1, None) => Ok(Outcome::Added(value)),
+            (0, None) => Ok(Outcome::AcceptedBefore(value)),
+            _ => Ok(Outcome::Full),
+        };
+        let _ = pending.outcome.send(outcome);
     }
 }
 

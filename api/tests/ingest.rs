@@ -8,7 +8,10 @@ mod common;
 use std::time::Duration;
 
 use axum::http::{StatusCode, header};
+use std::collections::BTreeSet;
+
 use common::{Options, TestApi};
+use logpipeline_core::stream::{Shards, shard_of_id};
 use logpipeline_e2e::stack::eventually;
 use serde_json::{Value, json};
 
@@ -113,6 +116,109 @@ async fn a_repeated_idempotency_key_replays_the_first_answer_or_is_refused() {
         other.text
     );
     assert_eq!(fixture.entries().await.len(), 1);
+}
+
+/// With three shards, each request goes to the shard of its tenant and (first) device,
+/// in order; entry ids carry their shard's number, so no two shards give the same id;
+/// capacity and idempotency hold per shard.
+#[tokio::test]
+async fn logs_go_to_their_devices_shard_with_ids_unique_across_shards() {
+    let fixture = TestApi::start_with(Options {
+        capacity: 200,
+        shards: 3,
+        ..Options::default()
+    })
+    .await;
+    let shards = Shards::new(common::STREAM, 3);
+    for round in 0..3 {
+        for device in 0..30 {
+            let device = format!("pump-{device}");
+            let answer = if round == 1 {
+                let batch = json!({"logs": [a_log(&device), a_log("elsewhere")]});
+                fixture.post_json("/api/logs/batch", &batch).await
+            } else {
+                fixture.post_json("/api/log", &a_log(&device)).await
+            };
+            assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+        }
+    }
+    let mut ids = BTreeSet::new();
+    let mut total = 0;
+    for (index, key) in shards.keys().iter().enumerate() {
+        let entries = fixture.entries_of(key).await;
+        assert!(!entries.is_empty(), "shard {key} got no device of 30");
+        for (id, entry) in &entries {
+            assert_eq!(shard_of_id(id), Some(index as u32), "{id} on {key}");
+            let device = entry.logs[0].device_id.as_str();
+            assert_eq!(shards.of("default", device), index, "{device} on {key}");
+            assert!(ids.insert(id.clone()), "{id} given twice");
+        }
+        let mut order = entries.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>();
+        order.sort_by(|a, b| compare_ids(a, b));
+        assert_eq!(
+            order,
+            entries.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>()
+        );
+        total += entries.len();
+    }
+    assert_eq!(total, 90);
+}
+
+/// Entry ids order numerically (`<ms>-<seq>`).
+fn compare_ids(a: &str, b: &str) -> std::cmp::Ordering {
+    let parse = |id: &str| {
+        let (ms, seq) = id.split_once('-').unwrap();
+        (ms.parse::<u64>().unwrap(), seq.parse::<u64>().unwrap())
+    };
+    parse(a).cmp(&parse(b))
+}
+
+/// A full shard refuses its own devices' logs, while the others still take theirs; an
+/// idempotency key replays on its device's shard.
+#[tokio::test]
+async fn capacity_and_idempotency_hold_per_shard() {
+    let fixture = TestApi::start_with(Options {
+        capacity: 2,
+        shards: 3,
+        ..Options::default()
+    })
+    .await;
+    let shards = Shards::new(common::STREAM, 3);
+    let device_on = |shard: usize| {
+        (0..)
+            .map(|i| format!("pump-{i}"))
+            .find(|device| shards.of("default", device) == shard)
+            .unwrap()
+    };
+    let (full, other) = (device_on(1), device_on(2));
+    let keyed = |key: &str, device: &str| {
+        axum::http::Request::post("/api/log")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", key)
+            .body(axum::body::Body::from(a_log(device).to_string()))
+            .unwrap()
+    };
+    let first = fixture.send(keyed("k-1", &full)).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    assert_eq!(
+        fixture.post_json("/api/log", &a_log(&full)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        fixture.post_json("/api/log", &a_log(&full)).await.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shard 1 holds its capacity"
+    );
+    let replay = fixture.send(keyed("k-1", &full)).await;
+    assert_eq!(replay.status, StatusCode::OK, "{}", replay.text);
+    assert_eq!(replay.body["status"], "duplicate");
+    assert_eq!(replay.body["message_id"], first.body["message_id"]);
+    assert_eq!(
+        fixture.post_json("/api/log", &a_log(&other)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(fixture.entries_of(&shards.keys()[1]).await.len(), 2);
+    assert_eq!(fixture.entries_of(&shards.keys()[2]).await.len(), 1);
 }
 
 #[tokio::test]

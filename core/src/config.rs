@@ -6,6 +6,7 @@ use clap::{Args, ValueEnum};
 use sqlx::postgres::PgConnectOptions;
 
 use crate::generations::GenerationKeys;
+use crate::stream::{MAX_SHARDS, Shards};
 
 /// Where Redis is: `REDIS_URL`, or else the seed system's `REDIS_HOST` and `REDIS_PORT`.
 #[derive(Debug, Clone, Args)]
@@ -71,6 +72,20 @@ pub struct StreamArgs {
     /// The consumer group the workers read the stream through.
     #[arg(long, env = "LOGPIPELINE_GROUP", default_value = "log_workers")]
     pub group: String,
+
+    /// Streams the logs are spread over, 1 to 16 (see docs/operations.md). 1 is the
+    /// stream alone. The api and the workers must agree; when it shrinks, the workers
+    /// drain the shards that are gone.
+    #[arg(long, env = "LOGPIPELINE_STREAM_SHARDS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SHARDS)))]
+    pub stream_shards: u32,
+}
+
+impl StreamArgs {
+    /// The keys of the stream's shards.
+    pub fn shards(&self) -> Shards {
+        Shards::new(&self.stream, self.stream_shards)
+    }
 }
 
 /// The query cache in Redis.

@@ -76,12 +76,16 @@ pub fn field(tenant: &Tenant, kind: Kind, name: &str) -> String {
 
 /// The bucket of trace `id`: FNV-1a of its bytes, the same in every process and build.
 pub fn trace_bucket(id: &str) -> u64 {
+    fnv1a(id.bytes()) % TRACE_BUCKETS
+}
+
+/// FNV-1a of `bytes`: a hash that is the same in every process and build.
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let hash = id.bytes().fold(OFFSET, |hash, byte| {
+    bytes.into_iter().fold(OFFSET, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(PRIME)
-    });
-    hash % TRACE_BUCKETS
+    })
 }
 
 /// The generations a commit of `logs` of `tenant` retires: each `(kind, field)` once.

@@ -82,6 +82,11 @@ pub struct LogView<'a> {
 }
 
 impl LogView<'_> {
+    /// The device that sent it.
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
     /// Whether the log follows every rule of [`LogRecord`]; its level if it does.
     pub fn check(&self) -> Result<LogLevel, FieldError> {
         check_name("device_id", &self.device_id, MAX_DEVICE_ID_CHARS)?;

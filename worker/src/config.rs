@@ -7,6 +7,7 @@ use clap::Parser;
 use logpipeline_core::config::{CacheArgs, DatabaseArgs, RedisArgs, StreamArgs, TelemetryArgs};
 use logpipeline_core::partitions::{PartitionInterval, Retention};
 use logpipeline_core::storage::PartitionSettings;
+use logpipeline_core::stream::{MAX_SHARDS, shard_key};
 
 use crate::admin::{Admin, Target};
 use crate::store::StoreSettings;
@@ -61,7 +62,8 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_deliveries: u32,
 
-    /// The stream failed entries go to. Defaults to `<stream>:dead`.
+    /// The stream failed entries of shard 0 go to. Defaults to `<stream>:dead`; other
+    /// shards' go to `<shard>:dead`.
     #[arg(long, env = "LOGPIPELINE_DEAD_LETTER_STREAM")]
     pub dead_letter_stream: Option<String>,
 
@@ -129,25 +131,35 @@ pub struct Config {
 pub enum Command {
     /// Operations on the stream: show it, list or replay dead letters, delete a
     /// consumer. They use the settings above (`REDIS_URL`, `LOGPIPELINE_STREAM`, …).
-    #[command(subcommand)]
-    Admin(Admin),
+    Admin {
+        /// The shard of the stream to work on (0 is the stream itself), up to
+        /// `LOGPIPELINE_STREAM_SHARDS` - 1, or beyond it for a shard being drained.
+        #[arg(long, default_value_t = 0,
+              value_parser = clap::value_parser!(u32).range(0..i64::from(MAX_SHARDS)))]
+        shard: u32,
+        #[command(subcommand)]
+        admin: Admin,
+    },
 }
 
 impl Config {
-    /// The keys `admin` commands work on.
-    pub fn admin_target(&self) -> Target {
+    /// The keys `admin` commands work on for shard `shard`.
+    pub fn admin_target(&self, shard: u32) -> Target {
+        let stream = shard_key(&self.stream.stream, shard);
         Target {
-            stream: self.stream.stream.clone(),
+            dead: self.dead_letter_stream(&stream),
+            stream,
             group: self.stream.group.clone(),
-            dead: self.dead_letter_stream(),
         }
     }
 
-    /// The dead-letter stream's name.
-    pub fn dead_letter_stream(&self) -> String {
-        self.dead_letter_stream
-            .clone()
-            .unwrap_or_else(|| format!("{}:dead", self.stream.stream))
+    /// The dead-letter stream of stream shard `shard_key`: `<shard>:dead`, where a script
+    /// can reach both on one Redis Cluster slot; for shard 0, the one set, if any.
+    pub fn dead_letter_stream(&self, shard_key: &str) -> String {
+        match &self.dead_letter_stream {
+            Some(dead) if shard_key == self.stream.stream => dead.clone(),
+            _ => format!("{shard_key}:dead"),
+        }
     }
 
     /// This process's name in the consumer group.

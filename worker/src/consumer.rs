@@ -21,6 +21,9 @@ use crate::metrics::{DeadLetterReason, Metrics};
 use crate::store::{Decoded, Outcome, Rejection, Store};
 use crate::stream::{Stream, StreamEntry};
 
+/// How long a read of a shard being drained waits for entries.
+const DRAIN_BLOCK: Duration = Duration::from_millis(100);
+
 /// How a consumer behaves.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -82,6 +85,41 @@ impl Consumer {
         // Entries being retried for a rejection stay pending and will be claimed later.
         rejected.abort_all();
         info!(consumer = %self.name, "consumer stopped");
+    }
+
+    /// Stores every entry of a shard that is no longer in use, then deletes it: reads
+    /// until nothing is left, claims what other consumers left behind, and returns once
+    /// the shard is gone (or on shutdown).
+    pub async fn drain(mut self) {
+        info!(consumer = %self.name, stream = self.stream.key(), "draining a shard no longer in use");
+        let mut rejected = JoinSet::new();
+        self.resume_own_pending(&mut rejected).await;
+        let claim_every = (self.settings.claim_idle / 2).max(Duration::from_millis(100));
+        let mut next_claim = Instant::now();
+        while !self.shutdown.is_cancelled() {
+            if Instant::now() >= next_claim {
+                next_claim = Instant::now() + claim_every;
+                self.claim_from_dead_consumers(&mut rejected).await;
+            }
+            let read = self
+                .stream
+                .read_new(&self.name, self.settings.batch_size, DRAIN_BLOCK)
+                .await;
+            match read {
+                Ok(entries) if entries.is_empty() => match self.stream.retire_if_drained().await {
+                    Ok(true) => {
+                        info!(consumer = %self.name, stream = self.stream.key(), "drained and removed a shard no longer in use");
+                        break;
+                    }
+                    Ok(false) => {}
+                    Err(error) => self.redis_failed(&error, "remove a drained shard").await,
+                },
+                Ok(entries) => self.process(entries, &mut rejected).await,
+                Err(error) => self.redis_failed(&error, "read").await,
+            }
+            while rejected.try_join_next().is_some() {}
+        }
+        rejected.abort_all();
     }
 
     /// Stores the entries an earlier process of the same name read and did not

@@ -56,14 +56,14 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
     let metrics = Metrics::new()?;
     let store = Store::new(db::lazy_pool(&config.database)?, config.store_settings());
     let client = redis::Client::open(config.redis.connection_info()?)?;
-    let dead_letter = config.dead_letter_stream();
     let generations = config.cache.generation_keys();
-    let stream_on = |connection: ConnectionManager| {
+    let shards = config.stream.shards();
+    let stream_on = |connection: ConnectionManager, key: &str| {
         Stream::new(
             connection,
-            &config.stream.stream,
+            key,
             &config.stream.group,
-            &dead_letter,
+            &config.dead_letter_stream(key),
             &generations,
         )
     };
@@ -88,7 +88,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
             listener,
             ops::router(ops::OpsState {
                 metrics: metrics.clone(),
-                stream: stream_on(control.clone()),
+                stream: stream_on(control.clone(), &shards.keys()[0]),
                 store: store.clone(),
             }),
         )
@@ -102,12 +102,15 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
         Err(error) => return Err(Error::Schema(error)),
     }
     let group_ready = until_done("create the consumer group", &shutdown, || async {
-        logpipeline_core::stream::ensure_group(
-            &mut control.clone(),
-            &config.stream.stream,
-            &config.stream.group,
-        )
-        .await
+        for shard in shards.keys() {
+            logpipeline_core::stream::ensure_group(
+                &mut control.clone(),
+                shard,
+                &config.stream.group,
+            )
+            .await?;
+        }
+        Ok::<_, redis::RedisError>(())
     })
     .await;
     if group_ready.is_none() {
@@ -121,10 +124,13 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
         claim_idle: config.claim_idle(),
         max_deliveries: config.max_deliveries,
     };
-    // Reads block their connection, so every consumer has its own.
+    // Reads block their connection, so every consumer has its own. Consumer `i` reads
+    // shard `i % shards`, and there are at least as many consumers as shards, so every
+    // worker reads every shard.
     let read_timeout = settings.block + Duration::from_secs(10);
+    let consumers = (config.concurrency as usize).max(shards.count());
     let mut tasks = JoinSet::new();
-    for index in 0..config.concurrency {
+    for index in 0..consumers {
         let Some(connection) = until_done("connect to Redis", &shutdown, || {
             connect(&client, read_timeout)
         })
@@ -135,7 +141,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
         tasks.spawn(
             Consumer {
                 name: Arc::from(format!("{name}-{index}")),
-                stream: stream_on(connection),
+                stream: stream_on(connection, &shards.keys()[index % shards.count()]),
                 store: store.clone(),
                 metrics: metrics.clone(),
                 settings: settings.clone(),
@@ -144,6 +150,26 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
             .run(),
         );
     }
+    let drainer = Consumer {
+        name: Arc::from(format!("{name}-drain")),
+        stream: stream_on(control.clone(), &shards.keys()[0]),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        settings: settings.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let group = config.stream.group.clone();
+    let retired_generations = generations.clone();
+    tasks.spawn(drain_retired(
+        client.clone(),
+        shards.retired(),
+        drainer,
+        read_timeout,
+        move |connection, key| {
+            let dead = format!("{key}:dead");
+            Stream::new(connection, key, &group, &dead, &retired_generations)
+        },
+    ));
     tasks.spawn(upkeep::run(
         store.clone(),
         metrics.clone(),
@@ -157,13 +183,17 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
         shutdown.clone(),
     ));
     tasks.spawn(maintenance::run(
-        stream_on(control.clone()),
+        shards
+            .keys()
+            .iter()
+            .map(|key| stream_on(control.clone(), key))
+            .collect(),
         metrics.clone(),
         Duration::from_millis(config.maintenance_interval_ms),
         CONSUMER_EXPIRY.max(settings.claim_idle * 10),
         shutdown.clone(),
     ));
-    info!(consumer = %name, concurrency = config.concurrency, stream = %config.stream.stream, "worker started");
+    info!(consumer = %name, consumers, stream = %config.stream.stream, shards = shards.count(), "worker started");
 
     shutdown.cancelled().await;
     info!("stopping: finishing the batches in hand");
@@ -180,6 +210,66 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
     let _ = ops.await;
     info!("stopped");
     Ok(())
+}
+
+/// How often a worker looks for shards no longer in use.
+const RETIRED_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Drains the shards in `retired` that exist (the shard count shrank, or an api still
+/// writes with a larger one), one after the other, with `drainer`'s name and settings
+/// on a connection of its own, until shutdown: each is read to its end, stored and
+/// deleted.
+async fn drain_retired(
+    client: redis::Client,
+    retired: Vec<String>,
+    drainer: Consumer,
+    read_timeout: Duration,
+    stream_on: impl Fn(ConnectionManager, &str) -> Stream,
+) {
+    let shutdown = drainer.shutdown.clone();
+    let mut ticker = tokio::time::interval(RETIRED_CHECK_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut connection: Option<ConnectionManager> = None;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        if connection.is_none() {
+            connection = connect(&client, read_timeout).await.ok();
+        }
+        let Some(redis) = connection.clone() else {
+            continue;
+        };
+        let mut exists = redis::pipe();
+        for key in &retired {
+            exists.exists(key);
+        }
+        let found: Vec<bool> = match exists.query_async(&mut redis.clone()).await {
+            Ok(found) => found,
+            Err(error) => {
+                warn!(%error, "cannot look for shards no longer in use");
+                continue;
+            }
+        };
+        for (key, _) in retired.iter().zip(found).filter(|(_, found)| *found) {
+            let mut stream = stream_on(redis.clone(), key);
+            if let Err(error) = stream.recreate_group().await {
+                warn!(%error, stream = %key, "cannot read a shard no longer in use");
+                continue;
+            }
+            Consumer {
+                name: drainer.name.clone(),
+                stream,
+                store: drainer.store.clone(),
+                metrics: drainer.metrics.clone(),
+                settings: drainer.settings.clone(),
+                shutdown: shutdown.clone(),
+            }
+            .drain()
+            .await;
+        }
+    }
 }
 
 async fn connect(

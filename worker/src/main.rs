@@ -11,10 +11,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    if let Some(Command::Admin(command)) = &config.command {
-        return match logpipeline_worker::admin::run(&config.redis, config.admin_target(), command)
-            .await
-        {
+    if let Some(Command::Admin { shard, admin }) = &config.command {
+        let target = config.admin_target(*shard);
+        return match logpipeline_worker::admin::run(&config.redis, target, admin).await {
             Ok(printed) => {
                 print!("{printed}");
                 ExitCode::SUCCESS

@@ -1,8 +1,8 @@
 //! The worker's Prometheus metrics.
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 /// Why an entry went to the dead-letter stream.
@@ -64,6 +64,13 @@ pub struct Metrics {
     pub group_pending: IntGauge,
     /// Age of the oldest of those, in seconds.
     pub oldest_pending_age: Gauge,
+    /// Per stream shard (`shard`, its number): entries, lag and pending entries, of
+    /// which the gauges above are the sums.
+    pub shard_length: IntGaugeVec,
+    /// See [`Self::shard_length`].
+    pub shard_lag: IntGaugeVec,
+    /// See [`Self::shard_length`].
+    pub shard_pending: IntGaugeVec,
     /// Logs not stored because they were received longer ago than the retention.
     pub logs_expired: IntCounter,
     /// Partitions of `logs`.
@@ -122,6 +129,23 @@ impl Metrics {
             "Age of the oldest entry delivered and not yet acknowledged (0 when none)",
         )?;
         registry.register(Box::new(oldest_pending_age.clone()))?;
+        let per_shard = |name: &str, help: &str| -> prometheus::Result<IntGaugeVec> {
+            let gauge = IntGaugeVec::new(Opts::new(name, help), &["shard"])?;
+            registry.register(Box::new(gauge.clone()))?;
+            Ok(gauge)
+        };
+        let shard_length = per_shard(
+            "logpipeline_worker_shard_length",
+            "Entries in a shard of the stream",
+        )?;
+        let shard_lag = per_shard(
+            "logpipeline_worker_shard_lag",
+            "Entries of a shard of the stream not yet delivered to any consumer",
+        )?;
+        let shard_pending = per_shard(
+            "logpipeline_worker_shard_pending",
+            "Entries of a shard of the stream delivered and not yet acknowledged",
+        )?;
         logpipeline_core::metrics::register_process(&registry, env!("CARGO_PKG_VERSION"))?;
         Ok(Self {
             batches: counter(
@@ -183,6 +207,9 @@ impl Metrics {
                 "Stream entries delivered and not yet acknowledged",
             )?,
             oldest_pending_age,
+            shard_length,
+            shard_lag,
+            shard_pending,
             logs_expired: counter(
                 "logpipeline_worker_logs_expired_total",
                 "Logs not stored because they were received longer ago than the retention",

@@ -53,6 +53,29 @@ if horizon == nil then return 0 end
 return redis.call('XTRIM', KEYS[1], 'MINID', horizon)
 ";
 
+/// Deletes a shard that is no longer in use once the group has had every entry it ever
+/// held (its last delivered id is the stream's last id) and acknowledged them all, in
+/// one step, so an entry added meanwhile keeps it. Returns 1 when it is gone.
+/// KEYS: the shard's stream. ARGV: group.
+const RETIRE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 1 end
+local last = nil
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then last = info[i + 1] end
+end
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local g = {}
+    for i = 1, #group, 2 do g[group[i]] = group[i + 1] end
+    if g['name'] == ARGV[1] then
+        if g['pending'] > 0 or g['last-delivered-id'] ~= last then return 0 end
+        redis.call('DEL', KEYS[1])
+        return 1
+    end
+end
+return 0
+";
+
 /// A stream entry as read: its id and its raw field/value pairs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamEntry {
@@ -334,6 +357,22 @@ impl Stream {
             .query_async::<()>(&mut self.redis)
             .await
             .is_ok()
+    }
+
+    /// The stream's key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Deletes the stream if the group has stored every entry it held (see [`RETIRE`]);
+    /// true when it is gone.
+    pub async fn retire_if_drained(&mut self) -> RedisResult<bool> {
+        let gone: u64 = Script::new(RETIRE)
+            .key(&*self.key)
+            .arg(&*self.group)
+            .invoke_async(&mut self.redis)
+            .await?;
+        Ok(gone == 1)
     }
 
     /// Removes the entries every group has acknowledged; returns how many.

@@ -16,6 +16,7 @@ use logpipeline_api::{
 };
 use logpipeline_core::codec;
 use logpipeline_core::generations::GenerationKeys;
+use logpipeline_core::stream::Shards;
 use logpipeline_local::postgres::{self, PostgresServer};
 use logpipeline_local::redis::RedisServer;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -47,6 +48,7 @@ pub struct TestApi {
 
 pub struct Options {
     pub capacity: u64,
+    pub shards: u32,
     pub own_postgres: bool,
     pub auth: Auth,
     pub rate_limits: RateLimits,
@@ -56,6 +58,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             capacity: 1000,
+            shards: 1,
             own_postgres: false,
             auth: Auth::Off,
             rate_limits: RateLimits::default(),
@@ -98,7 +101,7 @@ impl TestApi {
                 con.clone(),
                 vec![con.clone(); 2],
                 QueueSettings {
-                    stream: STREAM,
+                    shards: &Shards::new(STREAM, options.shards),
                     capacity: options.capacity,
                     idempotency_window: Duration::from_secs(600),
                     replication: None,
@@ -175,8 +178,13 @@ impl TestApi {
 
     /// The stream's entries as (id, decoded entry).
     pub async fn entries(&self) -> Vec<(String, codec::Entry)> {
+        self.entries_of(STREAM).await
+    }
+
+    /// The entries of stream (shard) `key`.
+    pub async fn entries_of(&self, key: &str) -> Vec<(String, codec::Entry)> {
         let reply: Vec<(String, Fields)> = redis::cmd("XRANGE")
-            .arg(STREAM)
+            .arg(key)
             .arg("-")
             .arg("+")
             .query_async(&mut self.con.clone())
