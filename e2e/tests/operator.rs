@@ -61,11 +61,26 @@ fn the_server_rejects_invalid_pipelines_with_the_schema_and_cel_messages() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("spec.worker.batchSize"), "{stderr}");
 
+    for shards in [0, 17] {
+        let mut sharded = pipeline("shards", "redis");
+        sharded["spec"]["redis"] = json!({ "shards": shards });
+        let refused = cluster
+            .kubectl_output(
+                &["apply", "-n", "invalid", "-f", "-"],
+                Some(&sharded.to_string()),
+            )
+            .unwrap();
+        assert!(!refused.status.success(), "{shards} shards were accepted");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains("spec.redis.shards"), "{stderr}");
+    }
+
     // A valid one is accepted, with the schema's defaults filled in.
     apply(cluster, "invalid", &pipeline("fine", "redis")).unwrap();
     let fine = get(cluster, "invalid", "logpipeline/fine").unwrap();
     assert_eq!(fine["spec"]["worker"]["batchSize"], 100);
     assert_eq!(fine["spec"]["stream"]["name"], "logs:stream");
+    assert_eq!(fine["spec"]["redis"]["shards"], 1);
 
     let explained = cluster
         .kubectl(&["explain", "logpipelines.spec.worker.lagTargetPerReplica"])

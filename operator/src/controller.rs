@@ -18,6 +18,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
+use logpipeline_core::stream::Shards;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -157,9 +158,13 @@ async fn reconcile_inner(lp: &LogPipeline, ctx: &Context) -> Result<Action> {
     let api_keys = api_keys_problem(&secrets, &ns, lp).await?;
     let (reading, mut problem) = match redis_url {
         Ok(url) => {
+            let shards = Shards::new(
+                &lp.spec.stream.name,
+                u32::try_from(lp.spec.redis.shards).unwrap_or(1),
+            );
             let reading = lag::read(
                 &lag::resolve_in_namespace(&url, &ns),
-                &lp.spec.stream.name,
+                shards.keys(),
                 &lp.spec.stream.group,
                 ctx.redis_timeout,
                 lag::active_within(lp.spec.worker.block_ms),

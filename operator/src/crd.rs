@@ -73,7 +73,7 @@ pub struct LogPipelineSpec {
     /// The Redis Stream the API writes to and the workers read from.
     #[serde(default)]
     pub stream: StreamSpec,
-    /// How durably Redis holds what the API accepts.
+    /// How the pipeline uses Redis: over how many stream shards, and how durably.
     #[serde(default)]
     pub redis: RedisSpec,
     /// Who may use the API: API keys per tenant, on unless `enabled: false`. A pipeline
@@ -325,10 +325,17 @@ impl Default for StorageSpec {
     }
 }
 
-/// How durably Redis holds what the API accepts.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+/// How the pipeline uses Redis: over how many stream shards, and how durably.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RedisSpec {
+    /// Streams the logs are spread over, 1 to 16. One stream is one key, on one core of
+    /// one Redis server; shards are keys of their own, which a Redis Cluster places on
+    /// slots of their own. A device's logs stay on one shard, in order. Lowering it is
+    /// safe: the workers drain the shards that go, then delete them.
+    #[serde(default = "default_shards")]
+    #[schemars(range(min = 1, max = 16))]
+    pub shards: i32,
     /// When the API answers 200: `primary` once the Redis primary holds the logs (its
     /// append-only file is synced every second, so a primary lost with its disk loses up
     /// to that second of answered logs); `replicated` once a replica holds them too
@@ -336,6 +343,19 @@ pub struct RedisSpec {
     /// request is answered 504).
     #[serde(default)]
     pub durability: Durability,
+}
+
+impl Default for RedisSpec {
+    fn default() -> Self {
+        Self {
+            shards: default_shards(),
+            durability: Durability::default(),
+        }
+    }
+}
+
+fn default_shards() -> i32 {
+    1
 }
 
 /// When Redis holds an accepted log durably enough to answer 200.

@@ -46,39 +46,51 @@ pub fn active_within(block_ms: i32) -> Duration {
     Duration::from_millis(u64::try_from(block_ms).unwrap_or(0)) + Duration::from_secs(10)
 }
 
-/// Reads `lag` and `pending` of `group` on `stream` with `XINFO GROUPS`, and its
-/// consumers active within `active_within` with `XINFO CONSUMERS`.
+/// Reads `lag` and `pending` of `group` on each of `shards` (stream keys) with `XINFO
+/// GROUPS`, and its consumers active within `active_within` with `XINFO CONSUMERS`, and
+/// adds them up: the backlog of every shard is the pipeline's.
 ///
 /// A stream that does not exist yet has no backlog. A group that does not exist yet
 /// (no worker has started) has the whole stream as lag, and so does a group whose lag
 /// Redis cannot compute (after entries were deleted from the middle of the stream).
 pub async fn read(
     url: &str,
-    stream: &str,
+    shards: &[String],
     group: &str,
     timeout: Duration,
     active_within: Duration,
 ) -> Result<Reading> {
-    let reading = read_unbounded(url, stream, group, timeout, active_within);
+    let reading = async {
+        let client = redis::Client::open(url)?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let mut con = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let mut total = Reading {
+            backlog: Backlog { lag: 0, pending: 0 },
+            consumers_active: 0,
+        };
+        for stream in shards {
+            let shard = read_shard(&mut con, stream, group, active_within).await?;
+            total.backlog.lag = total.backlog.lag.saturating_add(shard.backlog.lag);
+            total.backlog.pending = total.backlog.pending.saturating_add(shard.backlog.pending);
+            total.consumers_active += shard.consumers_active;
+        }
+        Ok(total)
+    };
     tokio::time::timeout(timeout, reading)
         .await
         .map_err(|_| Error::RedisTimeout(timeout))?
 }
 
-async fn read_unbounded(
-    url: &str,
+async fn read_shard(
+    con: &mut redis::aio::MultiplexedConnection,
     stream: &str,
     group: &str,
-    timeout: Duration,
     active_within: Duration,
 ) -> Result<Reading> {
-    let client = redis::Client::open(url)?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout));
-    let mut con = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
     let exists: bool = con.exists(stream).await?;
     if !exists {
         return Ok(Reading {

@@ -153,6 +153,7 @@ pub fn settings(lp: &LogPipeline) -> BTreeMap<String, String> {
             format!("0.0.0.0:{API_GRPC_PORT}"),
         ),
         ("LOGPIPELINE_STREAM_CAPACITY", s.stream.capacity.to_string()),
+        ("LOGPIPELINE_STREAM_SHARDS", s.redis.shards.to_string()),
         (
             "LOGPIPELINE_REDIS_DURABILITY",
             s.redis.durability.as_str().to_owned(),
@@ -736,6 +737,7 @@ mod tests {
     fn settings_follow_the_service_contract() {
         let data = settings(&LogPipeline::test());
         assert_eq!(data["LOGPIPELINE_STREAM"], "logs:stream");
+        assert_eq!(data["LOGPIPELINE_STREAM_SHARDS"], "1");
         assert_eq!(data["LOGPIPELINE_GROUP"], "log_workers");
         assert_eq!(data["LOGPIPELINE_LOG_FORMAT"], "json");
         assert_eq!(data["LOGPIPELINE_LISTEN"], "0.0.0.0:8080");
