@@ -12,9 +12,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use logpipeline_core::connection::Redis;
 use logpipeline_core::generations::{self, GenerationKeys, Kind};
 use logpipeline_core::tenant::Tenant;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use tracing::warn;
 
@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 /// The cache.
 #[derive(Clone)]
 pub struct Cache {
-    redis: ConnectionManager,
+    redis: Redis,
     prefix: Arc<str>,
     generations: Arc<GenerationKeys>,
     metrics: Metrics,
@@ -32,12 +32,7 @@ pub struct Cache {
 impl Cache {
     /// A cache under key `prefix` through `redis`, with the generations in the hashes
     /// of `generations`.
-    pub fn new(
-        redis: ConnectionManager,
-        prefix: &str,
-        generations: GenerationKeys,
-        metrics: Metrics,
-    ) -> Self {
+    pub fn new(redis: Redis, prefix: &str, generations: GenerationKeys, metrics: Metrics) -> Self {
         Self {
             redis,
             prefix: prefix.into(),

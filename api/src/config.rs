@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
-use logpipeline_core::config::{CacheArgs, DatabaseArgs, RedisArgs, StreamArgs, TelemetryArgs};
+use logpipeline_core::config::{
+    CacheArgs, DatabaseArgs, DurabilityArgs, RedisArgs, StreamArgs, TelemetryArgs,
+};
 
 /// LogPipeline's HTTP service: accepts logs into a Redis Stream and serves them back.
 #[derive(Debug, Clone, Parser)]
@@ -184,24 +186,8 @@ pub struct Config {
     #[arg(long, env = "LOGPIPELINE_REDIS_TIMEOUT_SECS", default_value_t = 5)]
     pub redis_timeout_secs: u64,
 
-    /// When an accepted log is answered 200: `primary` once the Redis primary holds it
-    /// (in its append-only file within `appendfsync`'s second: a primary lost with its
-    /// disk loses up to that second), `replicated` once `--redis-replicas` replicas hold
-    /// it too (Redis `WAIT`), which survives the primary's loss (docs/operations.md).
-    #[arg(long, env = "LOGPIPELINE_REDIS_DURABILITY", value_enum, default_value_t = Durability::Primary)]
-    pub redis_durability: Durability,
-
-    /// With `replicated` durability: how many replicas must hold an entry.
-    #[arg(long, env = "LOGPIPELINE_REDIS_REPLICAS", default_value_t = 1,
-          value_parser = clap::value_parser!(u32).range(1..=16))]
-    pub redis_replicas: u32,
-
-    /// With `replicated` durability: milliseconds to wait for the replicas; past it the
-    /// answer is 504 `outcome_unknown` (the primary holds the logs; retry with the same
-    /// `Idempotency-Key`).
-    #[arg(long, env = "LOGPIPELINE_REDIS_REPLICA_TIMEOUT_MS", default_value_t = 1000,
-          value_parser = clap::value_parser!(u64).range(1..=60_000))]
-    pub redis_replica_timeout_ms: u64,
+    #[command(flatten)]
+    pub durability: DurabilityArgs,
 
     /// Seconds in-flight requests may take to finish after SIGTERM before the process
     /// exits anyway.
@@ -219,15 +205,6 @@ pub enum AuthMode {
     Keys,
     /// None: everyone is tenant `default`.
     Off,
-}
-
-/// When Redis holds an accepted log durably enough to answer 200.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Durability {
-    /// The primary holds it.
-    Primary,
-    /// The primary and the required number of replicas hold it.
-    Replicated,
 }
 
 /// Tools of the api binary.

@@ -39,9 +39,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use logpipeline_core::connection::RedisTarget;
 use logpipeline_core::retry::until_done;
 use logpipeline_core::{shutdown, stream};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::CancellationToken;
 use tower_http::decompression::RequestDecompressionLayer;
 use tracing::{info, warn};
@@ -49,7 +49,7 @@ use tracing::{info, warn};
 pub use crate::auth::{Auth, Keys};
 pub use crate::body::BodyLimits;
 pub use crate::cache::Cache;
-use crate::config::{AuthMode, Config, Durability};
+use crate::config::{AuthMode, Config};
 pub use crate::error::{Error, ErrorBody, Result};
 pub use crate::ingest::{BatchAccepted, LogAccepted};
 pub use crate::limits::{RateLimit, RateLimits};
@@ -143,20 +143,18 @@ pub async fn run(config: Config) -> Result<()> {
             shutdown.cancel();
         }
     });
-    let redis_info = config
-        .redis
-        .connection_info()
-        .map_err(|error| Error::Config(error.to_string()))?;
-    let client = redis::Client::open(redis_info).map_err(Error::RedisSetup)?;
+    let target =
+        RedisTarget::from_args(&config.redis).map_err(|error| Error::Config(error.to_string()))?;
+    let redis_timeout = Duration::from_secs(config.redis_timeout_secs);
     let Some(redis) = until_done("connect to Redis", &shutdown, || {
-        connect_redis(&client, &config)
+        target.connect(redis_timeout)
     })
     .await
     else {
         return Ok(());
     };
     let mut setup = redis.clone();
-    let shards = config.stream.shards();
+    let shards = config.stream.shards(target.is_cluster());
     for shard in shards.keys() {
         if let Err(error) = stream::ensure_group(&mut setup, shard, &config.stream.group).await {
             warn!(%error, "cannot create the consumer group yet; the worker creates it too");
@@ -165,10 +163,7 @@ pub async fn run(config: Config) -> Result<()> {
     stream::check_eviction_policy(&mut setup)
         .await
         .map_err(Error::RedisSetup)?;
-    let replication = (config.redis_durability == Durability::Replicated).then(|| Replication {
-        replicas: config.redis_replicas,
-        timeout: Duration::from_millis(config.redis_replica_timeout_ms),
-    });
+    let replication = config.durability.replication();
     // `WAIT` holds up the connection it is sent on: with replication each writer has its own.
     let mut writers = Vec::with_capacity(queue::WRITERS);
     for _ in 0..queue::WRITERS {
@@ -177,7 +172,7 @@ pub async fn run(config: Config) -> Result<()> {
             continue;
         }
         let Some(writer) = until_done("connect to Redis", &shutdown, || {
-            connect_redis(&client, &config)
+            target.connect(redis_timeout)
         })
         .await
         else {
@@ -354,16 +349,4 @@ fn rate_limit(per_second: Option<NonZeroU32>, burst: Option<NonZeroU32>) -> Opti
         per_second,
         burst: burst.unwrap_or(per_second),
     })
-}
-
-async fn connect_redis(
-    client: &redis::Client,
-    config: &Config,
-) -> redis::RedisResult<ConnectionManager> {
-    let timeout = Duration::from_secs(config.redis_timeout_secs);
-    let manager_config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(timeout))
-        .set_connection_timeout(Some(timeout))
-        .set_max_delay(Duration::from_secs(2));
-    ConnectionManager::new_with_config(client.clone(), manager_config).await
 }

@@ -12,10 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use logpipeline_core::codec;
+pub use logpipeline_core::config::Replication;
+use logpipeline_core::connection::Redis;
 use logpipeline_core::stream::{MAX_SHARDS, Shards};
 use logpipeline_core::tenant::Tenant;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -110,16 +111,6 @@ pub struct Admission {
     pub duplicate: bool,
 }
 
-/// How many replicas must hold an entry before it is answered, and for how long to wait
-/// for them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Replication {
-    /// Replicas that must acknowledge the entry.
-    pub replicas: u32,
-    /// How long to wait for them.
-    pub timeout: Duration,
-}
-
 /// Where a [`Queue`] puts entries, and when it calls them accepted.
 #[derive(Debug, Clone)]
 pub struct Settings<'a> {
@@ -140,7 +131,7 @@ pub struct Queue {
     capacity: u64,
     idempotency_window_secs: u64,
     replication: Option<Replication>,
-    redis: ConnectionManager,
+    redis: Redis,
     waiting: mpsc::Sender<Pending>,
 }
 
@@ -167,8 +158,8 @@ impl Queue {
     /// task on each of `writers`. With replication each writer needs a connection of its
     /// own, since `WAIT` holds up the connection it is sent on.
     pub fn new(
-        redis: ConnectionManager,
-        writers: Vec<ConnectionManager>,
+        redis: Redis,
+        writers: Vec<Redis>,
         settings: Settings<'_>,
         metrics: Metrics,
     ) -> Self {
@@ -281,7 +272,7 @@ impl Queue {
 /// gone.
 async fn write(
     queue: Queue,
-    mut redis: ConnectionManager,
+    mut redis: Redis,
     receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
     script: Arc<Script>,
     metrics: Metrics,
@@ -325,9 +316,16 @@ async fn write(
                 .is_ok_and(|results| results.iter().any(|(status, _)| *status >= 0))
         });
         let unreplicated = match queue.replication {
-            Some(replication) if any_held => wait_for_replicas(&mut redis, replication, &metrics)
-                .await
-                .err(),
+            Some(replication) if any_held => {
+                let written = per_shard
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, entries)| !entries.is_empty())
+                    .map(|(shard, _)| queue.shards.keys()[shard].as_str());
+                wait_for_replicas(&mut redis, written, replication, &metrics)
+                    .await
+                    .err()
+            }
             _ => None,
         };
         let shards = per_shard.into_iter().filter(|entries| !entries.is_empty());
@@ -408,11 +406,31 @@ fn answer(
 }
 
 /// Waits until `replication.replicas` replicas hold every write made on `redis` so far
-/// (`WAIT`: a replica acknowledges a replication offset, and holds all that came before
-/// it). Fails with an error of unknown outcome when they do not in time, or when `WAIT`
-/// fails: the primary holds the entries either way.
-async fn wait_for_replicas(
-    redis: &mut ConnectionManager,
+/// to the shards `written` (`WAIT`: a replica acknowledges a replication offset, and
+/// holds all that came before it). On one server one `WAIT` covers them all; on a Redis
+/// Cluster each shard's master is asked, on the connection the writes went on. Fails
+/// with an error of unknown outcome when they do not in time, or when `WAIT` fails: the
+/// masters hold the entries either way.
+async fn wait_for_replicas<'a>(
+    redis: &mut Redis,
+    written: impl Iterator<Item = &'a str>,
+    replication: Replication,
+    metrics: &Metrics,
+) -> Result<(), redis::RedisError> {
+    let mut written: Vec<&str> = written.collect();
+    if !redis.is_cluster() {
+        written.truncate(1);
+    }
+    for shard in written {
+        wait_on_master_of(redis, shard, replication, metrics).await?;
+    }
+    Ok(())
+}
+
+/// [`wait_for_replicas`] for the master of `shard`.
+async fn wait_on_master_of(
+    redis: &mut Redis,
+    shard: &str,
     replication: Replication,
     metrics: &Metrics,
 ) -> Result<(), redis::RedisError> {
@@ -420,11 +438,10 @@ async fn wait_for_replicas(
         redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, why))
     };
     let started = Instant::now();
-    let acknowledged: redis::RedisResult<u32> = redis::cmd("WAIT")
-        .arg(replication.replicas)
-        .arg(u64::try_from(replication.timeout.as_millis()).unwrap_or(u64::MAX))
-        .query_async(redis)
-        .await;
+    let mut wait = redis::cmd("WAIT");
+    wait.arg(replication.replicas)
+        .arg(u64::try_from(replication.timeout.as_millis()).unwrap_or(u64::MAX));
+    let acknowledged: redis::RedisResult<u32> = redis.query_at(shard, &wait).await;
     metrics.redis_call("WAIT", started.elapsed());
     match acknowledged {
         Ok(count) if count >= replication.replicas => Ok(()),

@@ -26,6 +26,12 @@ pub struct RedisArgs {
     /// [default: 6379].
     #[arg(long, env = "REDIS_PORT")]
     pub redis_port: Option<String>,
+
+    /// Whether Redis is a Redis Cluster. `REDIS_URL` then names one or more of its nodes,
+    /// comma-separated (`redis://r0:6379,redis://r1:6379`); the rest are found from them.
+    #[arg(long, env = "LOGPIPELINE_REDIS_CLUSTER", default_value_t = false,
+          action = clap::ArgAction::Set)]
+    pub redis_cluster: bool,
 }
 
 impl RedisArgs {
@@ -45,6 +51,60 @@ impl RedisArgs {
         redis::IntoConnectionInfo::into_connection_info(url.as_str())
             .map_err(|error| ConfigError(format!("REDIS_URL is invalid: {error}")))
     }
+}
+
+/// How durably Redis must hold an entry: for the api before it answers 200, for the
+/// worker before it stores the entry.
+#[derive(Debug, Clone, Args)]
+pub struct DurabilityArgs {
+    /// When an accepted log is answered 200: `primary` once the Redis primary holds it
+    /// (in its append-only file within `appendfsync`'s second: a primary lost with its
+    /// disk loses up to that second), `replicated` once `--redis-replicas` replicas hold
+    /// it too (Redis `WAIT`), which survives the primary's loss (docs/operations.md).
+    /// With `replicated` the worker too stores only entries the replicas hold, so an
+    /// entry a failover loses was neither answered 200 nor stored.
+    #[arg(long, env = "LOGPIPELINE_REDIS_DURABILITY", value_enum, default_value_t = Durability::Primary)]
+    pub redis_durability: Durability,
+
+    /// With `replicated` durability: how many replicas must hold an entry.
+    #[arg(long, env = "LOGPIPELINE_REDIS_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub redis_replicas: u32,
+
+    /// With `replicated` durability: milliseconds to wait for the replicas; past it the
+    /// answer is 504 `outcome_unknown` (the primary holds the logs; retry with the same
+    /// `Idempotency-Key`).
+    #[arg(long, env = "LOGPIPELINE_REDIS_REPLICA_TIMEOUT_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub redis_replica_timeout_ms: u64,
+}
+
+impl DurabilityArgs {
+    /// The replicas to wait for, if any.
+    pub fn replication(&self) -> Option<Replication> {
+        (self.redis_durability == Durability::Replicated).then(|| Replication {
+            replicas: self.redis_replicas,
+            timeout: std::time::Duration::from_millis(self.redis_replica_timeout_ms),
+        })
+    }
+}
+
+/// When Redis holds an accepted log durably enough to answer 200.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Durability {
+    /// The primary holds it.
+    Primary,
+    /// The primary and the required number of replicas hold it.
+    Replicated,
+}
+
+/// How many replicas must hold an entry, and for how long to wait for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replication {
+    /// Replicas that must acknowledge the entry.
+    pub replicas: u32,
+    /// How long to wait for them.
+    pub timeout: std::time::Duration,
 }
 
 /// Settings that cannot work together, or a value that is not one.
@@ -82,9 +142,13 @@ pub struct StreamArgs {
 }
 
 impl StreamArgs {
-    /// The keys of the stream's shards.
-    pub fn shards(&self) -> Shards {
-        Shards::new(&self.stream, self.stream_shards)
+    /// The keys of the stream's shards, on a Redis Cluster when `cluster`.
+    pub fn shards(&self, cluster: bool) -> Shards {
+        if cluster {
+            Shards::on_cluster(&self.stream, self.stream_shards)
+        } else {
+            Shards::new(&self.stream, self.stream_shards)
+        }
     }
 }
 
@@ -412,6 +476,7 @@ mod tests {
             redis_url: url.map(str::to_owned),
             redis_host: host.map(str::to_owned),
             redis_port: port.map(str::to_owned),
+            redis_cluster: false,
         };
         let addr = |args: RedisArgs| args.connection_info().map(|info| info.addr().to_string());
         assert_eq!(

@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod connection;
 pub mod db;
 pub mod field;
 pub mod fuzz;

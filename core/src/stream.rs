@@ -10,6 +10,10 @@
 //! go with a shard in one script (its idempotency records, its dead letters) are named
 //! `<shard>:<suffix>`, and land on its slot of a Redis Cluster.
 //!
+//! On a Redis Cluster, shard 0 is `{logs:stream}`: braces around the stream's name, so
+//! that its companions share its slot too. (On one server it keeps its plain name, which
+//! deployments from before shards have.)
+//!
 //! The api puts a request on the shard of its tenant and its first log's device, so
 //! one device's logs stay in order on one shard. Every shard assigns its entry ids so
 //! that `seq % MAX_SHARDS` is the shard's number: two shards never give the same id,
@@ -39,6 +43,14 @@ impl Shards {
             base: base.to_owned(),
             keys: (0..count).map(|index| shard_key(base, index)).collect(),
         }
+    }
+
+    /// The first `count` shards of stream `base` on a Redis Cluster, where shard 0 too
+    /// carries a hash tag.
+    pub fn on_cluster(base: &str, count: u32) -> Self {
+        let mut shards = Self::new(base, count);
+        shards.keys[0] = format!("{{{base}}}");
+        shards
     }
 
     /// Their keys, shard 0 first.
@@ -158,6 +170,13 @@ mod tests {
         );
         assert!(!three.retired().contains(&three.keys()[2]));
         assert_eq!(three.retired()[0], "{logs:stream:shard:3}");
+    }
+
+    #[test]
+    fn on_a_cluster_shard_0_carries_a_hash_tag_too() {
+        let three = Shards::on_cluster("logs:stream", 3);
+        assert_eq!(three.keys()[0], "{logs:stream}");
+        assert_eq!(three.keys()[1], "{logs:stream:shard:1}");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
 
-use logpipeline_e2e::stack::Stack;
+use std::time::Duration;
+
+use logpipeline_e2e::stack::{Stack, wait_for_count};
 use logpipeline_local::redis::{RedisOptions, RedisServer};
 use nix::sys::signal::Signal;
 use redis::aio::MultiplexedConnection;
@@ -90,4 +92,87 @@ async fn a_200_means_a_replica_holds_the_entry() {
     assert_eq!(retried["status"], "duplicate", "{retried}");
     assert_eq!(stream_length(&mut replica_redis).await, 2);
     assert_eq!(stream_length(&mut primary).await, 2);
+}
+
+/// The worker stores only entries a replica holds: an entry the primary took while the
+/// replica was frozen (answered 504) is not stored until the replica holds it, so a
+/// failover in between could not leave it stored and unanswered, for its client to send
+/// again. Once the replica is back it is stored, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_stores_only_entries_a_replica_holds() {
+    let replicated = [
+        ("LOGPIPELINE_REDIS_DURABILITY", "replicated"),
+        ("LOGPIPELINE_REDIS_REPLICA_TIMEOUT_MS", "1000"),
+    ];
+    let mut builder = Stack::builder()
+        .redis(RedisOptions {
+            append_only: true,
+            ..RedisOptions::default()
+        })
+        .worker_env("LOGPIPELINE_CLAIM_IDLE_MS", 2000)
+        .api()
+        .workers(1);
+    for (name, value) in replicated {
+        builder = builder.api_env(name, value).worker_env(name, value);
+    }
+    let stack = builder.start().unwrap();
+    let replica = RedisServer::start_replica_of(
+        stack.redis.port(),
+        RedisOptions {
+            append_only: true,
+            ..RedisOptions::default()
+        },
+    )
+    .unwrap();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
+    let api = stack.api_url().unwrap();
+    let pool = stack.pool().await.unwrap();
+    let rows = |device: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("select count(*) from logs where device_id = $1")
+                .bind(device)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let (status, first) = post_batch(&client, &api, "pump-1", "first").await;
+    assert_eq!(status, 200, "{first}");
+    wait_for_count(
+        &pool,
+        "select count(*) from logs where device_id = 'pump-1'",
+        2,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+
+    replica.signal(Signal::SIGSTOP).unwrap();
+    let (status, unconfirmed) = post_batch(&client, &api, "pump-2", "second").await;
+    assert_eq!(status, 504, "{unconfirmed}");
+    // The worker reads the entry at once, and waits for the replica, in vain: three
+    // seconds, past the claim time, and nothing of it is stored.
+    let frozen = std::time::Instant::now();
+    while frozen.elapsed() < Duration::from_secs(3) {
+        assert_eq!(rows("pump-2").await, 0, "stored an entry no replica holds");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    replica.signal(Signal::SIGCONT).unwrap();
+    wait_for_count(
+        &pool,
+        "select count(*) from logs where device_id = 'pump-2'",
+        2,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let (status, retried) = post_batch(&client, &api, "pump-2", "second").await;
+    assert_eq!(
+        (status, &retried["status"]),
+        (200, &json!("duplicate")),
+        "{retried}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(rows("pump-2").await, 2);
 }

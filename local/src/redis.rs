@@ -161,3 +161,149 @@ fn ping(port: u16) -> Result<()> {
     anyhow::ensure!(&answer == b"+PONG\r\n", "unexpected answer to PING");
     Ok(())
 }
+
+/// A Redis Cluster of `masters` masters with `replicas` replicas each, every node a
+/// [`RedisServer`] in cluster mode with an append-only file, joined with
+/// `redis-cli --cluster create`; stopped when dropped.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, creates the cluster, and waits until every node sees every slot
+    /// served (`cluster_state:ok`) and every replica is in sync.
+    pub fn start(masters: usize, replicas: usize) -> Result<Self> {
+        let options = RedisOptions {
+            append_only: true,
+            extra_args: [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        };
+        let nodes = (0..masters * (1 + replicas))
+            .map(|_| RedisServer::start_with(options.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        let cli = find_on_path("redis-cli")
+            .context("redis-cli is not installed (apt-get install redis-tools)")?;
+        let mut create = Command::new(cli);
+        create.arg("--cluster").arg("create");
+        create.args(
+            nodes
+                .iter()
+                .map(|node| format!("127.0.0.1:{}", node.port())),
+        );
+        create.args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"]);
+        crate::process::output_of(create)?;
+        let cluster = Self { nodes };
+        cluster.wait_until_whole()?;
+        Ok(cluster)
+    }
+
+    /// Waits until every running node sees every slot served and every replica is in
+    /// sync with its master.
+    pub fn wait_until_whole(&self) -> Result<()> {
+        wait_until(
+            "the Redis Cluster is whole",
+            Duration::from_secs(60),
+            || {
+                for node in self.nodes.iter().filter(|node| node.process.is_some()) {
+                    if !cluster_info(node.port)?.contains("cluster_state:ok") {
+                        return Ok(false);
+                    }
+                    let replication = info(node.port, "replication")?;
+                    let replica = replication.lines().any(|line| line.trim() == "role:slave");
+                    if replica
+                        && !replication
+                            .lines()
+                            .any(|line| line.trim() == "master_link_status:up")
+                    {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            },
+        )
+    }
+
+    /// The nodes' URLs, comma-separated, as `REDIS_URL` takes them for a cluster.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Its nodes.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// The node that is master of the slot of `key` now.
+    pub fn master_of(&self, key: &str) -> Result<usize> {
+        let cli = find_on_path("redis-cli").context("redis-cli is not installed")?;
+        let any = self
+            .nodes
+            .iter()
+            .find(|node| node.process.is_some())
+            .context("every node is stopped")?;
+        let mut slot = Command::new(&cli);
+        slot.args(["-p", &any.port.to_string(), "CLUSTER", "KEYSLOT", key]);
+        let slot: u16 = crate::process::output_of(slot)?.trim().parse()?;
+        let mut nodes = Command::new(&cli);
+        nodes.args(["-p", &any.port.to_string(), "CLUSTER", "NODES"]);
+        let table = crate::process::output_of(nodes)?;
+        for line in table.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let serves = fields[8..].iter().any(|range| {
+                let (from, to) = range.split_once('-').unwrap_or((range, range));
+                matches!((from.parse::<u16>(), to.parse::<u16>()), (Ok(from), Ok(to)) if (from..=to).contains(&slot))
+            });
+            if serves {
+                let port: u16 = fields[1]
+                    .split(['@', ':'])
+                    .nth(1)
+                    .context("a node without a port")?
+                    .parse()?;
+                return self
+                    .nodes
+                    .iter()
+                    .position(|node| node.port == port)
+                    .context("a master that is not ours");
+            }
+        }
+        anyhow::bail!("no master serves slot {slot}")
+    }
+
+    /// Starts node `index` again after [`kill`](Self::kill), with its data and cluster
+    /// configuration: it rejoins, as a replica if its slots moved meanwhile.
+    pub fn restart(&mut self, index: usize) -> Result<()> {
+        self.nodes[index].start_again()
+    }
+
+    /// Kills node `index` at once (SIGKILL), as a crashed host.
+    pub fn kill(&mut self, index: usize) -> Result<()> {
+        if let Some(mut process) = self.nodes[index].process.take() {
+            process.stop_with(Signal::SIGKILL, Duration::from_secs(20))?;
+        }
+        Ok(())
+    }
+}
+
+/// The text of `CLUSTER INFO`.
+fn cluster_info(port: u16) -> Result<String> {
+    let cli = find_on_path("redis-cli").context("redis-cli is not installed")?;
+    let mut command = Command::new(cli);
+    command.args(["-p", &port.to_string(), "CLUSTER", "INFO"]);
+    crate::process::output_of(command)
+}

@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use logpipeline_core::config::{CacheArgs, DatabaseArgs, RedisArgs, StreamArgs, TelemetryArgs};
+use logpipeline_core::config::{
+    CacheArgs, DatabaseArgs, DurabilityArgs, RedisArgs, StreamArgs, TelemetryArgs,
+};
 use logpipeline_core::partitions::{PartitionInterval, Retention};
 use logpipeline_core::storage::PartitionSettings;
 use logpipeline_core::stream::{MAX_SHARDS, shard_key};
@@ -27,6 +29,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub cache: CacheArgs,
+
+    #[command(flatten)]
+    pub durability: DurabilityArgs,
 
     /// Most stream entries one consumer reads and stores per batch. An entry is one
     /// accepted request, of 1 to 1000 logs.

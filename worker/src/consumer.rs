@@ -199,6 +199,15 @@ impl Consumer {
     /// Decodes, stores and acknowledges `entries`. Entries PostgreSQL rejects are retried
     /// in the background, apart from the rest.
     async fn process(&mut self, entries: Vec<StreamEntry>, rejected: &mut JoinSet<()>) {
+        let ids: Vec<String> = entries.iter().map(|entry| entry.id.clone()).collect();
+        match self.stream.replicated(&self.name, &ids).await {
+            Ok(true) => {}
+            Ok(false) => {
+                warn!(consumer = %self.name, entries = entries.len(), "the replicas do not hold the entries read yet; they stay pending until claimed again");
+                return self.wait_a_moment().await;
+            }
+            Err(error) => return self.redis_failed(&error, "wait for the replicas").await,
+        }
         let span = info_span!("batch", consumer = %self.name, entries = entries.len());
         async {
             let mut decoded = Vec::with_capacity(entries.len());
@@ -358,6 +367,14 @@ impl Consumer {
     }
 
     /// Counts and logs a failed Redis call, and pauses briefly unless stopping.
+    /// Pauses a second, or until shutdown.
+    async fn wait_a_moment(&self) {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = self.shutdown.cancelled() => {}
+        }
+    }
+
     async fn redis_failed(&mut self, error: &redis::RedisError, doing: &str) {
         self.metrics.redis_errors.inc();
         warn!(%error, consumer = %self.name, doing, "Redis call failed");
@@ -367,10 +384,7 @@ impl Consumer {
                 warn!(%error, consumer = %self.name, "the consumer group could not be created");
             }
         }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            () = self.shutdown.cancelled() => {}
-        }
+        self.wait_a_moment().await;
     }
 }
 

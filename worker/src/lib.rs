@@ -20,9 +20,9 @@ pub mod upkeep;
 use std::sync::Arc;
 use std::time::Duration;
 
+use logpipeline_core::connection::{Redis, RedisTarget};
 use logpipeline_core::retry::until_done;
 use logpipeline_core::{db, shutdown};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -55,10 +55,11 @@ pub async fn run(config: Config) -> Result<()> {
 pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()> {
     let metrics = Metrics::new()?;
     let store = Store::new(db::lazy_pool(&config.database)?, config.store_settings());
-    let client = redis::Client::open(config.redis.connection_info()?)?;
+    let target = RedisTarget::from_args(&config.redis)?;
     let generations = config.cache.generation_keys();
-    let shards = config.stream.shards();
-    let stream_on = |connection: ConnectionManager, key: &str| {
+    let shards = config.stream.shards(target.is_cluster());
+    let replication = config.durability.replication();
+    let stream_on = |connection: Redis, key: &str| {
         Stream::new(
             connection,
             key,
@@ -66,10 +67,11 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
             &config.dead_letter_stream(key),
             &generations,
         )
+        .with_replication(replication)
     };
 
     let Some(control) = until_done("connect to Redis", &shutdown, || {
-        connect(&client, Duration::from_secs(5))
+        target.connect(Duration::from_secs(5))
     })
     .await
     else {
@@ -132,7 +134,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
     let mut tasks = JoinSet::new();
     for index in 0..consumers {
         let Some(connection) = until_done("connect to Redis", &shutdown, || {
-            connect(&client, read_timeout)
+            target.connect(read_timeout)
         })
         .await
         else {
@@ -161,13 +163,14 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
     let group = config.stream.group.clone();
     let retired_generations = generations.clone();
     tasks.spawn(drain_retired(
-        client.clone(),
+        target.clone(),
         shards.retired(),
         drainer,
         read_timeout,
         move |connection, key| {
             let dead = format!("{key}:dead");
             Stream::new(connection, key, &group, &dead, &retired_generations)
+                .with_replication(replication)
         },
     ));
     tasks.spawn(upkeep::run(
@@ -220,32 +223,38 @@ const RETIRED_CHECK_EVERY: Duration = Duration::from_secs(2);
 /// on a connection of its own, until shutdown: each is read to its end, stored and
 /// deleted.
 async fn drain_retired(
-    client: redis::Client,
+    target: RedisTarget,
     retired: Vec<String>,
     drainer: Consumer,
     read_timeout: Duration,
-    stream_on: impl Fn(ConnectionManager, &str) -> Stream,
+    stream_on: impl Fn(Redis, &str) -> Stream,
 ) {
     let shutdown = drainer.shutdown.clone();
     let mut ticker = tokio::time::interval(RETIRED_CHECK_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut connection: Option<ConnectionManager> = None;
+    let mut connection: Option<Redis> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             () = shutdown.cancelled() => return,
         }
         if connection.is_none() {
-            connection = connect(&client, read_timeout).await.ok();
+            connection = target.connect(read_timeout).await.ok();
         }
         let Some(redis) = connection.clone() else {
             continue;
         };
-        let mut exists = redis::pipe();
-        for key in &retired {
-            exists.exists(key);
-        }
-        let found: Vec<bool> = match exists.query_async(&mut redis.clone()).await {
+        // One call per key: on a Redis Cluster they are on slots of their own.
+        let exists = retired.iter().map(|key| {
+            let mut redis = redis.clone();
+            async move {
+                redis::cmd("EXISTS")
+                    .arg(key)
+                    .query_async::<bool>(&mut redis)
+                    .await
+            }
+        });
+        let found: Vec<bool> = match futures::future::try_join_all(exists).await {
             Ok(found) => found,
             Err(error) => {
                 warn!(%error, "cannot look for shards no longer in use");
@@ -270,15 +279,4 @@ async fn drain_retired(
             .await;
         }
     }
-}
-
-async fn connect(
-    client: &redis::Client,
-    response_timeout: Duration,
-) -> redis::RedisResult<ConnectionManager> {
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(response_timeout))
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_max_delay(Duration::from_secs(2));
-    ConnectionManager::new_with_config(client.clone(), config).await
 }

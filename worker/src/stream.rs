@@ -5,8 +5,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use logpipeline_core::config::Replication;
+use logpipeline_core::connection::Redis;
 use logpipeline_core::generations::{GenerationKeys, Kind};
-use redis::aio::ConnectionManager;
 use redis::{RedisResult, Script, Value};
 
 /// Acknowledges an entry and copies it to the dead-letter stream, atomically and once:
@@ -121,20 +122,21 @@ impl GroupInfo {
 /// One connection's view of the stream, its consumer group and its dead-letter stream.
 #[derive(Clone)]
 pub struct Stream {
-    redis: ConnectionManager,
+    redis: Redis,
     key: Arc<str>,
     group: Arc<str>,
     dead_letter_key: Arc<str>,
     generations: Arc<GenerationKeys>,
     dead_letter: Arc<Script>,
     trim: Arc<Script>,
+    replication: Option<Replication>,
 }
 
 impl Stream {
     /// `key`'s consumer `group` through `redis`; failed entries go to `dead_letter_key`,
     /// and the query cache's generations are in the hashes of `generations`.
     pub fn new(
-        redis: ConnectionManager,
+        redis: Redis,
         key: &str,
         group: &str,
         dead_letter_key: &str,
@@ -148,7 +150,36 @@ impl Stream {
             generations: Arc::new(generations.clone()),
             dead_letter: Arc::new(Script::new(DEAD_LETTER)),
             trim: Arc::new(Script::new(TRIM)),
+            replication: None,
         }
+    }
+
+    /// The same, for a pipeline whose api answers 200 only once `replication` holds an
+    /// entry (see [`Self::replicated`]).
+    pub fn with_replication(mut self, replication: Option<Replication>) -> Self {
+        self.replication = replication;
+        self
+    }
+
+    /// Whether the replicas hold `ids`, entries `consumer` has read, when the pipeline
+    /// asks for replicated acceptance (true otherwise). An entry stored before a replica
+    /// held it could be lost in a failover after being stored, and then be sent again by
+    /// its client, whose request was never answered 200: stored twice.
+    ///
+    /// `WAIT` waits for what the connection it is sent on wrote. A read that was blocked
+    /// does not count as this connection's write, so the entries are touched first
+    /// (`XCLAIM … JUSTID`, a write Redis replicates after the entries themselves).
+    pub async fn replicated(&mut self, consumer: &str, ids: &[String]) -> RedisResult<bool> {
+        let Some(replication) = self.replication else {
+            return Ok(true);
+        };
+        self.touch(consumer, ids).await?;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replication.replicas)
+            .arg(u64::try_from(replication.timeout.as_millis()).unwrap_or(u64::MAX));
+        let key = self.key.clone();
+        let acknowledged: u32 = self.redis.query_at(&key, &wait).await?;
+        Ok(acknowledged >= replication.replicas)
     }
 
     /// Creates the consumer group again, after Redis lost it (a restart without
@@ -270,16 +301,41 @@ impl Stream {
         if ids.is_empty() {
             return Ok(0);
         }
+        let mut ack = redis::cmd("XACK");
+        ack.arg(&*self.key).arg(&*self.group).arg(ids);
+        if self.redis.is_cluster() {
+            self.retire(retired).await?;
+            return ack.query_async(&mut self.redis).await;
+        }
         let mut pipe = self.retiring(retired);
-        pipe.cmd("XACK").arg(&*self.key).arg(&*self.group).arg(ids);
+        pipe.add_command(ack);
         let (acked,): (u64,) = pipe.query_async(&mut self.redis).await?;
         Ok(acked)
     }
 
     /// Retires the cached reads of `retired` (their generations), for logs committed
-    /// before their entry is acknowledged.
+    /// before their entry is acknowledged. On a Redis Cluster, where the hashes of
+    /// generations are on slots of their own, one call per hash.
     pub async fn retire(&mut self, retired: &BTreeSet<(Kind, String)>) -> RedisResult<()> {
-        self.retiring(retired).query_async(&mut self.redis).await
+        if !self.redis.is_cluster() {
+            return self.retiring(retired).query_async(&mut self.redis).await;
+        }
+        let calls = [Kind::Device, Kind::Service, Kind::Trace]
+            .into_iter()
+            .map(|kind| -> BTreeSet<(Kind, String)> {
+                retired
+                    .iter()
+                    .filter(|(of, _)| *of == kind)
+                    .cloned()
+                    .collect()
+            })
+            .filter(|fields| !fields.is_empty())
+            .map(|fields| {
+                let pipe = self.retiring(&fields);
+                let mut redis = self.redis.clone();
+                async move { pipe.query_async::<()>(&mut redis).await }
+            });
+        futures::future::try_join_all(calls).await.map(drop)
     }
 
     /// A pipeline that bumps the generations of `retired`.

@@ -15,6 +15,7 @@ use logpipeline_api::{
     Shared, app,
 };
 use logpipeline_core::codec;
+use logpipeline_core::connection::Redis;
 use logpipeline_core::generations::GenerationKeys;
 use logpipeline_core::stream::Shards;
 use logpipeline_local::postgres::{self, PostgresServer};
@@ -98,8 +99,8 @@ impl TestApi {
         let metrics = Metrics::new().unwrap();
         let state = AppState::new(Shared {
             queue: Queue::new(
-                con.clone(),
-                vec![con.clone(); 2],
+                Redis::Single(con.clone()),
+                vec![Redis::Single(con.clone()); 2],
                 QueueSettings {
                     shards: &Shards::new(STREAM, options.shards),
                     capacity: options.capacity,
@@ -109,7 +110,7 @@ impl TestApi {
                 metrics.clone(),
             ),
             cache: Cache::new(
-                con.clone(),
+                Redis::Single(con.clone()),
                 "cache",
                 GenerationKeys::new("cache"),
                 metrics.clone(),

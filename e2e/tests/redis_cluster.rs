@@ -1,0 +1,201 @@
+//! The pipeline on a real Redis Cluster (3 masters, 3 replicas, Debian's redis-server in
+//! cluster mode, joined by `redis-cli --cluster create`), through the redis crate's
+//! cluster client: three shards spread over the masters store every log once and in
+//! each device's order, and with replicated acceptance a master SIGKILLed mid-load,
+//! whose replica the cluster promotes, loses nothing and duplicates nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use logpipeline_core::stream::{Shards, shard_of_id};
+use logpipeline_e2e::devices::{self, Plan};
+use logpipeline_e2e::runs::{assert_exactly_once, count_query, run_id};
+use logpipeline_e2e::stack::{eventually, wait_for_count};
+use logpipeline_local::postgres::PostgresServer;
+use logpipeline_local::redis::RedisCluster;
+use logpipeline_local::services::{ApiProcess, Env, WorkerProcess};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+fn on_cluster(more: &[(&str, &str)]) -> Env {
+    let mut env = Env::from([
+        ("LOGPIPELINE_REDIS_CLUSTER".into(), "true".into()),
+        ("LOGPIPELINE_STREAM_SHARDS".into(), "3".into()),
+    ]);
+    env.extend(more.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    env
+}
+
+async fn pool(url: &str) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await
+        .unwrap()
+}
+
+/// Each device's logs, in the order of their keys, are in the order it sent them.
+async fn assert_in_device_order(pool: &PgPool, run: &str) {
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "select (log_data->>'device')::bigint, (log_data->>'seq')::bigint from logs \
+         where log_data @> jsonb_build_object('run', $1::text) order by 1, id",
+    )
+    .bind(run)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for pair in rows.windows(2) {
+        let ((device, seq), (next_device, next_seq)) = (pair[0], pair[1]);
+        if device == next_device {
+            assert_eq!(
+                next_seq,
+                seq + 1,
+                "device {device}: log {next_seq} after {seq}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_shards_on_a_redis_cluster_store_every_log_once_and_in_order() {
+    let cluster = RedisCluster::start(3, 1).unwrap();
+    let postgres = PostgresServer::start().unwrap();
+    let database = postgres.create_database().unwrap();
+    let env = on_cluster(&[]);
+    let api = ApiProcess::start(&cluster.url(), &database, &env).unwrap();
+    let _workers = [
+        WorkerProcess::start(&cluster.url(), &database, &env).unwrap(),
+        WorkerProcess::start(&cluster.url(), &database, &env).unwrap(),
+    ];
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
+    let plan = Plan {
+        run: run_id("cluster"),
+        devices: 100,
+        single_logs_per_device: 20,
+        batches_per_device: 4,
+        batch_size: 50,
+    };
+    let sent = devices::send(&client, &api.url(), &plan).await.unwrap();
+    let used: BTreeSet<u32> = sent
+        .message_ids
+        .iter()
+        .map(|id| shard_of_id(id.split('.').next().unwrap()).unwrap())
+        .collect();
+    assert_eq!(used, BTreeSet::from([0, 1, 2]));
+    let masters: BTreeSet<usize> = Shards::on_cluster("logs:stream", 3)
+        .keys()
+        .iter()
+        .map(|key| cluster.master_of(key).unwrap())
+        .collect();
+    println!("3 shards on {} of the 3 masters", masters.len());
+
+    let pool = pool(&database).await;
+    let total = i64::try_from(plan.total_logs()).unwrap();
+    wait_for_count(
+        &pool,
+        &count_query(&plan.run),
+        total,
+        Duration::from_secs(300),
+    )
+    .await
+    .unwrap();
+    assert_exactly_once(&pool, &plan.run, &sent.message_ids)
+        .await
+        .unwrap();
+    assert_in_device_order(&pool, &plan.run).await;
+}
+
+/// Sends `batches` batches of 5 logs as device `device`, one at a time, each with an
+/// Idempotency-Key of its own, again and again until it is answered 200 (a 503, a 504,
+/// a broken connection are retried, as a client should); returns the ids of its logs.
+async fn send_with_retries(
+    client: &reqwest::Client,
+    api: &str,
+    run: &str,
+    device: usize,
+    batches: usize,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for batch in 0..batches {
+        let logs: Vec<Value> = (batch * 5..batch * 5 + 5)
+            .map(|seq| devices::log(run, device, seq))
+            .collect();
+        let key = format!("{run}-{device}-{batch}");
+        loop {
+            let answer = client
+                .post(format!("{api}/api/logs/batch"))
+                .header("Idempotency-Key", &key)
+                .json(&json!({ "logs": logs }))
+                .send()
+                .await;
+            if let Ok(response) = answer
+                && response.status().as_u16() == 200
+                && let Ok(body) = response.json::<Value>().await
+            {
+                let answered = body["message_ids"].as_array().unwrap();
+                ids.extend(answered.iter().map(|id| id.as_str().unwrap().to_owned()));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_replicated_acceptance_a_killed_master_loses_and_duplicates_nothing() {
+    let mut cluster = RedisCluster::start(3, 1).unwrap();
+    let postgres = PostgresServer::start().unwrap();
+    let database = postgres.create_database().unwrap();
+    let env = on_cluster(&[
+        ("LOGPIPELINE_REDIS_DURABILITY", "replicated"),
+        ("LOGPIPELINE_REDIS_REPLICA_TIMEOUT_MS", "2000"),
+        ("LOGPIPELINE_REDIS_TIMEOUT_SECS", "3"),
+    ]);
+    let api = ApiProcess::start(&cluster.url(), &database, &env).unwrap();
+    let _worker = WorkerProcess::start(&cluster.url(), &database, &env).unwrap();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
+    let run = run_id("cluster-failover");
+    let (devices, batches) = (20, 200);
+
+    let api_url = api.url();
+    let sending = futures::future::join_all(
+        (0..devices).map(|device| send_with_retries(&client, &api_url, &run, device, batches)),
+    );
+    let pool = pool(&database).await;
+    let failover = async {
+        eventually("logs flow", Duration::from_secs(120), || async {
+            let stored: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count_query(&run)))
+                .fetch_one(&pool)
+                .await?;
+            Ok(stored >= 500)
+        })
+        .await
+        .unwrap();
+        let shard = Shards::on_cluster("logs:stream", 3).keys()[1].clone();
+        let master = cluster.master_of(&shard).unwrap();
+        cluster.kill(master).unwrap();
+        // The cluster promotes the master's replica; the killed node comes back as a
+        // replica of it, so the shard has a replica to acknowledge again.
+        cluster.wait_until_whole().unwrap();
+        assert_ne!(cluster.master_of(&shard).unwrap(), master);
+        cluster.restart(master).unwrap();
+        cluster.wait_until_whole().unwrap();
+    };
+    let (sent, ()) = tokio::join!(sending, failover);
+    let accepted: Vec<String> = sent.into_iter().flatten().collect();
+    assert_eq!(accepted.len(), devices * batches * 5);
+    wait_for_count(
+        &pool,
+        &count_query(&run),
+        i64::try_from(accepted.len()).unwrap(),
+        Duration::from_secs(300),
+    )
+    .await
+    .unwrap();
+    assert_exactly_once(&pool, &run, &accepted).await.unwrap();
+    assert_in_device_order(&pool, &run).await;
+}
