@@ -33,8 +33,10 @@ use crate::metrics::Metrics;
 /// Entry ids are the server's time in milliseconds and a sequence number that is the
 /// shard's number `ARGV[3]` modulo `ARGV[4]` ([`MAX_SHARDS`]), counting up by `ARGV[4]`
 /// within a millisecond: no two shards give the same id, and so no two logs the same key
-/// in PostgreSQL. A millisecond behind the shard's last id (a clock stepped back) takes
-/// the last id's.
+/// in PostgreSQL. The last id given is kept in `KEYS[2]` (reading the stream's own costs
+/// more); should the stream have a later one (added by an api from before shards), the
+/// script reads that and goes on after it. A clock stepped back keeps the last id's
+/// millisecond.
 ///
 /// After `ARGV[1]` (capacity), `ARGV[2]` (seconds an idempotency record lives), `ARGV[3]`
 /// and `ARGV[4]`, each entry is: the index in `KEYS` of its idempotency record (0 for
@@ -44,31 +46,36 @@ use crate::metrics::Metrics;
 /// full.
 const ADMIT: &str = r"
 local capacity = tonumber(ARGV[1])
+local shard = tonumber(ARGV[3])
 local step = tonumber(ARGV[4])
 local length = redis.call('XLEN', KEYS[1])
 local time = redis.call('TIME')
 local ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local seq = tonumber(ARGV[3])
-if redis.call('EXISTS', KEYS[1]) == 1 then
-    local info = redis.call('XINFO', 'STREAM', KEYS[1])
-    for j = 1, #info, 2 do
-        if info[j] == 'last-generated-id' then
-            local last_ms, last_seq = string.match(info[j + 1], '^(%d+)-(%d+)$')
-            last_ms, last_seq = tonumber(last_ms), tonumber(last_seq)
-            if last_ms >= ms then
-                ms = last_ms
-                seq = last_seq - last_seq % step + seq
-                if seq <= last_seq then seq = seq + step end
-            end
-        end
+local seq = shard
+local function after(last)
+    local last_ms, last_seq = string.match(last, '^(%d+)-(%d+)$')
+    last_ms, last_seq = tonumber(last_ms), tonumber(last_seq)
+    if last_ms >= ms then
+        ms = last_ms
+        seq = last_seq - last_seq % step + shard
+        if seq <= last_seq then seq = seq + step end
     end
 end
+local function stream_last()
+    local info = redis.call('XINFO', 'STREAM', KEYS[1])
+    for j = 1, #info, 2 do
+        if info[j] == 'last-generated-id' then return info[j + 1] end
+    end
+end
+local last = redis.call('GET', KEYS[2])
+if last then after(last) end
 local results = {}
+local added = nil
 local i = 5
 while i <= #ARGV do
     local key = tonumber(ARGV[i])
     local first = i + 3
-    local last = first + tonumber(ARGV[i + 2]) - 1
+    local final = first + tonumber(ARGV[i + 2]) - 1
     local prior = false
     if key > 0 then
         prior = redis.call('GET', KEYS[key])
@@ -79,7 +86,13 @@ while i <= #ARGV do
         results[#results + 1] = {-1, ''}
     else
         local id = string.format('%d-%d', ms, seq)
-        redis.call('XADD', KEYS[1], id, unpack(ARGV, first, last))
+        local reply = redis.pcall('XADD', KEYS[1], id, unpack(ARGV, first, final))
+        if type(reply) == 'table' and reply.err then
+            after(stream_last())
+            id = string.format('%d-%d', ms, seq)
+            redis.call('XADD', KEYS[1], id, unpack(ARGV, first, final))
+        end
+        added = id
         seq = seq + step
         length = length + 1
         if key > 0 then
@@ -87,8 +100,9 @@ while i <= #ARGV do
         end
         results[#results + 1] = {1, id}
     end
-    i = last + 1
+    i = final + 1
 end
+if added then redis.call('SET', KEYS[2], added) end
 return results
 ";
 
@@ -342,7 +356,9 @@ fn admission<'a>(
     shard: usize,
     entries: &[Pending],
 ) -> redis::ScriptInvocation<'a> {
-    let mut invocation = script.key(&queue.shards.keys()[shard]);
+    let stream = &queue.shards.keys()[shard];
+    let mut invocation = script.key(stream);
+    invocation.key(format!("{stream}:last-id"));
     invocation
         .arg(queue.capacity)
         .arg(queue.idempotency_window_secs)
@@ -353,7 +369,7 @@ fn admission<'a>(
         match &pending.idempotency {
             Some((key, record)) => {
                 keys += 1;
-                invocation.key(key).arg(keys + 1).arg(record);
+                invocation.key(key).arg(keys + 2).arg(record);
             }
             None => {
                 invocation.arg(0).arg("");

@@ -164,6 +164,48 @@ async fn logs_go_to_their_devices_shard_with_ids_unique_across_shards() {
     assert_eq!(total, 90);
 }
 
+/// An entry added by other means (an api from before shards, with `*` ids) with a later
+/// id than the last one the script gave: the next entry goes after it, still with its
+/// shard's number.
+#[tokio::test]
+async fn ids_go_on_after_an_entry_added_by_other_means() {
+    let fixture = TestApi::start_with(Options {
+        shards: 3,
+        ..Options::default()
+    })
+    .await;
+    let shards = Shards::new(common::STREAM, 3);
+    let device = (0..)
+        .map(|i| format!("pump-{i}"))
+        .find(|device| shards.of("default", device) == 2)
+        .unwrap();
+    assert_eq!(
+        fixture.post_json("/api/log", &a_log(&device)).await.status,
+        StatusCode::OK
+    );
+    let ahead = format!(
+        "{}-7",
+        time::OffsetDateTime::now_utc().unix_timestamp() * 1000 + 60_000
+    );
+    let _: String = redis::cmd("XADD")
+        .arg(&shards.keys()[2])
+        .arg(&ahead)
+        .arg("x")
+        .arg("y")
+        .query_async(&mut fixture.con.clone())
+        .await
+        .unwrap();
+    let answer = fixture.post_json("/api/log", &a_log(&device)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    let id = answer.body["message_id"].as_str().unwrap();
+    assert_eq!(
+        compare_ids(id, &ahead),
+        std::cmp::Ordering::Greater,
+        "{id} after {ahead}"
+    );
+    assert_eq!(shard_of_id(id), Some(2));
+}
+
 /// Entry ids order numerically (`<ms>-<seq>`).
 fn compare_ids(a: &str, b: &str) -> std::cmp::Ordering {
     let parse = |id: &str| {
