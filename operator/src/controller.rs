@@ -158,18 +158,26 @@ async fn reconcile_inner(lp: &LogPipeline, ctx: &Context) -> Result<Action> {
     let api_keys = api_keys_problem(&secrets, &ns, lp).await?;
     let (reading, mut problem) = match redis_url {
         Ok(url) => {
-            let shards = Shards::new(
-                &lp.spec.stream.name,
-                u32::try_from(lp.spec.redis.shards).unwrap_or(1),
-            );
-            let reading = lag::read(
-                &lag::resolve_in_namespace(&url, &ns),
-                shards.keys(),
-                &lp.spec.stream.group,
-                ctx.redis_timeout,
-                lag::active_within(lp.spec.worker.block_ms),
-            )
-            .await;
+            let count = u32::try_from(lp.spec.redis.shards).unwrap_or(1);
+            let cluster = lp.spec.redis.cluster;
+            let shards = if cluster {
+                Shards::on_cluster(&lp.spec.stream.name, count)
+            } else {
+                Shards::new(&lp.spec.stream.name, count)
+            };
+            let reading = match lag::target(&url, &ns, cluster) {
+                Ok(target) => {
+                    lag::read(
+                        &target,
+                        shards.keys(),
+                        &lp.spec.stream.group,
+                        ctx.redis_timeout,
+                        lag::active_within(lp.spec.worker.block_ms),
+                    )
+                    .await
+                }
+                Err(error) => Err(error),
+            };
             match reading {
                 Ok(reading) => (Some(reading), None),
                 Err(error) => (
@@ -192,7 +200,8 @@ async fn reconcile_inner(lp: &LogPipeline, ctx: &Context) -> Result<Action> {
     if let Some(keys_problem) = api_keys {
         problem.get_or_insert(keys_problem);
     }
-    let backlog = reading.map(|reading| reading.backlog);
+    let backlog = reading.as_ref().map(|reading| reading.backlog);
+    let shard_lag = reading.as_ref().map(|reading| reading.shard_lag.clone());
 
     // How many workers.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
@@ -273,6 +282,7 @@ async fn reconcile_inner(lp: &LogPipeline, ctx: &Context) -> Result<Action> {
         api: Rollout::of(api_deployment.as_ref()),
         worker: Rollout::of(worker_deployment.as_ref()),
         backlog,
+        shard_lag,
         worker_replicas: decision.replicas(),
         scaled_at,
     };

@@ -336,6 +336,10 @@ pub struct RedisSpec {
     #[serde(default = "default_shards")]
     #[schemars(range(min = 1, max = 16))]
     pub shards: i32,
+    /// Whether the Redis of `redisSecretRef` is a Redis Cluster, whose URL then names one
+    /// or more of its nodes, comma-separated (`redis://r0:6379,redis://r1:6379`).
+    #[serde(default)]
+    pub cluster: bool,
     /// When the API answers 200: `primary` once the Redis primary holds the logs (its
     /// append-only file is synced every second, so a primary lost with its disk loses up
     /// to that second of answered logs); `replicated` once a replica holds them too
@@ -349,6 +353,7 @@ impl Default for RedisSpec {
     fn default() -> Self {
         Self {
             shards: default_shards(),
+            cluster: false,
             durability: Durability::default(),
         }
     }
@@ -429,6 +434,9 @@ pub struct LogPipelineStatus {
     /// Entries delivered to a consumer and not yet acknowledged, at the last reading.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<i64>,
+    /// Each stream shard's lag at the last reading, shard 0 first; `lag` is their sum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_lag: Option<Vec<i64>>,
     /// When the operator last changed the number of worker pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,

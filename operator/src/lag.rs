@@ -5,6 +5,9 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use redis::streams::{StreamInfoConsumersReply, StreamInfoGroupsReply};
 
+use logpipeline_core::config::RedisArgs;
+use logpipeline_core::connection::{Redis, RedisTarget};
+
 use crate::scaling::Backlog;
 use crate::{Error, Result};
 
@@ -28,11 +31,30 @@ pub fn resolve_in_namespace(url: &str, namespace: &str) -> String {
     }
 }
 
+/// Where the Redis of a pipeline in `namespace` is, from its Secret's `url`: one server,
+/// or with `cluster` one or more nodes of a Redis Cluster, comma-separated; each host
+/// resolved as [`resolve_in_namespace`] does.
+pub fn target(url: &str, namespace: &str, cluster: bool) -> Result<RedisTarget> {
+    let resolved: Vec<String> = url
+        .split(',')
+        .map(|node| resolve_in_namespace(node.trim(), namespace))
+        .collect();
+    let args = RedisArgs {
+        redis_url: Some(resolved.join(",")),
+        redis_host: None,
+        redis_port: None,
+        redis_cluster: cluster,
+    };
+    RedisTarget::from_args(&args).map_err(|error| Error::RedisUrl(error.to_string()))
+}
+
 /// What the operator reads of a pipeline's stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reading {
-    /// The group's lag and pending entries.
+    /// The group's lag and pending entries, over every shard.
     pub backlog: Backlog,
+    /// Each shard's lag, shard 0 first.
+    pub shard_lag: Vec<u64>,
     /// Consumers of the group that read or claimed within the `active_within` given to
     /// [`read`].
     pub consumers_active: u64,
@@ -54,26 +76,22 @@ pub fn active_within(block_ms: i32) -> Duration {
 /// (no worker has started) has the whole stream as lag, and so does a group whose lag
 /// Redis cannot compute (after entries were deleted from the middle of the stream).
 pub async fn read(
-    url: &str,
+    redis: &RedisTarget,
     shards: &[String],
     group: &str,
     timeout: Duration,
     active_within: Duration,
 ) -> Result<Reading> {
     let reading = async {
-        let client = redis::Client::open(url)?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let mut con = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let mut con = redis.connect(timeout).await?;
         let mut total = Reading {
             backlog: Backlog { lag: 0, pending: 0 },
+            shard_lag: Vec::with_capacity(shards.len()),
             consumers_active: 0,
         };
         for stream in shards {
             let shard = read_shard(&mut con, stream, group, active_within).await?;
+            total.shard_lag.push(shard.backlog.lag);
             total.backlog.lag = total.backlog.lag.saturating_add(shard.backlog.lag);
             total.backlog.pending = total.backlog.pending.saturating_add(shard.backlog.pending);
             total.consumers_active += shard.consumers_active;
@@ -86,7 +104,7 @@ pub async fn read(
 }
 
 async fn read_shard(
-    con: &mut redis::aio::MultiplexedConnection,
+    con: &mut Redis,
     stream: &str,
     group: &str,
     active_within: Duration,
@@ -95,6 +113,7 @@ async fn read_shard(
     if !exists {
         return Ok(Reading {
             backlog: Backlog { lag: 0, pending: 0 },
+            shard_lag: Vec::new(),
             consumers_active: 0,
         });
     }
@@ -106,6 +125,7 @@ async fn read_shard(
                 lag: u64::try_from(length).unwrap_or(u64::MAX),
                 pending: 0,
             },
+            shard_lag: Vec::new(),
             consumers_active: 0,
         });
     };
@@ -125,6 +145,7 @@ async fn read_shard(
             lag: u64::try_from(lag).unwrap_or(u64::MAX),
             pending: u64::try_from(entry.pending).unwrap_or(u64::MAX),
         },
+        shard_lag: Vec::new(),
         consumers_active,
     })
 }

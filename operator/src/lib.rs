@@ -32,6 +32,9 @@ pub enum Error {
     /// Redis did not answer in time.
     #[error("Redis did not answer within {0:?}")]
     RedisTimeout(std::time::Duration),
+    /// The Redis URL of a pipeline is not one.
+    #[error("{0}")]
+    RedisUrl(String),
     /// An object could not be turned into JSON.
     #[error("JSON serialization failed: {0}")]
     Json(#[from] serde_json::Error),
@@ -71,7 +74,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Kube(_) => "kube",
-            Self::Redis(_) | Self::RedisTimeout(_) => "redis",
+            Self::Redis(_) | Self::RedisTimeout(_) | Self::RedisUrl(_) => "redis",
             Self::Json(_) | Self::Yaml(_) => "serialization",
             Self::MissingField(_) => "invalid_object",
             Self::Io(_) => "io",

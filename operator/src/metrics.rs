@@ -219,6 +219,7 @@ mod tests {
                 lag: 10,
                 pending: 5,
             },
+            shard_lag: vec![10],
             consumers_active: 4,
         };
         metrics.observe("logs", "a", &status, Some(reading));

@@ -154,6 +154,7 @@ pub fn settings(lp: &LogPipeline) -> BTreeMap<String, String> {
         ),
         ("LOGPIPELINE_STREAM_CAPACITY", s.stream.capacity.to_string()),
         ("LOGPIPELINE_STREAM_SHARDS", s.redis.shards.to_string()),
+        ("LOGPIPELINE_REDIS_CLUSTER", s.redis.cluster.to_string()),
         (
             "LOGPIPELINE_REDIS_DURABILITY",
             s.redis.durability.as_str().to_owned(),

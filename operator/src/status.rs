@@ -65,6 +65,8 @@ pub struct Observation {
     pub worker: Rollout,
     /// The backlog reading, if Redis answered.
     pub backlog: Option<Backlog>,
+    /// Each shard's lag, if Redis answered.
+    pub shard_lag: Option<Vec<u64>>,
     /// The worker replicas the operator applied.
     pub worker_replicas: i32,
     /// When the worker replicas last changed (in this reconcile or before).
@@ -149,6 +151,15 @@ pub fn next(
             .backlog
             .map(|b| i64::try_from(b.pending).unwrap_or(i64::MAX))
             .or(previous.pending),
+        shard_lag: observed
+            .shard_lag
+            .as_ref()
+            .map(|lags| {
+                lags.iter()
+                    .map(|lag| i64::try_from(*lag).unwrap_or(i64::MAX))
+                    .collect()
+            })
+            .or_else(|| previous.shard_lag.clone()),
         last_scale_time: observed
             .scaled_at
             .map(Time)
@@ -185,6 +196,7 @@ mod tests {
                 lag: 42,
                 pending: 7,
             }),
+            shard_lag: Some(vec![40, 2]),
             worker_replicas: 1,
             scaled_at: None,
         }
@@ -284,8 +296,10 @@ mod tests {
         let first = next(&LogPipelineStatus::default(), &observation(None), at(0));
         let blind = Observation {
             backlog: None,
+            shard_lag: None,
             ..observation(None)
         };
         assert_eq!(next(&first, &blind, at(5)).lag, Some(42));
+        assert_eq!(next(&first, &blind, at(5)).shard_lag, Some(vec![40, 2]));
     }
 }
