@@ -39,3 +39,40 @@ pub async fn assert_exactly_once(pool: &PgPool, run: &str, accepted: &[String]) 
     );
     Ok(())
 }
+
+/// Checks that each device's logs of `run` (`log_data.device`, `log_data.seq`), in the
+/// order of their keys, are in the order it sent them: its shard kept them in order, and
+/// their keys derive from their entries. Panics on a log out of order.
+pub async fn assert_in_device_order(pool: &PgPool, run: &str) -> Result<()> {
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "select (log_data->>'device')::bigint, (log_data->>'seq')::bigint from logs \
+         where log_data @> jsonb_build_object('run', $1::text) order by 1, id",
+    )
+    .bind(run)
+    .fetch_all(pool)
+    .await?;
+    for pair in rows.windows(2) {
+        let ((device, seq), (next_device, next_seq)) = (pair[0], pair[1]);
+        if device == next_device {
+            assert_eq!(
+                next_seq,
+                seq + 1,
+                "device {device}: log {next_seq} after {seq}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The shard of a log's entry, from the log's id (`<ms>-<seq>` or `<ms>-<seq>.<i>`).
+pub fn shard_of(message_id: &str) -> Option<u32> {
+    logpipeline_core::stream::shard_of_id(message_id.split('.').next()?)
+}
+
+/// A pool of two connections to `url`.
+pub async fn pool(url: &str) -> Result<PgPool> {
+    Ok(sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await?)
+}

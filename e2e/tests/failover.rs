@@ -9,22 +9,13 @@
 use std::time::Duration;
 
 use logpipeline_e2e::devices::{Flow, send_until};
-use logpipeline_e2e::runs::{assert_exactly_once, count_query};
+use logpipeline_e2e::runs::{assert_exactly_once, count_query, pool};
 use logpipeline_e2e::stack::{eventually, wait_for_count};
 use logpipeline_local::postgres::{self, PostgresServer};
 use logpipeline_local::redis::RedisServer;
 use logpipeline_local::services::{ApiProcess, Env, WorkerProcess};
 use serde_json::Value;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
-
-async fn pool(url: &str) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(2)
-        .connect(url)
-        .await
-        .unwrap()
-}
 
 async fn count(pool: &PgPool, sql: &str) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
@@ -61,7 +52,7 @@ async fn the_worker_and_the_api_follow_a_promoted_standby_and_store_every_log_on
     );
     let switch = async {
         // Stored on the primary, and streamed to the standby, before the switch.
-        let on_primary = pool(&primary_url).await;
+        let on_primary = pool(&primary_url).await.unwrap();
         eventually(
             "logs are stored on the primary",
             Duration::from_secs(120),
@@ -75,7 +66,7 @@ async fn the_worker_and_the_api_follow_a_promoted_standby_and_store_every_log_on
         primary.stop().unwrap();
         let accepted_at_stop = flow.accepted();
         standby.promote().unwrap();
-        let on_standby = pool(&standby.url(&database)).await;
+        let on_standby = pool(&standby.url(&database)).await.unwrap();
         let stored_at_promotion = count(&on_standby, &count_query(run)).await.unwrap();
         // Logs accepted after the promotion, stored there: the worker followed.
         eventually(

@@ -46,6 +46,18 @@ async fn post_batch(client: &reqwest::Client, api: &str, device: &str, key: &str
     (status, response.json().await.unwrap())
 }
 
+/// A replica of the stack's Redis, in sync, with an append-only file as its primary.
+fn start_replica(stack: &Stack) -> RedisServer {
+    RedisServer::start_replica_of(
+        stack.redis.port(),
+        RedisOptions {
+            append_only: true,
+            ..RedisOptions::default()
+        },
+    )
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_means_a_replica_holds_the_entry() {
     let stack = Stack::builder()
@@ -58,14 +70,7 @@ async fn a_200_means_a_replica_holds_the_entry() {
         .api()
         .start()
         .unwrap();
-    let replica = RedisServer::start_replica_of(
-        stack.redis.port(),
-        RedisOptions {
-            append_only: true,
-            ..RedisOptions::default()
-        },
-    )
-    .unwrap();
+    let replica = start_replica(&stack);
     let mut primary = stack.redis().await.unwrap();
     let mut replica_redis = connect(&replica.url()).await;
     let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
@@ -116,14 +121,7 @@ async fn the_worker_stores_only_entries_a_replica_holds() {
         builder = builder.api_env(name, value).worker_env(name, value);
     }
     let stack = builder.start().unwrap();
-    let replica = RedisServer::start_replica_of(
-        stack.redis.port(),
-        RedisOptions {
-            append_only: true,
-            ..RedisOptions::default()
-        },
-    )
-    .unwrap();
+    let replica = start_replica(&stack);
     let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
     let api = stack.api_url().unwrap();
     let pool = stack.pool().await.unwrap();

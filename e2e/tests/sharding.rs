@@ -7,24 +7,19 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use logpipeline_core::stream::{Shards, shard_of_id};
+use logpipeline_core::stream::Shards;
 use logpipeline_e2e::devices::{self, Flow, Plan, send_until};
-use logpipeline_e2e::runs::{assert_exactly_once, count_query, run_id};
+use logpipeline_e2e::runs::{
+    assert_exactly_once, assert_in_device_order, count_query, pool, run_id, shard_of,
+};
 use logpipeline_e2e::stack::{eventually, wait_for_count};
 use logpipeline_local::postgres::PostgresServer;
 use logpipeline_local::redis::RedisServer;
 use logpipeline_local::services::{ApiProcess, Env, WorkerProcess};
 use redis::AsyncCommands;
-use sqlx::postgres::PgPoolOptions;
 
 fn shards(count: u32) -> Env {
     Env::from([("LOGPIPELINE_STREAM_SHARDS".into(), count.to_string())])
-}
-
-/// The shard of each stored log's entry, from its id (`<ms>-<seq>` or `<ms>-<seq>.<i>`).
-fn shard_of(message_id: &str) -> u32 {
-    let entry = message_id.split('.').next().unwrap();
-    shard_of_id(entry).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -47,18 +42,18 @@ async fn three_shards_store_100_000_logs_of_100_devices_once_and_in_order() {
     };
     let sent = devices::send(&client, &api.url(), &plan).await.unwrap();
     assert_eq!(sent.message_ids.len(), 100_000);
-    let used: BTreeSet<u32> = sent.message_ids.iter().map(|id| shard_of(id)).collect();
+    let used: BTreeSet<u32> = sent
+        .message_ids
+        .iter()
+        .map(|id| shard_of(id).unwrap())
+        .collect();
     assert_eq!(
         used,
         BTreeSet::from([0, 1, 2]),
         "the devices spread over every shard"
     );
 
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&database)
-        .await
-        .unwrap();
+    let pool = pool(&database).await.unwrap();
     wait_for_count(
         &pool,
         &count_query(&plan.run),
@@ -71,26 +66,7 @@ async fn three_shards_store_100_000_logs_of_100_devices_once_and_in_order() {
         .await
         .unwrap();
 
-    // Each device's logs, in the order of their keys, are in the order it sent them:
-    // its shard kept them in order, and their keys derive from their entries.
-    let rows: Vec<(i64, i64)> = sqlx::query_as(
-        "select (log_data->>'device')::bigint, (log_data->>'seq')::bigint from logs \
-         where log_data @> jsonb_build_object('run', $1::text) order by 1, id",
-    )
-    .bind(&plan.run)
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    for pair in rows.windows(2) {
-        let ((device, seq), (next_device, next_seq)) = (pair[0], pair[1]);
-        if device == next_device {
-            assert_eq!(
-                next_seq,
-                seq + 1,
-                "device {device}: log {next_seq} after {seq}"
-            );
-        }
-    }
+    assert_in_device_order(&pool, &plan.run).await.unwrap();
     let mut con = redis::Client::open(redis.url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -110,11 +86,7 @@ async fn going_from_1_to_3_shards_and_back_under_load_loses_nothing() {
     let redis = RedisServer::start().unwrap();
     let postgres = PostgresServer::start().unwrap();
     let database = postgres.create_database().unwrap();
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&database)
-        .await
-        .unwrap();
+    let pool = pool(&database).await.unwrap();
     let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
     // Each api's devices have a run of their own, so the two never send the same log.
     let runs = [run_id("reshard-1"), run_id("reshard-3")];
@@ -181,7 +153,7 @@ async fn going_from_1_to_3_shards_and_back_under_load_loses_nothing() {
             "{:?}",
             &sent.failed[..sent.failed.len().min(5)]
         );
-        used.extend(sent.message_ids.iter().map(|id| shard_of(id)));
+        used.extend(sent.message_ids.iter().map(|id| shard_of(id).unwrap()));
         wait_for_count(
             &pool,
             &count_query(run),

@@ -55,11 +55,29 @@ pub struct Consumer {
 
 impl Consumer {
     /// Consumes until shutdown is requested, then finishes the batch in hand.
-    pub async fn run(mut self) {
-        info!(consumer = %self.name, "consumer started");
+    pub async fn run(self) {
+        self.consume(false).await;
+    }
+
+    /// Stores every entry of a shard that is no longer in use, then deletes it: reads
+    /// until nothing is left, claims what other consumers left behind, and returns once
+    /// the shard is gone (or on shutdown).
+    pub async fn drain(self) {
+        self.consume(true).await;
+    }
+
+    /// Reads, stores and acknowledges until shutdown; when `drain`, until the shard is
+    /// drained and deleted too.
+    async fn consume(mut self, drain: bool) {
+        info!(consumer = %self.name, stream = self.stream.key(), drain, "consumer started");
         let mut rejected = JoinSet::new();
         self.resume_own_pending(&mut rejected).await;
         let claim_every = (self.settings.claim_idle / 2).max(Duration::from_millis(100));
+        let block = if drain {
+            DRAIN_BLOCK
+        } else {
+            self.settings.block
+        };
         let mut next_claim = Instant::now();
         while !self.shutdown.is_cancelled() {
             if Instant::now() >= next_claim {
@@ -69,11 +87,15 @@ impl Consumer {
             let started = Instant::now();
             let read = self
                 .stream
-                .read_new(&self.name, self.settings.batch_size, self.settings.block)
+                .read_new(&self.name, self.settings.batch_size, block)
                 .await;
             match read {
                 // An empty read waited out its block time: not a latency worth recording.
-                Ok(entries) if entries.is_empty() => {}
+                Ok(entries) if entries.is_empty() => {
+                    if drain && self.retired().await {
+                        break;
+                    }
+                }
                 Ok(entries) => {
                     self.metrics.redis_call("XREADGROUP", started.elapsed());
                     self.process(entries, &mut rejected).await;
@@ -87,39 +109,21 @@ impl Consumer {
         info!(consumer = %self.name, "consumer stopped");
     }
 
-    /// Stores every entry of a shard that is no longer in use, then deletes it: reads
-    /// until nothing is left, claims what other consumers left behind, and returns once
-    /// the shard is gone (or on shutdown).
-    pub async fn drain(mut self) {
-        info!(consumer = %self.name, stream = self.stream.key(), "draining a shard no longer in use");
-        let mut rejected = JoinSet::new();
-        self.resume_own_pending(&mut rejected).await;
-        let claim_every = (self.settings.claim_idle / 2).max(Duration::from_millis(100));
-        let mut next_claim = Instant::now();
-        while !self.shutdown.is_cancelled() {
-            if Instant::now() >= next_claim {
-                next_claim = Instant::now() + claim_every;
-                self.claim_from_dead_consumers(&mut rejected).await;
+    /// Deletes the drained shard this consumer reads, if every entry is stored; true
+    /// when it is gone.
+    async fn retired(&mut self) -> bool {
+        match self.stream.retire_if_drained().await {
+            Ok(gone) => {
+                if gone {
+                    info!(consumer = %self.name, stream = self.stream.key(), "drained and removed a shard no longer in use");
+                }
+                gone
             }
-            let read = self
-                .stream
-                .read_new(&self.name, self.settings.batch_size, DRAIN_BLOCK)
-                .await;
-            match read {
-                Ok(entries) if entries.is_empty() => match self.stream.retire_if_drained().await {
-                    Ok(true) => {
-                        info!(consumer = %self.name, stream = self.stream.key(), "drained and removed a shard no longer in use");
-                        break;
-                    }
-                    Ok(false) => {}
-                    Err(error) => self.redis_failed(&error, "remove a drained shard").await,
-                },
-                Ok(entries) => self.process(entries, &mut rejected).await,
-                Err(error) => self.redis_failed(&error, "read").await,
+            Err(error) => {
+                self.redis_failed(&error, "remove a drained shard").await;
+                false
             }
-            while rejected.try_join_next().is_some() {}
         }
-        rejected.abort_all();
     }
 
     /// Stores the entries an earlier process of the same name read and did not
