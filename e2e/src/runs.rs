@@ -40,6 +40,19 @@ pub async fn assert_exactly_once(pool: &PgPool, run: &str, accepted: &[String]) 
     Ok(())
 }
 
+/// Waits up to `timeout` until `run` has as many rows as `accepted` logs, then checks
+/// that each was stored once ([`assert_exactly_once`]).
+pub async fn assert_stored_exactly_once(
+    pool: &PgPool,
+    run: &str,
+    accepted: &[String],
+    timeout: std::time::Duration,
+) -> Result<()> {
+    let count = i64::try_from(accepted.len())?;
+    crate::stack::wait_for_count(pool, &count_query(run), count, timeout).await?;
+    assert_exactly_once(pool, run, accepted).await
+}
+
 /// Checks that each device's logs of `run` (`log_data.device`, `log_data.seq`), in the
 /// order of their keys, are in the order it sent them: its shard kept them in order, and
 /// their keys derive from their entries. Panics on a log out of order.

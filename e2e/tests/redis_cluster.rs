@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use logpipeline_core::stream::Shards;
 use logpipeline_e2e::devices::{self, Plan};
 use logpipeline_e2e::runs::{
-    assert_exactly_once, assert_in_device_order, count_query, pool, run_id, shard_of,
+    assert_in_device_order, assert_stored_exactly_once, count_query, pool, run_id, shard_of,
 };
-use logpipeline_e2e::stack::{eventually, wait_for_count};
+use logpipeline_e2e::stack::eventually;
 use logpipeline_local::postgres::PostgresServer;
 use logpipeline_local::redis::RedisCluster;
 use logpipeline_local::services::{ApiProcess, Env, WorkerProcess};
@@ -64,18 +64,15 @@ async fn three_shards_on_a_redis_cluster_store_every_log_once_and_in_order() {
     println!("3 shards on {} of the 3 masters", masters.len());
 
     let pool = pool(&database).await.unwrap();
-    let total = i64::try_from(plan.total_logs()).unwrap();
-    wait_for_count(
+    assert_eq!(sent.message_ids.len(), plan.total_logs());
+    assert_stored_exactly_once(
         &pool,
-        &count_query(&plan.run),
-        total,
+        &plan.run,
+        &sent.message_ids,
         Duration::from_secs(300),
     )
     .await
     .unwrap();
-    assert_exactly_once(&pool, &plan.run, &sent.message_ids)
-        .await
-        .unwrap();
     assert_in_device_order(&pool, &plan.run).await.unwrap();
 }
 
@@ -172,15 +169,9 @@ async fn with_replicated_acceptance_a_killed_master_loses_and_duplicates_nothing
         .flat_map(|(_, ids)| ids)
         .collect();
     assert_eq!(accepted.len(), devices * batches * 5);
-    wait_for_count(
-        &pool,
-        &count_query(&run),
-        i64::try_from(accepted.len()).unwrap(),
-        Duration::from_secs(300),
-    )
-    .await
-    .unwrap();
-    assert_exactly_once(&pool, &run, &accepted).await.unwrap();
+    assert_stored_exactly_once(&pool, &run, &accepted, Duration::from_secs(300))
+        .await
+        .unwrap();
     assert_in_device_order(&pool, &run).await.unwrap();
 }
 

@@ -10,9 +10,9 @@ use std::time::Duration;
 use logpipeline_core::stream::Shards;
 use logpipeline_e2e::devices::{self, Flow, Plan, send_until};
 use logpipeline_e2e::runs::{
-    assert_exactly_once, assert_in_device_order, count_query, pool, run_id, shard_of,
+    assert_in_device_order, assert_stored_exactly_once, count_query, pool, run_id, shard_of,
 };
-use logpipeline_e2e::stack::{eventually, wait_for_count};
+use logpipeline_e2e::stack::eventually;
 use logpipeline_local::postgres::PostgresServer;
 use logpipeline_local::redis::RedisServer;
 use logpipeline_local::services::{ApiProcess, Env, WorkerProcess};
@@ -54,17 +54,14 @@ async fn three_shards_store_100_000_logs_of_100_devices_once_and_in_order() {
     );
 
     let pool = pool(&database).await.unwrap();
-    wait_for_count(
+    assert_stored_exactly_once(
         &pool,
-        &count_query(&plan.run),
-        100_000,
+        &plan.run,
+        &sent.message_ids,
         Duration::from_secs(300),
     )
     .await
     .unwrap();
-    assert_exactly_once(&pool, &plan.run, &sent.message_ids)
-        .await
-        .unwrap();
 
     assert_in_device_order(&pool, &plan.run).await.unwrap();
     let mut con = redis::Client::open(redis.url())
@@ -154,15 +151,7 @@ async fn going_from_1_to_3_shards_and_back_under_load_loses_nothing() {
             &sent.failed[..sent.failed.len().min(5)]
         );
         used.extend(sent.message_ids.iter().map(|id| shard_of(id).unwrap()));
-        wait_for_count(
-            &pool,
-            &count_query(run),
-            sent.message_ids.len() as i64,
-            Duration::from_secs(300),
-        )
-        .await
-        .unwrap();
-        assert_exactly_once(&pool, run, &sent.message_ids)
+        assert_stored_exactly_once(&pool, run, &sent.message_ids, Duration::from_secs(300))
             .await
             .unwrap();
         accepted += sent.message_ids.len();
