@@ -202,5 +202,6 @@ fn test_log(run: &str, index: u32) -> SeedLog {
         span_id: Some(format!("concurrent-span-{index:06}")),
         device_id: None,
         fields,
+        shadowed: Map::new(),
     }
 }

@@ -286,6 +286,7 @@ fn seed_log(log: WriteLogRequest) -> SeedLog {
         span_id: Some(log.span_id),
         device_id: Some(log.device_id),
         fields,
+        shadowed: Map::new(),
     }
 }
 

@@ -82,7 +82,12 @@ pub struct WriteLogBody {
 impl From<WriteLogBody> for SeedLog {
     fn from(body: WriteLogBody) -> Self {
         let mut fields = body.fields;
-        fields.extend(body.metadata.unwrap_or_default());
+        let mut shadowed = Map::new();
+        for (name, value) in body.metadata.unwrap_or_default() {
+            if let Some(replaced) = fields.insert(name.clone(), value) {
+                shadowed.insert(name, replaced);
+            }
+        }
         Self {
             message: body.message,
             service_name: body.service_name,
@@ -91,6 +96,7 @@ impl From<WriteLogBody> for SeedLog {
             span_id: body.span_id,
             device_id: body.device_id,
             fields,
+            shadowed,
         }
     }
 }

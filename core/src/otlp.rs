@@ -161,7 +161,7 @@ impl Origin {
             trace_id: Some(hex(&log.trace_id)),
             span_id: Some(hex(&log.span_id)),
             device_id: self.device_id.clone(),
-            fields: Map::new(),
+            ..SeedLog::default()
         }
         .into_record()?;
         let log_data =

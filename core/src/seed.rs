@@ -32,6 +32,10 @@ pub struct SeedLog {
     pub device_id: Option<String>,
     /// Its other fields, for `log_data`.
     pub fields: Map<String, Value>,
+    /// Fields it sent that others of the same name replaced (system B's `metadata` wins
+    /// over a top-level field): not stored, and checked as `log_data` all the same, so a
+    /// request with a value the rules refuse is refused wherever the value is.
+    pub shadowed: Map<String, Value>,
 }
 
 /// Why a field was refused: the field's name and the rule's words, as
@@ -67,6 +71,9 @@ impl SeedLog {
             .unwrap_or_else(|| truncated(service_name.as_str().trim_start(), 50));
         let device_id =
             DeviceId::try_from(device_id).map_err(|error| checked("device_id", error))?;
+        if !self.shadowed.is_empty() {
+            LogData::from_object(&self.shadowed).map_err(|error| checked("log_data", error))?;
+        }
         let log_data = if self.fields.is_empty() {
             None
         } else {
@@ -112,6 +119,19 @@ mod tests {
     }
 
     #[test]
+    fn a_shadowed_field_is_checked_though_not_stored() {
+        let mut shadowed = Map::new();
+        shadowed.insert("k".into(), serde_json::json!({"a\u{0}b": 1}));
+        let refused = SeedLog {
+            shadowed,
+            ..log("m")
+        }
+        .into_record()
+        .unwrap_err();
+        assert!(refused.starts_with("log_data"), "{refused}");
+    }
+
+    #[test]
     fn a_bare_message_gets_the_defaults() {
         let record = log("hello").into_record().unwrap();
         assert_eq!(record.device_id.as_str(), "unknown_service");
@@ -136,6 +156,7 @@ mod tests {
             span_id: Some("span-456".into()),
             device_id: Some(String::new()),
             fields,
+            shadowed: Map::new(),
         }
         .into_record()
         .unwrap();
