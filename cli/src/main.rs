@@ -28,7 +28,7 @@ enum Command {
     /// Sends logs to a LogPipeline api as simulated devices and reports accepted logs/s,
     /// latency percentiles and answers; with --database-url and --redis-url, also
     /// persisted logs/s, the backlog, and whether every accepted log was stored once.
-    Load(LoadArgs),
+    Load(Box<LoadArgs>),
     /// Benchmarks on a stack this command starts.
     #[command(subcommand)]
     Bench(Bench),
@@ -42,7 +42,7 @@ enum Bench {
     /// The write path end to end: the seed's stress profile, the single-log profile and
     /// an open-loop sustained profile, each checked for lost and duplicated logs, with
     /// CPU per log per process, beside the seed system's figures.
-    Pipeline(BenchOptions),
+    Pipeline(Box<BenchOptions>),
     /// The read path on a large table: cached and uncached device queries, statistics.
     Query(QueryBenchArgs),
     /// The worker's store path alone against a durable PostgreSQL: logs/s, CPU per log
@@ -86,7 +86,7 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<bool> {
     match command {
         Command::Dev(args) => dev::run(args).map(|()| true),
-        Command::Load(args) => run_load(args),
+        Command::Load(args) => run_load(*args),
         Command::Bench(Bench::Pipeline(options)) => bench::run(&options).map(|()| true),
         Command::Bench(Bench::Query(args)) => runtime(None)?
             .block_on(bench::query::run(args))

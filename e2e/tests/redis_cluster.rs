@@ -1,12 +1,14 @@
 //! The pipeline on a real Redis Cluster (3 masters, 3 replicas, Debian's redis-server in
 //! cluster mode, joined by `redis-cli --cluster create`), through the redis crate's
 //! cluster client: three shards spread over the masters store every log once and in
-//! each device's order, and with replicated acceptance a master SIGKILLed mid-load,
-//! whose replica the cluster promotes, loses nothing and duplicates nothing.
+//! each device's order, and `admin` reads each of them; with replicated acceptance a
+//! master SIGKILLed mid-load, whose replica the cluster promotes, loses nothing and
+//! duplicates nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
 
 use std::collections::BTreeSet;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use logpipeline_core::stream::Shards;
@@ -17,7 +19,7 @@ use logpipeline_e2e::runs::{
 use logpipeline_e2e::stack::eventually;
 use logpipeline_local::postgres::PostgresServer;
 use logpipeline_local::redis::RedisCluster;
-use logpipeline_local::services::{ApiProcess, Env, WorkerProcess};
+use logpipeline_local::services::{ApiProcess, Env, WorkerProcess, binaries_dir};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -74,6 +76,33 @@ async fn three_shards_on_a_redis_cluster_store_every_log_once_and_in_order() {
     .await
     .unwrap();
     assert_in_device_order(&pool, &plan.run).await.unwrap();
+
+    // `admin stream` reads each shard through the cluster client.
+    for (shard, key) in Shards::on_cluster("logs:stream", 3)
+        .keys()
+        .iter()
+        .enumerate()
+    {
+        let output = Command::new(binaries_dir().unwrap().join("logpipeline-worker"))
+            .args(["admin", "--shard", &shard.to_string(), "stream", "--json"])
+            .env("REDIS_URL", cluster.url())
+            .env("LOGPIPELINE_REDIS_CLUSTER", "true")
+            .output()
+            .unwrap();
+        let printed = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{printed}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: Value = serde_json::from_str(&printed).unwrap();
+        assert_eq!(report["stream"], key.as_str(), "{report}");
+        assert!(report["length"].is_u64(), "{report}");
+        let consumers = report["consumers"].as_array().unwrap();
+        assert_eq!(consumers.len(), 2, "each worker reads each shard: {report}");
+        assert_eq!(report["group"], "log_workers", "{report}");
+        assert!(report["lag"].is_u64(), "{report}");
+    }
 }
 
 /// Sends `batches` batches of 5 logs as device `device`, one at a time, each with an

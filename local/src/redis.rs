@@ -176,7 +176,15 @@ impl RedisCluster {
     pub fn start(masters: usize, replicas: usize) -> Result<Self> {
         let options = RedisOptions {
             append_only: true,
-            extra_args: [
+            extra_args: Vec::new(),
+        };
+        Self::start_with(masters, replicas, options)
+    }
+
+    /// [`start`](Self::start), each node with `options` besides cluster mode.
+    pub fn start_with(masters: usize, replicas: usize, mut options: RedisOptions) -> Result<Self> {
+        options.extra_args.extend(
+            [
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -184,9 +192,8 @@ impl RedisCluster {
                 "--cluster-node-timeout",
                 "2000",
             ]
-            .map(str::to_owned)
-            .to_vec(),
-        };
+            .map(str::to_owned),
+        );
         let nodes = (0..masters * (1 + replicas))
             .map(|_| RedisServer::start_with(options.clone()))
             .collect::<Result<Vec<_>>>()?;

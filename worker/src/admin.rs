@@ -18,11 +18,11 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, Subcommand};
 use logpipeline_core::codec;
 use redis::Value;
-use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 
 use crate::stream::{field_map, read_group_info, text};
 use logpipeline_core::config::RedisArgs;
+use logpipeline_core::connection::{Redis, RedisTarget};
 
 /// Operations on the stream.
 #[derive(Debug, Clone, Subcommand)]
@@ -110,14 +110,13 @@ end
 return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
 ";
 
-/// Runs `command` against `target` on the Redis `redis` names; returns what to print.
+/// Runs `command` against `target` on the Redis (or Redis Cluster) `redis` names;
+/// returns what to print.
 pub async fn run(redis: &RedisArgs, target: Target, command: &Admin) -> Result<String, AdminError> {
-    let client = redis::Client::open(
-        redis
-            .connection_info()
-            .map_err(|error| AdminError::Refused(error.to_string()))?,
-    )?;
-    let mut redis = client.get_multiplexed_async_connection().await?;
+    let mut redis = RedisTarget::from_args(redis)
+        .map_err(|error| AdminError::Refused(error.to_string()))?
+        .connect(Duration::from_secs(10))
+        .await?;
     match command {
         Admin::Stream { json } => {
             let report = target.report(&mut redis).await?;
@@ -246,7 +245,7 @@ impl std::fmt::Display for DeadLetter {
 }
 
 impl Target {
-    async fn report(&self, redis: &mut MultiplexedConnection) -> Result<Report, AdminError> {
+    async fn report(&self, redis: &mut Redis) -> Result<Report, AdminError> {
         let length: u64 = redis::cmd("XLEN")
             .arg(&self.stream)
             .query_async(redis)
@@ -297,7 +296,7 @@ impl Target {
 
     async fn dead_letters(
         &self,
-        redis: &mut MultiplexedConnection,
+        redis: &mut Redis,
         count: usize,
     ) -> Result<Vec<DeadLetter>, AdminError> {
         Ok(self
@@ -312,7 +311,7 @@ impl Target {
     /// entry as it was accepted.
     async fn dead_entries(
         &self,
-        redis: &mut MultiplexedConnection,
+        redis: &mut Redis,
         count: Option<usize>,
     ) -> Result<Vec<(DeadLetter, Fields)>, AdminError> {
         let mut range = redis::cmd("XRANGE");
@@ -362,11 +361,7 @@ impl Target {
             .collect())
     }
 
-    async fn replay(
-        &self,
-        redis: &mut MultiplexedConnection,
-        replay: &Replay,
-    ) -> Result<String, AdminError> {
+    async fn replay(&self, redis: &mut Redis, replay: &Replay) -> Result<String, AdminError> {
         // Without ids, the oldest `count`; with ids, those among all dead letters.
         let scan = replay.ids.is_empty().then_some(replay.count);
         let mut out = String::new();
@@ -410,11 +405,7 @@ impl Target {
         Ok(out)
     }
 
-    async fn delete_consumer(
-        &self,
-        redis: &mut MultiplexedConnection,
-        name: &str,
-    ) -> Result<String, AdminError> {
+    async fn delete_consumer(&self, redis: &mut Redis, name: &str) -> Result<String, AdminError> {
         let report = self.report(redis).await?;
         let consumer = report
             .consumers

@@ -9,7 +9,7 @@ use logpipeline_core::config::{
 };
 use logpipeline_core::partitions::{PartitionInterval, Retention};
 use logpipeline_core::storage::PartitionSettings;
-use logpipeline_core::stream::{MAX_SHARDS, shard_key};
+use logpipeline_core::stream::{MAX_SHARDS, Shards, shard_key};
 
 use crate::admin::{Admin, Target};
 use crate::store::StoreSettings;
@@ -150,7 +150,12 @@ pub enum Command {
 impl Config {
     /// The keys `admin` commands work on for shard `shard`.
     pub fn admin_target(&self, shard: u32) -> Target {
-        let stream = shard_key(&self.stream.stream, shard);
+        let base = &self.stream.stream;
+        let stream = if shard == 0 && self.redis.redis_cluster {
+            Shards::on_cluster(base, 1).keys()[0].clone()
+        } else {
+            shard_key(base, shard)
+        };
         Target {
             dead: self.dead_letter_stream(&stream),
             stream,

@@ -18,6 +18,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::load::{LoadOptions, Protocol, Report};
+use logpipeline_core::stream::MAX_SHARDS;
 use logpipeline_local::auth::{ApiKey, keys_file};
 use logpipeline_local::services::Env;
 use probe::{Diagnosis, Probe};
@@ -91,6 +92,22 @@ pub struct BenchOptions {
     /// each entry.
     #[arg(long)]
     pub redis_replica: bool,
+
+    /// When the api answers 200 and the workers may store (`LOGPIPELINE_REDIS_DURABILITY`
+    /// of both): `primary`, or `replicated` (needs `--redis-replica`).
+    #[arg(long, default_value = "primary", value_parser = ["primary", "replicated"])]
+    pub redis_durability: String,
+
+    /// Run on a Redis Cluster of 3 masters on this machine (each with a replica with
+    /// `--redis-replica`) instead of one Redis; the CPU of each master is printed.
+    #[arg(long)]
+    pub redis_cluster: bool,
+
+    /// Streams the logs are spread over (`LOGPIPELINE_STREAM_SHARDS` of the api and the
+    /// workers).
+    #[arg(long, default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SHARDS)))]
+    pub stream_shards: u32,
 
     /// Give PostgreSQL a streaming standby (its CPU is counted as `standby`): `async`, or
     /// `sync` (`synchronous_standby_names = *`: each commit waits until the standby
@@ -275,6 +292,8 @@ impl Profile {
             database_url: Some(stack.database_url.clone()),
             redis_url: Some(stack.redis.url()),
             stream: "logs:stream".into(),
+            stream_shards: bench.stream_shards,
+            redis_cluster: stack.redis.is_cluster(),
             group: "log_workers".into(),
             drain_timeout_secs: bench.drain_timeout_secs,
             quiet: bench.quiet,
@@ -295,6 +314,16 @@ struct BenchRun<'a> {
     diagnosis: &'a Diagnosis,
 }
 
+/// `durability` as `LOGPIPELINE_REDIS_DURABILITY`, then `settings`, which may override it.
+fn with_durability(settings: &[(String, String)], durability: &str) -> Env {
+    let mut env = Env::from([(
+        "LOGPIPELINE_REDIS_DURABILITY".to_owned(),
+        durability.to_owned(),
+    )]);
+    env.extend(settings.iter().cloned());
+    env
+}
+
 /// Starts the stack, runs the profiles, prints the table; everything stops on return.
 pub fn run(options: &BenchOptions) -> Result<()> {
     let settings = StackSettings {
@@ -304,9 +333,11 @@ pub fn run(options: &BenchOptions) -> Result<()> {
         stream_capacity: options.stream_capacity,
         appendfsync: options.appendfsync.clone(),
         redis_replica: options.redis_replica,
+        redis_cluster_masters: if options.redis_cluster { 3 } else { 0 },
+        stream_shards: options.stream_shards,
         postgres_standby: options.postgres_standby,
-        api_env: options.api_env.iter().cloned().collect::<Env>(),
-        worker_env: options.worker_env.iter().cloned().collect::<Env>(),
+        api_env: with_durability(&options.api_env, &options.redis_durability),
+        worker_env: with_durability(&options.worker_env, &options.redis_durability),
     };
     logpipeline_local::packages::ensure_installed(true)?;
     println!(

@@ -22,10 +22,15 @@ pub struct Diagnosis {
     /// CPU used by each part over the run (its drain included), in microseconds per log
     /// it stored (or accepted, without an end-to-end check).
     pub cpu_us_per_log: BTreeMap<String, f64>,
+    /// CPU of each Redis master, in percent of one core, when there are several (a
+    /// Redis Cluster): how evenly the shards spread the work.
+    #[serde(default)]
+    pub redis_masters_cpu_percent: Vec<f64>,
     /// Peak resident memory of each process of the stack but PostgreSQL (whose shared
     /// buffers would dominate), and of the generator, in MiB since it started.
     pub peak_rss_mib: BTreeMap<String, f64>,
-    /// Redis commands by total time, slowest first: name, calls, microseconds.
+    /// Redis commands by total time over every master, slowest first: name, calls,
+    /// microseconds.
     pub redis_commands: Vec<(String, u64, u64)>,
     /// PostgreSQL statements by total time, slowest first: calls, total ms, mean ms,
     /// rows, query.
@@ -43,6 +48,14 @@ impl Diagnosis {
             .collect();
         // Writing into a String cannot fail.
         let _ = writeln!(out, "  cpu        {}", cpu.join("  "));
+        if self.redis_masters_cpu_percent.len() > 1 {
+            let masters: Vec<String> = self
+                .redis_masters_cpu_percent
+                .iter()
+                .map(|percent| format!("{percent:.0}%"))
+                .collect();
+            let _ = writeln!(out, "  masters    {}", masters.join("  "));
+        }
         let per_log: Vec<String> = self
             .cpu_us_per_log
             .iter()
@@ -83,10 +96,12 @@ pub struct Probe {
 impl Probe {
     /// Resets Redis's and PostgreSQL's statistics and reads the CPU used so far.
     pub async fn start(stack: &mut BenchStack) -> Result<Self> {
-        redis::cmd("CONFIG")
-            .arg("RESETSTAT")
-            .query_async::<()>(&mut stack.redis().await?)
-            .await?;
+        for mut master in stack.redis_masters().await? {
+            redis::cmd("CONFIG")
+                .arg("RESETSTAT")
+                .query_async::<()>(&mut master)
+                .await?;
+        }
         stack
             .postgres
             .psql("logs", "select pg_stat_statements_reset()")?;
@@ -101,9 +116,13 @@ impl Probe {
         let wall = self.started.elapsed().as_secs_f64();
         let mut cpu_percent = BTreeMap::new();
         let mut cpu_us_per_log = BTreeMap::new();
+        let mut redis_masters_cpu_percent = Vec::new();
         for ((name, before), (_, after)) in self.cpu.iter().zip(cpu_by_part(stack).await?) {
-            *cpu_percent.entry((*name).to_owned()).or_insert(0.0) +=
-                (after - before) / wall * 100.0;
+            let percent = (after - before) / wall * 100.0;
+            if *name == "redis" {
+                redis_masters_cpu_percent.push(percent);
+            }
+            *cpu_percent.entry((*name).to_owned()).or_insert(0.0) += percent;
             *cpu_us_per_log.entry((*name).to_owned()).or_insert(0.0) +=
                 (after - before) * 1e6 / logs.max(1) as f64;
         }
@@ -123,10 +142,14 @@ impl Probe {
                 *peak = peak.max(mib);
             }
         }
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(&mut stack.redis().await?)
-            .await?;
+        let mut infos = Vec::new();
+        for mut master in stack.redis_masters().await? {
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async(&mut master)
+                .await?;
+            infos.push(info);
+        }
         let statements = stack.postgres.psql(
             "logs",
             "select format('%s calls, %s ms total, %s ms mean, %s rows: %s', calls, \
@@ -137,8 +160,9 @@ impl Probe {
         Ok(Diagnosis {
             cpu_percent,
             cpu_us_per_log,
+            redis_masters_cpu_percent,
             peak_rss_mib,
-            redis_commands: command_stats(&info),
+            redis_commands: command_stats(&infos),
             statements: statements.lines().map(str::to_owned).collect(),
         })
     }
@@ -226,19 +250,30 @@ pub(crate) fn children_of(parent: u32) -> Result<Vec<u32>> {
 }
 
 /// `INFO commandstats` as (command, calls, microseconds), the most time first.
-fn command_stats(info: &str) -> Vec<(String, u64, u64)> {
-    let mut commands: Vec<(String, u64, u64)> = info
-        .lines()
-        .filter_map(|line| {
-            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let stat = |key: &str| {
-                stats
-                    .split(',')
-                    .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
-                    .and_then(|value| value.parse::<u64>().ok())
-            };
-            Some((name.to_owned(), stat("calls")?, stat("usec")?))
-        })
+fn command_stats(infos: &[String]) -> Vec<(String, u64, u64)> {
+    let mut totals: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for line in infos.iter().flat_map(|info| info.lines()) {
+        let Some((name, stats)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|line| line.split_once(':'))
+        else {
+            continue;
+        };
+        let stat = |key: &str| {
+            stats
+                .split(',')
+                .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|value| value.parse::<u64>().ok())
+        };
+        if let (Some(calls), Some(usec)) = (stat("calls"), stat("usec")) {
+            let total = totals.entry(name.to_owned()).or_default();
+            total.0 += calls;
+            total.1 += usec;
+        }
+    }
+    let mut commands: Vec<(String, u64, u64)> = totals
+        .into_iter()
+        .map(|(name, (calls, usec))| (name, calls, usec))
         .collect();
     commands.sort_by_key(|command| std::cmp::Reverse(command.2));
     commands
@@ -249,13 +284,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn command_stats_are_parsed_and_sorted_by_time() {
-        let info = "# Commandstats\r\n\
+    fn command_stats_are_parsed_added_up_over_masters_and_sorted_by_time() {
+        let first = "# Commandstats\r\n\
             cmdstat_xadd:calls=10,usec=50,usec_per_call=5.00,rejected_calls=0,failed_calls=0\r\n\
             cmdstat_evalsha:calls=10,usec=200,usec_per_call=20.00,rejected_calls=0,failed_calls=0\r\n";
+        let second = "# Commandstats\r\n\
+            cmdstat_xadd:calls=30,usec=300,usec_per_call=10.00,rejected_calls=0,failed_calls=0\r\n";
         assert_eq!(
-            command_stats(info),
+            command_stats(&[first.to_owned()]),
             vec![("evalsha".into(), 10, 200), ("xadd".into(), 10, 50)]
+        );
+        assert_eq!(
+            command_stats(&[first.to_owned(), second.to_owned()]),
+            vec![("xadd".into(), 40, 350), ("evalsha".into(), 10, 200)]
         );
     }
 

@@ -9,7 +9,7 @@ use redis::aio::MultiplexedConnection;
 
 use logpipeline_local::postgres::{PostgresOptions, PostgresServer, multi_host_url};
 use logpipeline_local::process::wait_until;
-use logpipeline_local::redis::{RedisOptions, RedisServer};
+use logpipeline_local::redis::{RedisCluster, RedisOptions, RedisServer};
 use logpipeline_local::services::{ApiProcess, Env, WorkerProcess};
 
 use super::PostgresStandby;
@@ -28,8 +28,12 @@ pub struct StackSettings {
     /// Redis `appendfsync`.
     pub appendfsync: String,
     /// Whether Redis has a replica (with the same persistence), for the api's
-    /// `LOGPIPELINE_REDIS_DURABILITY=replicated`.
+    /// `LOGPIPELINE_REDIS_DURABILITY=replicated`; on a cluster, each master has one.
     pub redis_replica: bool,
+    /// Masters of a Redis Cluster, or 0 for one Redis server.
+    pub redis_cluster_masters: u32,
+    /// `LOGPIPELINE_STREAM_SHARDS` of the api and the workers.
+    pub stream_shards: u32,
     /// Whether PostgreSQL has a streaming standby, and whether commits wait for it.
     pub postgres_standby: PostgresStandby,
     /// More api settings.
@@ -47,9 +51,7 @@ pub struct BenchStack {
     /// PostgreSQL.
     pub postgres: PostgresServer,
     /// Redis.
-    pub redis: RedisServer,
-    /// Its replica, when asked for.
-    pub replica: Option<RedisServer>,
+    pub redis: BenchRedis,
     /// PostgreSQL's standby, when asked for.
     pub standby: Option<PostgresServer>,
     /// The `logs` database on the primary.
@@ -71,11 +73,19 @@ impl BenchStack {
                 settings.appendfsync.clone(),
             ],
         };
-        let redis = RedisServer::start_with(redis_options.clone())?;
-        let replica = if settings.redis_replica {
-            Some(RedisServer::start_replica_of(redis.port(), redis_options)?)
+        let redis = if settings.redis_cluster_masters > 0 {
+            BenchRedis::Cluster(RedisCluster::start_with(
+                settings.redis_cluster_masters as usize,
+                usize::from(settings.redis_replica),
+                redis_options,
+            )?)
         } else {
-            None
+            let mut servers = vec![RedisServer::start_with(redis_options.clone())?];
+            if settings.redis_replica {
+                let primary = servers[0].port();
+                servers.push(RedisServer::start_replica_of(primary, redis_options)?);
+            }
+            BenchRedis::Single(servers)
         };
         let mut postgres_settings = vec![
             (
@@ -104,7 +114,8 @@ impl BenchStack {
             None => database_url.clone(),
             Some(standby) => multi_host_url(&[&postgres, standby], "logs"),
         };
-        let mut worker_env = Env::from([
+        let mut worker_env = Self::redis_env(settings);
+        worker_env.extend([
             (
                 "LOGPIPELINE_CONCURRENCY".into(),
                 settings.worker_concurrency.to_string(),
@@ -138,7 +149,6 @@ impl BenchStack {
             workers,
             postgres,
             redis,
-            replica,
             standby,
             database_url,
             services_database_url,
@@ -155,14 +165,30 @@ impl BenchStack {
         Ok(())
     }
 
-    /// The api's environment: the stream capacity, then `extra`.
+    /// The api's environment: the Redis settings, the stream capacity, then `extra`.
     fn api_env(settings: &StackSettings, extra: &Env) -> Env {
-        let mut env = Env::from([(
+        let mut env = Self::redis_env(settings);
+        env.insert(
             "LOGPIPELINE_STREAM_CAPACITY".into(),
             settings.stream_capacity.to_string(),
-        )]);
+        );
         env.extend(extra.clone());
         env
+    }
+
+    /// What the api and the workers both need of Redis: the shards, and whether it is a
+    /// cluster.
+    fn redis_env(settings: &StackSettings) -> Env {
+        Env::from([
+            (
+                "LOGPIPELINE_STREAM_SHARDS".into(),
+                settings.stream_shards.to_string(),
+            ),
+            (
+                "LOGPIPELINE_REDIS_CLUSTER".into(),
+                (settings.redis_cluster_masters > 0).to_string(),
+            ),
+        ])
     }
 
     /// Empties the `logs` table, so every run starts from the same state (the
@@ -173,24 +199,18 @@ impl BenchStack {
         Ok(())
     }
 
-    /// A connection to Redis.
-    pub async fn redis(&self) -> Result<MultiplexedConnection> {
-        redis::Client::open(self.redis.url())?
-            .get_multiplexed_async_connection()
-            .await
-            .context("connecting to Redis")
-    }
-
-    /// The process ids of each part of the stack by name: `api`, `worker`, `redis`,
-    /// `postgres` (the postmaster; its children are counted with it).
+    /// The process ids of each part of the stack by name: `api`, `worker`, `redis` (each
+    /// master), `replica`, `postgres` and `standby` (the postmasters; their children are
+    /// counted with them).
     pub async fn pids(&mut self) -> Result<Vec<(&'static str, u32)>> {
         let mut pids = vec![("api", self.api.process().pid())];
         for worker in &mut self.workers {
             pids.push(("worker", worker.process().pid()));
         }
-        pids.push(("redis", process_id(&self.redis).await?));
-        if let Some(replica) = &self.replica {
-            pids.push(("replica", process_id(replica).await?));
+        for node in self.redis.nodes() {
+            let server = server_info(node).await?;
+            let role = if server.master { "redis" } else { "replica" };
+            pids.push((role, server.pid));
         }
         pids.push((
             "postgres",
@@ -201,20 +221,80 @@ impl BenchStack {
         }
         Ok(pids)
     }
+
+    /// Connections to each Redis master.
+    pub async fn redis_masters(&self) -> Result<Vec<MultiplexedConnection>> {
+        let mut masters = Vec::new();
+        for node in self.redis.nodes() {
+            if server_info(node).await?.master {
+                masters.push(connect(node).await?);
+            }
+        }
+        Ok(masters)
+    }
 }
 
-/// The process id `redis` reports.
-async fn process_id(redis: &RedisServer) -> Result<u32> {
+/// The Redis a benchmark runs on.
+pub enum BenchRedis {
+    /// One server, then its replica when asked for.
+    Single(Vec<RedisServer>),
+    /// A Redis Cluster.
+    Cluster(RedisCluster),
+}
+
+impl BenchRedis {
+    /// The URL the services are given: the server's, or every node's, comma-separated.
+    pub fn url(&self) -> String {
+        match self {
+            Self::Single(servers) => servers[0].url(),
+            Self::Cluster(cluster) => cluster.url(),
+        }
+    }
+
+    /// Whether it is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
+    /// Every server: masters and replicas.
+    fn nodes(&self) -> Vec<&RedisServer> {
+        match self {
+            Self::Single(servers) => servers.iter().collect(),
+            Self::Cluster(cluster) => cluster.nodes().iter().collect(),
+        }
+    }
+}
+
+/// A connection to one Redis server.
+async fn connect(redis: &RedisServer) -> Result<MultiplexedConnection> {
+    redis::Client::open(redis.url())?
+        .get_multiplexed_async_connection()
+        .await
+        .context("connecting to Redis")
+}
+
+/// What a Redis server says of itself.
+struct ServerInfo {
+    pid: u32,
+    master: bool,
+}
+
+/// The process id and role `redis` reports.
+async fn server_info(redis: &RedisServer) -> Result<ServerInfo> {
     let info: String = redis::cmd("INFO")
         .arg("server")
-        .query_async(
-            &mut redis::Client::open(redis.url())?
-                .get_multiplexed_async_connection()
-                .await?,
-        )
+        .arg("replication")
+        .query_async(&mut connect(redis).await?)
         .await?;
-    info.lines()
-        .find_map(|line| line.strip_prefix("process_id:"))
-        .and_then(|pid| pid.trim().parse().ok())
-        .context("Redis INFO has no process_id")
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    Ok(ServerInfo {
+        pid: field("process_id")
+            .and_then(|pid| pid.parse().ok())
+            .context("Redis INFO has no process_id")?,
+        master: field("role") == Some("master"),
+    })
 }

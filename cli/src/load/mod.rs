@@ -23,7 +23,7 @@ use crate::load::generator::{Generator, Tally};
 use crate::load::ledger::{Fate, Ledger};
 pub use crate::load::plan::{LoadOptions, Plan, Protocol};
 pub use crate::load::report::{EndToEnd, Latency, Report, Sample};
-use crate::load::watch::{Seen, Watch};
+use crate::load::watch::{Seen, StreamKeys, Watch};
 
 /// How often progress is sampled and printed.
 const TICK: Duration = Duration::from_secs(1);
@@ -39,7 +39,11 @@ pub async fn run(options: &LoadOptions) -> Result<Report> {
             Watch::connect(
                 database_url,
                 redis_url,
-                &options.stream,
+                &StreamKeys {
+                    name: &options.stream,
+                    shards: options.stream_shards,
+                    cluster: options.redis_cluster,
+                },
                 &options.group,
                 &plan.run,
             )

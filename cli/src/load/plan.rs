@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use hyper::Uri;
+use logpipeline_core::stream::MAX_SHARDS;
 
 /// How to load a LogPipeline api (the load generator's command-line options).
 #[derive(Debug, Clone, clap::Args)]
@@ -87,6 +88,17 @@ pub struct LoadOptions {
     /// End-to-end mode: the stream's key.
     #[arg(long, default_value = "logs:stream")]
     pub stream: String,
+
+    /// End-to-end mode: the streams the logs are spread over (the pipeline's
+    /// `LOGPIPELINE_STREAM_SHARDS`); the backlog is their sum.
+    #[arg(long, default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SHARDS)))]
+    pub stream_shards: u32,
+
+    /// End-to-end mode: `--redis-url` names one or more nodes of a Redis Cluster,
+    /// comma-separated.
+    #[arg(long)]
+    pub redis_cluster: bool,
 
     /// End-to-end mode: the workers' consumer group.
     #[arg(long, default_value = "log_workers")]

@@ -7,15 +7,18 @@
 //! few hundred rows), so what it shows is exactly what is committed: the logs stored
 //! since the watch began, of this run and of any other traffic alike (a benchmark has the
 //! pipeline to itself). The exact figure of the run comes from the final check, which
-//! reads the run's rows. The backlog is `XINFO GROUPS`: lag (not yet delivered) and
-//! pending (delivered, not acknowledged). Workers acknowledge after commit, so lag and
-//! pending both 0 means everything accepted is in PostgreSQL.
+//! reads the run's rows. The backlog is `XINFO GROUPS` of every shard of the stream,
+//! added up: lag (not yet delivered) and pending (delivered, not acknowledged). Workers
+//! acknowledge after commit, so lag and pending both 0 means everything accepted is in
+//! PostgreSQL.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures::TryStreamExt;
-use redis::aio::MultiplexedConnection;
+use logpipeline_core::config::RedisArgs;
+use logpipeline_core::connection::{Redis, RedisTarget};
+use logpipeline_core::stream::Shards;
 use redis::streams::StreamInfoGroupsReply;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -51,8 +54,8 @@ async fn stored(pool: &PgPool) -> Result<i64> {
 /// Watches a run's rows and the stream's backlog.
 pub struct Watch {
     pool: PgPool,
-    redis: MultiplexedConnection,
-    stream: String,
+    redis: Redis,
+    shards: Vec<String>,
     group: String,
     run: String,
     /// Logs counted when the watch began.
@@ -61,6 +64,17 @@ pub struct Watch {
     polls: u64,
     poll_time: Duration,
     slowest_poll: Duration,
+}
+
+/// The stream a watch reads: its key, its shards, and whether it is on a Redis Cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamKeys<'a> {
+    /// The stream's key (`--stream`).
+    pub name: &'a str,
+    /// Its shards (`--stream-shards`).
+    pub shards: u32,
+    /// Whether the Redis URL names nodes of a Redis Cluster.
+    pub cluster: bool,
 }
 
 /// What one poll saw.
@@ -84,12 +98,13 @@ pub struct WatchCost {
 }
 
 impl Watch {
-    /// Connects to the pipeline's database and Redis, to watch run `run` on `stream`'s
-    /// consumer group `group`.
+    /// Connects to the pipeline's database and Redis (a Redis Cluster when
+    /// `stream.cluster`), to watch run `run` on the consumer group `group` of the stream's
+    /// shards.
     pub async fn connect(
         database_url: &str,
         redis_url: &str,
-        stream: &str,
+        stream: &StreamKeys<'_>,
         group: &str,
         run: &str,
     ) -> Result<Self> {
@@ -98,17 +113,28 @@ impl Watch {
             .connect(database_url)
             .await
             .context("connecting to PostgreSQL")?;
-        let redis = redis::Client::open(redis_url)?
-            .get_multiplexed_async_connection()
+        let target = RedisTarget::from_args(&RedisArgs {
+            redis_url: Some(redis_url.to_owned()),
+            redis_host: None,
+            redis_port: None,
+            redis_cluster: stream.cluster,
+        })?;
+        let redis = target
+            .connect(Duration::from_secs(10))
             .await
             .context("connecting to Redis")?;
+        let shards = if stream.cluster {
+            Shards::on_cluster(stream.name, stream.shards)
+        } else {
+            Shards::new(stream.name, stream.shards)
+        };
         let start = stored(&pool)
             .await
             .context("reading the log counters (has a worker created them?)")?;
         Ok(Self {
             pool,
             redis,
-            stream: stream.to_owned(),
+            shards: shards.keys().to_vec(),
             group: group.to_owned(),
             run: run.to_owned(),
             counted_at_start: start,
@@ -136,21 +162,26 @@ impl Watch {
     }
 
     async fn backlog(&mut self) -> Result<Backlog> {
-        let reply: StreamInfoGroupsReply = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&self.stream)
-            .query_async(&mut self.redis)
-            .await
-            .with_context(|| format!("XINFO GROUPS {}", self.stream))?;
-        let group = reply
-            .groups
-            .into_iter()
-            .find(|group| group.name == self.group)
-            .with_context(|| format!("stream {} has no group {}", self.stream, self.group))?;
-        Ok(Backlog {
-            lag: group.lag.map(|lag| lag as u64),
-            pending: group.pending as u64,
-        })
+        let mut total = Backlog {
+            lag: Some(0),
+            pending: 0,
+        };
+        for shard in &self.shards {
+            let reply: StreamInfoGroupsReply = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(shard)
+                .query_async(&mut self.redis)
+                .await
+                .with_context(|| format!("XINFO GROUPS {shard}"))?;
+            let group = reply
+                .groups
+                .into_iter()
+                .find(|group| group.name == self.group)
+                .with_context(|| format!("stream {shard} has no group {}", self.group))?;
+            total.lag = total.lag.zip(group.lag).map(|(sum, lag)| sum + lag as u64);
+            total.pending += group.pending as u64;
+        }
+        Ok(total)
     }
 
     /// What the polls cost so far.

@@ -95,7 +95,13 @@ fn changing_the_pipeline_rolls_its_pods_while_a_device_sends_and_nothing_is_lost
         sent_to_new.unwrap();
         (sent, rolled_after)
     });
-    wait_for_condition(cluster, "Ready", "True", Duration::from_secs(120)).unwrap();
+    wait_for_condition(
+        cluster,
+        (NS, PIPELINE),
+        ("Ready", "True"),
+        Duration::from_secs(120),
+    )
+    .unwrap();
     println!(
         "a device sent {} logs while every pod rolled ({rolled_after:.1?}); refused: {:?}; unanswered: {}",
         sent.message_ids.len(),

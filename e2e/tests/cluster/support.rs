@@ -124,7 +124,12 @@ impl Pipeline {
         // The sample's key is a placeholder: the devices' key replaces it, as a user's would.
         let key = ApiKey::new("acme", "devices", &["write", "read"]);
         keys_secret(cluster, &[&key])?;
-        wait_for_condition(cluster, "Ready", "True", Duration::from_secs(300))?;
+        wait_for_condition(
+            cluster,
+            (NS, PIPELINE),
+            ("Ready", "True"),
+            Duration::from_secs(300),
+        )?;
         let apply_to_ready = applied.elapsed();
         let table_at_ready = cluster.kubectl(&["get", "lp", "-n", NS])?;
 
@@ -246,16 +251,17 @@ fn node_port(cluster: &NodeCluster, name: &str) -> Result<u16> {
         .with_context(|| format!("service {name} has no node port"))
 }
 
-/// Waits until the pipeline's condition `type_` has `status`.
+/// Waits until the LogPipeline `name` of namespace `namespace` has condition `type_` with
+/// `status`.
 pub fn wait_for_condition(
     cluster: &NodeCluster,
-    type_: &str,
-    status: &str,
+    (namespace, name): (&str, &str),
+    (type_, status): (&str, &str),
     timeout: Duration,
 ) -> Result<()> {
     let mut last = Value::Null;
-    wait_until(&format!("{PIPELINE} has {type_}={status}"), timeout, || {
-        let lp = cluster.get_json(&["-n", NS, "logpipeline", PIPELINE])?;
+    wait_until(&format!("{name} has {type_}={status}"), timeout, || {
+        let lp = cluster.get_json(&["-n", namespace, "logpipeline", name])?;
         last = lp["status"].clone();
         let conditions = lp["status"]["conditions"]
             .as_array()
