@@ -286,7 +286,7 @@ impl Queue {
 /// gone.
 async fn write(
     queue: Queue,
-    mut redis: Redis,
+    redis: Redis,
     receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
     script: Arc<Script>,
     metrics: Metrics,
@@ -336,7 +336,7 @@ async fn write(
                     .enumerate()
                     .filter(|(_, entries)| !entries.is_empty())
                     .map(|(shard, _)| queue.shards.keys()[shard].as_str());
-                wait_for_replicas(&mut redis, written, replication, &metrics)
+                wait_for_replicas(&redis, written, replication, &metrics)
                     .await
                     .err()
             }
@@ -424,11 +424,11 @@ fn answer(
 /// Waits until `replication.replicas` replicas hold every write made on `redis` so far
 /// to the shards `written` (`WAIT`: a replica acknowledges a replication offset, and
 /// holds all that came before it). On one server one `WAIT` covers them all; on a Redis
-/// Cluster each shard's master is asked, on the connection the writes went on. Fails
-/// with an error of unknown outcome when they do not in time, or when `WAIT` fails: the
-/// masters hold the entries either way.
+/// Cluster each shard's master is asked at once, on the connection the writes went on.
+/// Fails with an error of unknown outcome when they do not in time, or when `WAIT`
+/// fails: the masters hold the entries either way.
 async fn wait_for_replicas<'a>(
-    redis: &mut Redis,
+    redis: &Redis,
     written: impl Iterator<Item = &'a str>,
     replication: Replication,
     metrics: &Metrics,
@@ -437,9 +437,12 @@ async fn wait_for_replicas<'a>(
     if !redis.is_cluster() {
         written.truncate(1);
     }
-    for shard in written {
-        wait_on_master_of(redis, shard, replication, metrics).await?;
-    }
+    // The masters wait for their replicas side by side.
+    let waits = written.into_iter().map(|shard| {
+        let mut redis = redis.clone();
+        async move { wait_on_master_of(&mut redis, shard, replication, metrics).await }
+    });
+    futures::future::try_join_all(waits).await?;
     Ok(())
 }
 
