@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::ErrorBody;
-use crate::{concurrent_test, health, ingest, metrics, query, stats, v1};
+use crate::{concurrent_test, health, ingest, metrics, query, search, stats, v1};
 
 /// The api's OpenAPI document.
 #[derive(OpenApi)]
@@ -24,6 +24,8 @@ use crate::{concurrent_test, health, ingest, metrics, query, stats, v1};
     paths(
         ingest::create_log,
         ingest::create_batch,
+        search::search,
+        search::histogram,
         query::get_logs,
         query::get_batch_device_logs,
         query::get_service_logs,

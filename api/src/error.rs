@@ -83,6 +83,15 @@ pub enum Error {
     #[error("{0}")]
     InvalidQuery(String),
 
+    /// A search read more than it may within its time budget.
+    #[error(
+        "the search did not finish within {secs} s; narrow it: a shorter time range, a device, service or trace, a level"
+    )]
+    SearchTooBroad {
+        /// The budget.
+        secs: u64,
+    },
+
     /// An idempotency key comes again with other logs than the request it was first
     /// accepted with.
     #[error(
@@ -192,9 +201,10 @@ impl Error {
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::InvalidLog(_) | Self::InvalidQuery(_) | Self::IdempotencyKeyReused => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Self::InvalidLog(_)
+            | Self::InvalidQuery(_)
+            | Self::SearchTooBroad { .. }
+            | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound | Self::Disabled(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
@@ -225,6 +235,7 @@ impl Error {
             Self::OutcomeUnknown(_) => "outcome_unknown",
             Self::InvalidLog(_) => "invalid_log",
             Self::InvalidQuery(_) => "invalid_query",
+            Self::SearchTooBroad { .. } => "search_too_broad",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::DatabaseUnavailable(_) => "database_unavailable",
             Self::Internal(_) => "internal",

@@ -26,6 +26,7 @@ pub mod otlp;
 mod query;
 mod queue;
 mod scope;
+mod search;
 pub mod server;
 mod state;
 mod stats;
@@ -98,6 +99,8 @@ pub fn app(state: AppState) -> Router {
         ))
         .route_layer(axum::middleware::from_fn(otlp::status_shape));
     let read = Router::new()
+        .route("/api/logs", get(search::search))
+        .route("/api/logs/histogram", get(search::histogram))
         .route("/api/logs/{device_id}", get(query::get_logs))
         .route("/api/logs/batch", get(query::get_batch_device_logs))
         .route(

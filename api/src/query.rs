@@ -105,7 +105,7 @@ impl Subject {
     }
 
     /// The column it is found by, and the value.
-    fn column(&self) -> (&'static str, &str) {
+    pub(crate) fn column(&self) -> (&'static str, &str) {
         match self {
             Self::Device(name) => ("device_id", name),
             Self::Service(name) => ("service_name", name),
@@ -132,15 +132,15 @@ pub struct LogQuery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Cursor {
     /// `created_at` in µs since the epoch.
-    micros: i64,
+    pub(crate) micros: i64,
     /// `id`.
-    id: i64,
+    pub(crate) id: i64,
 }
 
 impl Cursor {
     /// `<micros>.<id in hexadecimal>`: every text of that form is a position (the schema's
     /// pattern says so), so a client can only be refused a cursor for its form.
-    fn encode(self) -> String {
+    pub(crate) fn encode(self) -> String {
         format!("{}.{:x}", self.micros, self.id as u64)
     }
 
@@ -162,7 +162,7 @@ impl Cursor {
         })
     }
 
-    fn at(self) -> Option<OffsetDateTime> {
+    pub(crate) fn at(self) -> Option<OffsetDateTime> {
         OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.micros) * 1000).ok()
     }
 }
@@ -177,51 +177,11 @@ impl LogQuery {
             })?,
             None => LogsParams::default(),
         };
-        let limit = match params.limit {
-            None => DEFAULT_LIMIT,
-            Some(limit) => limit
-                .parse()
-                .ok()
-                .filter(|limit| (1..=MAX_LIMIT).contains(limit))
-                .ok_or_else(|| {
-                    Error::InvalidQuery(format!(
-                        "limit must be a whole number from 1 to {MAX_LIMIT}, got {limit:?}"
-                    ))
-                })?,
-        };
-        let mut levels = params
-            .level
-            .iter()
-            .flat_map(|levels| levels.split(','))
-            .map(|level| {
-                level
-                    .parse()
-                    .map_err(|error| Error::InvalidQuery(format!("level: {error}")))
-            })
-            .collect::<Result<Vec<LogLevel>>>()?;
-        levels.sort_unstable();
-        levels.dedup();
-        let time = |name: &str, value: Option<String>| -> Result<Option<OffsetDateTime>> {
-            value
-                .map(|text| {
-                    OffsetDateTime::parse(&text, &Rfc3339).map_err(|_| {
-                        Error::InvalidQuery(format!("{name} must be an RFC 3339 time such as 2026-11-21T08:00:00Z, got {text:?}"))
-                    })
-                })
-                .transpose()
-        };
-        let since = time("since", params.since)?;
-        let until = time("until", params.until)?;
-        let cursor = params
-            .cursor
-            .map(|text| {
-                Cursor::decode(&text)
-                    .filter(|cursor| cursor.at().is_some())
-                    .ok_or_else(|| Error::InvalidQuery(
-                        "cursor must be the `next` of a previous page, such as 1795308807997201.1f".into(),
-                    ))
-            })
-            .transpose()?;
+        let limit = parse_limit(params.limit.as_deref())?;
+        let levels = parse_levels(&params.level)?;
+        let since = parse_time("since", params.since.as_deref())?;
+        let until = parse_time("until", params.until.as_deref())?;
+        let cursor = parse_cursor(params.cursor.as_deref())?;
         Ok(Self {
             tenant: tenant.as_str().to_owned(),
             subject,
@@ -232,6 +192,68 @@ impl LogQuery {
             cursor,
         })
     }
+}
+
+/// `limit`: 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] when absent.
+pub(crate) fn parse_limit(limit: Option<&str>) -> Result<u32> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(limit) => limit
+            .parse()
+            .ok()
+            .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+            .ok_or_else(|| {
+                Error::InvalidQuery(format!(
+                    "limit must be a whole number from 1 to {MAX_LIMIT}, got {limit:?}"
+                ))
+            }),
+    }
+}
+
+/// `level`, repeated or comma-separated: sorted and without repeats, so that the same
+/// filter is the same cache entry.
+pub(crate) fn parse_levels(levels: &[String]) -> Result<Vec<LogLevel>> {
+    let mut levels = levels
+        .iter()
+        .flat_map(|levels| levels.split(','))
+        .map(|level| {
+            level
+                .parse()
+                .map_err(|error| Error::InvalidQuery(format!("level: {error}")))
+        })
+        .collect::<Result<Vec<LogLevel>>>()?;
+    levels.sort_unstable();
+    levels.dedup();
+    Ok(levels)
+}
+
+/// A time parameter `name` in RFC 3339.
+pub(crate) fn parse_time(name: &str, value: Option<&str>) -> Result<Option<OffsetDateTime>> {
+    value
+        .map(|text| {
+            OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
+                Error::InvalidQuery(format!(
+                    "{name} must be an RFC 3339 time such as 2026-11-21T08:00:00Z, got {text:?}"
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// `cursor`: the `next` of a previous page.
+pub(crate) fn parse_cursor(cursor: Option<&str>) -> Result<Option<Cursor>> {
+    cursor
+        .map(|text| {
+            Cursor::decode(text)
+                .filter(|cursor| cursor.at().is_some())
+                .ok_or_else(|| {
+                    Error::InvalidQuery(
+                        "cursor must be the `next` of a previous page, such as 1795308807997201.1f"
+                            .into(),
+                    )
+                })
+        })
+        .transpose()
 }
 
 /// A stored log, as queries return it.
