@@ -142,6 +142,12 @@ pub struct Config {
     #[arg(long, env = "LOGPIPELINE_QUERY_CACHE_TTL_SECS", default_value_t = 300)]
     pub query_cache_ttl_secs: u64,
 
+    /// Milliseconds a search (`GET /api/logs`, its histogram) may run in PostgreSQL; one
+    /// that needs longer is stopped there and answered 422 `search_too_broad`.
+    #[arg(long, env = "LOGPIPELINE_SEARCH_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub search_timeout_ms: u64,
+
     /// Seconds `GET /api/stats` answers from its cache.
     #[arg(long, env = "LOGPIPELINE_STATS_CACHE_TTL_SECS", default_value_t = 60)]
     pub stats_cache_ttl_secs: u64,

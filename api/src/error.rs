@@ -85,11 +85,11 @@ pub enum Error {
 
     /// A search read more than it may within its time budget.
     #[error(
-        "the search did not finish within {secs} s; narrow it: a shorter time range, a device, service or trace, a level"
+        "the search did not finish within {budget:?}; narrow it: a shorter time range, a device, service or trace, a level"
     )]
     SearchTooBroad {
         /// The budget.
-        secs: u64,
+        budget: std::time::Duration,
     },
 
     /// An idempotency key comes again with other logs than the request it was first

@@ -251,6 +251,7 @@ pub async fn run(config: Config) -> Result<()> {
                 .unwrap_or_else(body::default_budget_bytes),
         ),
         query_cache_ttl: Duration::from_secs(config.query_cache_ttl_secs),
+        search_timeout: Duration::from_millis(config.search_timeout_ms),
         stats_cache_ttl: Duration::from_secs(config.stats_cache_ttl_secs),
         front: FrontInfo {
             grpc_listen: config.grpc_listen,

@@ -18,12 +18,12 @@
 //!   is the hour before `until`. A search not bounded by a device, service or trace may
 //!   span at most [`MAX_FLEET_RANGE_DAYS`] days.
 //!
-//! Every search runs within a budget ([`STATEMENT_BUDGET`]); one that would read more is
-//! stopped by PostgreSQL and answered 422 `search_too_broad`, so no query can hold the
-//! database. Searches are not cached: a fleet-wide result has no generation to keep it
+//! Every search runs within a budget (`LOGPIPELINE_SEARCH_TIMEOUT_MS`, 5 s); one that
+//! would read more is stopped by PostgreSQL and answered 422 `search_too_broad`, so no
+//! query can hold the database. Searches are not cached: a fleet-wide result has no generation to keep it
 //! fresh by, and the rule that a read is never stale comes first.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Extension;
 use axum::Json;
@@ -43,8 +43,6 @@ use crate::query::{
 use crate::state::AppState;
 use logpipeline_core::record::LogLevel;
 
-/// How long a search may run in PostgreSQL.
-pub const STATEMENT_BUDGET: Duration = Duration::from_secs(5);
 /// Longest time range of a search not bounded by a device, service or trace.
 pub const MAX_FLEET_RANGE_DAYS: i64 = 31;
 /// Most words and phrases in `q`, and most `data.` filters.
@@ -415,7 +413,7 @@ impl Search {
     {
         let mut transaction = state.db.begin().await.map_err(Error::DatabaseUnavailable)?;
         sqlx::query("select set_config('statement_timeout', $1, true)")
-            .bind(STATEMENT_BUDGET.as_millis().to_string())
+            .bind(state.search_timeout.as_millis().to_string())
             .execute(&mut *transaction)
             .await
             .map_err(Error::DatabaseUnavailable)?;
@@ -426,7 +424,7 @@ impl Search {
             .map_err(|error| match &error {
                 sqlx::Error::Database(database) if database.code().as_deref() == Some("57014") => {
                     Error::SearchTooBroad {
-                        secs: STATEMENT_BUDGET.as_secs(),
+                        budget: state.search_timeout,
                     }
                 }
                 _ => Error::DatabaseUnavailable(error),

@@ -62,6 +62,8 @@ pub struct Shared {
     pub body: BodyLimits,
     /// How long a page of logs stays cached when no commit retires it.
     pub query_cache_ttl: Duration,
+    /// How long a search may run in PostgreSQL.
+    pub search_timeout: Duration,
     /// How long statistics stay cached.
     pub stats_cache_ttl: Duration,
     /// What the `/api/v1` front says of the service, and its concurrent test.

@@ -1,6 +1,7 @@
 //! Fleet-wide search (`GET /api/logs`) and its histogram on a real stack: every answer
 //! is checked against the rows in PostgreSQL, read there by queries of their own; each
-//! tenant sees only its own logs; hostile searches get a 4xx and leave the api healthy.
+//! tenant sees only its own logs; hostile searches get a 4xx and leave the api healthy,
+//! and one past its time budget is stopped in PostgreSQL.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
 
@@ -273,4 +274,59 @@ async fn searches_find_exactly_the_rows_postgresql_holds_for_the_tenant() {
     }
     let (status, _) = api.get(&acme, "/api/stats").await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_past_its_time_budget_is_stopped_in_postgresql_and_answered_422() {
+    let stack = Stack::builder()
+        .api()
+        .workers(1)
+        .api_env("LOGPIPELINE_SEARCH_TIMEOUT_MS", 1)
+        .start()
+        .unwrap();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
+    let base = stack.api_url().unwrap();
+    let pool = stack.pool().await.unwrap();
+    // One log through the pipeline, so that the worker has made today's partition.
+    let answer = client
+        .post(format!("{base}/api/log"))
+        .json(&json!({"device_id": "pump-1", "log_level": "INFO", "message": "first"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    logpipeline_e2e::stack::wait_for_count(
+        &pool,
+        "select count(*) from logs",
+        1,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    // 300,000 rows of this moment to read: no search of them ends within a millisecond.
+    sqlx::query(
+        "insert into logs (id, device_id, log_level, message, log_data, created_at, tenant) \
+         select -n, 'pump-' || (n % 100), 'INFO', 'reading ' || n, jsonb_build_object('n', n), \
+                now(), 'default' \
+         from generate_series(1, 300000) n",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("analyze logs").execute(&pool).await.unwrap();
+    let answer = client
+        .get(format!("{base}/api/logs?q=nowhere"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["error"], "search_too_broad", "{body}");
+    // The api is healthy, and its connections are too: a device's page still answers.
+    let answer = client
+        .get(format!("{base}/api/logs/pump-1?limit=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
 }

@@ -128,6 +128,7 @@ impl TestApi {
                 64 * 1024 * 1024,
             ),
             query_cache_ttl: Duration::from_secs(300),
+            search_timeout: Duration::from_secs(5),
             stats_cache_ttl: Duration::from_secs(60),
             front: FrontInfo {
                 grpc_listen: "127.0.0.1:50051".parse().unwrap(),
