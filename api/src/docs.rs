@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::ErrorBody;
-use crate::{concurrent_test, health, ingest, metrics, query, search, stats, v1};
+use crate::{concurrent_test, health, ingest, metrics, query, search, stats, tail, v1};
 
 /// The api's OpenAPI document.
 #[derive(OpenApi)]
@@ -26,6 +26,7 @@ use crate::{concurrent_test, health, ingest, metrics, query, search, stats, v1};
         ingest::create_batch,
         search::search,
         search::histogram,
+        tail::tail,
         query::get_logs,
         query::get_batch_device_logs,
         query::get_service_logs,

@@ -83,6 +83,15 @@ pub enum Error {
     #[error("{0}")]
     InvalidQuery(String),
 
+    /// The api has as many live-tail subscribers as it takes.
+    #[error(
+        "this api has {limit} live-tail subscribers, as many as it takes; retry later or on another api pod"
+    )]
+    TailFull {
+        /// The most it takes.
+        limit: usize,
+    },
+
     /// A search read more than it may within its time budget.
     #[error(
         "the search did not finish within {budget:?}; narrow it: a shorter time range, a device, service or trace, a level"
@@ -199,7 +208,7 @@ impl Error {
             Self::InvalidPath(_) | Self::LimitExceeded(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TailFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::InvalidLog(_)
             | Self::InvalidQuery(_)
@@ -236,6 +245,7 @@ impl Error {
             Self::InvalidLog(_) => "invalid_log",
             Self::InvalidQuery(_) => "invalid_query",
             Self::SearchTooBroad { .. } => "search_too_broad",
+            Self::TailFull { .. } => "tail_full",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::DatabaseUnavailable(_) => "database_unavailable",
             Self::Internal(_) => "internal",

@@ -30,6 +30,7 @@ mod search;
 pub mod server;
 mod state;
 mod stats;
+mod tail;
 pub mod v1;
 
 use std::num::NonZeroU32;
@@ -59,6 +60,7 @@ pub use crate::queue::{Queue, Replication, Settings as QueueSettings};
 use crate::server::{ConnectionLimits, Protocol, Server};
 pub use crate::state::{AppState, Shared};
 pub use crate::state::{ConcurrentTestLimits, FrontInfo};
+pub use crate::tail::Tail;
 
 /// How often the rate limiters forget the clients they have not seen lately.
 const FORGET_IDLE_LIMITS_EVERY: Duration = Duration::from_secs(60);
@@ -101,6 +103,7 @@ pub fn app(state: AppState) -> Router {
     let read = Router::new()
         .route("/api/logs", get(search::search))
         .route("/api/logs/histogram", get(search::histogram))
+        .route("/api/logs/tail", get(tail::tail))
         .route("/api/logs/{device_id}", get(query::get_logs))
         .route("/api/logs/batch", get(query::get_batch_device_logs))
         .route(
@@ -252,6 +255,7 @@ pub async fn run(config: Config) -> Result<()> {
         ),
         query_cache_ttl: Duration::from_secs(config.query_cache_ttl_secs),
         search_timeout: Duration::from_millis(config.search_timeout_ms),
+        tail: Tail::start(&target, &shards, shutdown.clone()),
         stats_cache_ttl: Duration::from_secs(config.stats_cache_ttl_secs),
         front: FrontInfo {
             grpc_listen: config.grpc_listen,

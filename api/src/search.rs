@@ -199,7 +199,7 @@ fn like_pattern(term: &str) -> String {
 }
 
 /// The words and "quoted phrases" of `q`.
-fn terms(q: &str) -> Result<Vec<String>> {
+pub(crate) fn terms(q: &str) -> Result<Vec<String>> {
     let mut terms = Vec::new();
     let mut rest = q.trim();
     while !rest.is_empty() {

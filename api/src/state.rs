@@ -64,6 +64,8 @@ pub struct Shared {
     pub query_cache_ttl: Duration,
     /// How long a search may run in PostgreSQL.
     pub search_timeout: Duration,
+    /// The live tail.
+    pub tail: crate::tail::Tail,
     /// How long statistics stay cached.
     pub stats_cache_ttl: Duration,
     /// What the `/api/v1` front says of the service, and its concurrent test.

@@ -12,10 +12,11 @@ use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use logpipeline_api::{
     AppState, Auth, BodyLimits, Cache, FrontInfo, Metrics, Queue, QueueSettings, RateLimits,
-    Shared, app,
+    Shared, Tail, app,
 };
 use logpipeline_core::codec;
-use logpipeline_core::connection::Redis;
+use logpipeline_core::config::RedisArgs;
+use logpipeline_core::connection::{Redis, RedisTarget};
 use logpipeline_core::generations::GenerationKeys;
 use logpipeline_core::stream::Shards;
 use logpipeline_local::postgres::{self, PostgresServer};
@@ -129,6 +130,17 @@ impl TestApi {
             ),
             query_cache_ttl: Duration::from_secs(300),
             search_timeout: Duration::from_secs(5),
+            tail: Tail::start(
+                &RedisTarget::from_args(&RedisArgs {
+                    redis_url: Some(redis.url()),
+                    redis_host: None,
+                    redis_port: None,
+                    redis_cluster: false,
+                })
+                .unwrap(),
+                &Shards::new(STREAM, options.shards),
+                tokio_util::sync::CancellationToken::new(),
+            ),
             stats_cache_ttl: Duration::from_secs(60),
             front: FrontInfo {
                 grpc_listen: "127.0.0.1:50051".parse().unwrap(),

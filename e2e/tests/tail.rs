@@ -1,0 +1,236 @@
+//! Live tail (`GET /api/logs/tail`, Server-Sent Events) on a real stack: a subscriber
+//! gets exactly its tenant's logs that match its filter, in the order they were
+//! accepted, with the ids the api answered; one that does not read is told how many logs
+//! it missed, and holds up nobody.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use logpipeline_e2e::stack::Stack;
+use logpipeline_local::auth::{ApiKey, keys_file};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// The events of one subscription, parsed from the Server-Sent Events stream.
+struct Subscription {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buffer: String,
+}
+
+impl Subscription {
+    async fn open(client: &reqwest::Client, url: &str, key: &ApiKey) -> Self {
+        let answer = client
+            .get(url)
+            .header("x-api-key", &key.secret)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(answer.headers()["content-type"], "text/event-stream");
+        Self {
+            body: answer.bytes_stream().boxed(),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event other than a keep-alive: (event, data).
+    async fn next(&mut self) -> (String, String) {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut event = String::new();
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(name) = line.strip_prefix("event:") {
+                        event = name.trim().to_owned();
+                    } else if let Some(text) = line.strip_prefix("data:") {
+                        data.push_str(text.trim_start());
+                    }
+                }
+                if !event.is_empty() {
+                    return (event, data);
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(60), self.body.next())
+                .await
+                .expect("no event within 60 s")
+                .expect("the stream ended")
+                .unwrap();
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// The next `log` event's log.
+    async fn next_log(&mut self) -> Value {
+        let (event, data) = self.next().await;
+        assert_eq!(event, "log", "{data}");
+        serde_json::from_str(&data).unwrap()
+    }
+}
+
+struct Api {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    /// Posts `logs` as one batch with `key`; the ids answered.
+    async fn send(&self, key: &ApiKey, logs: &[Value]) -> Vec<String> {
+        let answer = self
+            .client
+            .post(format!("{}/api/logs/batch", self.base))
+            .header("x-api-key", &key.secret)
+            .json(&json!({ "logs": logs }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        let body: Value = answer.json().await.unwrap();
+        body["message_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|id| id.as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+fn log(device: &str, level: &str, message: &str) -> Value {
+    json!({"device_id": device, "log_level": level, "message": message, "log_data": {"m": message}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_get_their_tenants_matching_logs_live_and_a_slow_one_is_told_what_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys_path = dir.path().join("keys.yaml");
+    let acme = ApiKey::new("acme", "console", &["write", "read"]);
+    let globex = ApiKey::new("globex", "console", &["write", "read"]);
+    std::fs::write(&keys_path, keys_file(&[&acme, &globex])).unwrap();
+    let stack = Stack::builder()
+        .api()
+        .workers(1)
+        .api_env("LOGPIPELINE_AUTH", "keys")
+        .api_env("LOGPIPELINE_API_KEYS_FILE", keys_path.display())
+        .start()
+        .unwrap();
+    let api = Api {
+        client: logpipeline_e2e::http_client(|builder| builder).unwrap(),
+        base: stack.api_url().unwrap(),
+    };
+    let tail = format!("{}/api/logs/tail", api.base);
+    let mut pump7 = Subscription::open(
+        &api.client,
+        &format!("{tail}?device_id=pump-7&level=ERROR,CRITICAL"),
+        &acme,
+    )
+    .await;
+    let mut globex_all = Subscription::open(&api.client, &tail, &globex).await;
+    // Subscribes and never reads until the end.
+    let mut sleeper = Subscription::open(&api.client, &tail, &acme).await;
+
+    // The readers start at the stream's end once someone subscribes: send until the
+    // subscriptions see a first log, then the logs whose arrival is checked.
+    let mut warmed = false;
+    for round in 0..600 {
+        api.send(
+            &acme,
+            &[log("pump-7", "ERROR", &format!("warm-up {round}"))],
+        )
+        .await;
+        api.send(
+            &globex,
+            &[log("pump-7", "ERROR", &format!("warm-up {round}"))],
+        )
+        .await;
+        let seen = tokio::time::timeout(Duration::from_millis(100), pump7.next()).await;
+        if seen.is_ok() {
+            warmed = true;
+            break;
+        }
+    }
+    assert!(warmed, "the tail never delivered a log");
+    let marker = api.send(&acme, &[log("pump-7", "ERROR", "marker")]).await;
+    while pump7.next_log().await["message_id"] != marker[0].as_str() {}
+    let globex_marker = api.send(&globex, &[log("pump-9", "INFO", "marker")]).await;
+    while globex_all.next_log().await["message_id"] != globex_marker[0].as_str() {}
+
+    // Acme's pumps and globex's, mixed: pump-7's errors reach its subscriber in order,
+    // with the ids the api answered; globex's subscriber sees only globex's.
+    let mut expected = Vec::new();
+    let mut globex_expected = Vec::new();
+    for batch in 0..20 {
+        let logs: Vec<Value> = (0..10)
+            .map(|n| {
+                let device = if n % 2 == 0 { "pump-7" } else { "pump-8" };
+                let level = ["ERROR", "INFO", "CRITICAL"][n % 3];
+                log(device, level, &format!("batch {batch} log {n}"))
+            })
+            .collect();
+        let ids = api.send(&acme, &logs).await;
+        for (log, id) in logs.iter().zip(ids) {
+            if log["device_id"] == "pump-7" && log["log_level"] != "INFO" {
+                expected.push((id, log["message"].clone()));
+            }
+        }
+        let ids = api
+            .send(
+                &globex,
+                &[log("pump-7", "ERROR", &format!("globex {batch}"))],
+            )
+            .await;
+        globex_expected.push(ids[0].clone());
+    }
+    for (id, message) in &expected {
+        let got = pump7.next_log().await;
+        assert_eq!((&got["message_id"], &got["message"]), (&json!(id), message));
+        assert_eq!(got["device_id"], "pump-7");
+        assert_eq!(got["log_data"]["m"], *message);
+    }
+    for id in &globex_expected {
+        let got = globex_all.next_log().await;
+        assert_eq!(got["message_id"], id.as_str(), "{got}");
+        assert!(
+            got["message"].as_str().unwrap().starts_with("globex"),
+            "{got}"
+        );
+    }
+    println!(
+        "{} logs of pump-7 and {} of globex arrived live, in order",
+        expected.len(),
+        globex_expected.len()
+    );
+
+    // 40,000 more logs go by while the sleeper reads nothing: more than the ring holds.
+    let many: Vec<Value> = (0..500)
+        .map(|n| log("pump-1", "INFO", &format!("flood {n}")))
+        .collect();
+    for _ in 0..80 {
+        api.send(&acme, &many).await;
+    }
+    let last = api
+        .send(&acme, &[log("pump-7", "ERROR", "after the flood")])
+        .await;
+    // The reading subscriber was not held up by the sleeper.
+    assert_eq!(pump7.next_log().await["message_id"], last[0].as_str());
+    let mut missed = 0;
+    let mut events = 0;
+    while missed == 0 {
+        let (event, data) = sleeper.next().await;
+        events += 1;
+        if event == "missed" {
+            missed = data.parse::<u64>().unwrap();
+        }
+    }
+    println!("the sleeper read {events} events, then was told it missed {missed} logs");
+    assert!(missed > 0);
+    let health = api
+        .client
+        .get(format!("{}/health", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}
