@@ -11,8 +11,8 @@
 //!   `\` escaped), never as a pattern, so no query can make the matcher backtrack.
 //! - `data.<path>`: a field of `log_data`, a dotted path into nested objects
 //!   (`data.firmware=2.4.1`, `data.motor.rpm=>=1200`). A value is equal as text, number,
-//!   boolean or null alike (`data.code=42` finds `42` and `"42"`), through the GIN index
-//!   on `log_data`; `>`, `>=`, `<` and `<=` before a number compare numbers, and a field
+//!   boolean or null alike (`data.code=42` finds `42` and `"42"`), by `@>`, which the
+//!   GIN index on `log_data` serves where there is one (`LOGPIPELINE_LOG_DATA_INDEX`); `>`, `>=`, `<` and `<=` before a number compare numbers, and a field
 //!   that is no number never matches them.
 //! - `since`, `until`: the time range. Without `until` it ends now; without `since` it
 //!   is the hour before `until`. A search not bounded by a device, service or trace may
@@ -160,7 +160,8 @@ impl FieldFilter {
     }
 
     /// The `log_data` documents that contain the value at the path, one per JSON type
-    /// the text can be: `@>` with any of them finds the field through the GIN index.
+    /// the text can be: `@>` with any of them finds the field, through the GIN index on
+    /// `log_data` where there is one.
     fn containments(&self, value: &str) -> Vec<Value> {
         let mut candidates = vec![Value::String(value.to_owned())];
         if let Ok(number) = value.parse::<serde_json::Number>() {

@@ -1,11 +1,13 @@
-//! The `logpipeline` command: LogPipeline on this machine (`dev`), its load generator and
-//! benchmarks (`load`, `bench`), and a real one-node Kubernetes cluster with its images
-//! (`cluster`). Each subcommand is a module with its arguments and a `run`.
+//! The `logpipeline` command: finding, following and sending logs (`logs`), LogPipeline
+//! on this machine (`dev`), its load generator and benchmarks (`load`, `bench`), and a
+//! real one-node Kubernetes cluster with its images (`cluster`). Each subcommand is a
+//! module with its arguments and a `run`.
 
 pub mod bench;
 pub mod cluster;
 pub mod dev;
 pub mod load;
+pub mod logs;
 
 use std::time::Duration;
 

@@ -12,6 +12,7 @@ use logpipeline::bench::{self, BenchOptions};
 use logpipeline::cluster::{self, ClusterArgs};
 use logpipeline::dev::{self, DevArgs};
 use logpipeline::load::{self, LoadOptions};
+use logpipeline::logs;
 
 /// LogPipeline's command line.
 #[derive(Debug, Parser)]
@@ -23,6 +24,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Searches, follows and sends logs through a LogPipeline api.
+    #[command(subcommand)]
+    Logs(logs::Logs),
     /// Runs Redis, PostgreSQL, the api and a worker on this machine until Ctrl-C.
     Dev(DevArgs),
     /// Sends logs to a LogPipeline api as simulated devices and reports accepted logs/s,
@@ -85,6 +89,11 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<bool> {
     match command {
+        Command::Logs(command) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(logs::run(command, &mut std::io::stdout().lock()))
+            .map(|()| true),
         Command::Dev(args) => dev::run(args).map(|()| true),
         Command::Load(args) => run_load(*args),
         Command::Bench(Bench::Pipeline(options)) => bench::run(&options).map(|()| true),
