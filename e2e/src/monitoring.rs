@@ -1,5 +1,6 @@
 //! The dashboards and alert rules of `monitoring/`, read for the tests that check them:
-//! every panel's queries and legends, and the dashboard lint rules.
+//! every panel's queries and legends, the SQL of the log panels, and the dashboard lint
+//! rules.
 
 use std::collections::BTreeSet;
 
@@ -27,6 +28,45 @@ pub fn targets(dashboard: &Value) -> Vec<(String, String, String)> {
                 })
         })
         .collect()
+}
+
+/// The SQL of every panel that reads the logs database (`${logs_database}`, a PostgreSQL
+/// data source): (panel title, SQL with Grafana's macros).
+pub fn sql_targets(dashboard: &Value) -> Vec<(String, String)> {
+    panels(dashboard)
+        .into_iter()
+        .flat_map(|panel| {
+            let title = panel["title"].as_str().unwrap_or_default().to_owned();
+            panel["targets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(move |target| {
+                    Some((title.clone(), target["rawSql"].as_str()?.to_owned()))
+                })
+        })
+        .collect()
+}
+
+/// `sql` with the Grafana macros LogPipeline's panels use expanded as Grafana's
+/// PostgreSQL data source expands them for the range `from`..`to` (RFC 3339):
+/// `$__timeFilter(column)` is `column BETWEEN 'from' AND 'to'`.
+pub fn expand_sql_macros(sql: &str, from: &str, to: &str) -> String {
+    let mut expanded = String::new();
+    let mut rest = sql;
+    while let Some(at) = rest.find("$__timeFilter(") {
+        expanded.push_str(&rest[..at]);
+        let call = &rest[at + "$__timeFilter(".len()..];
+        let end = call.find(')').unwrap_or(call.len());
+        expanded.push_str(&format!(
+            "{} BETWEEN '{from}' AND '{to}'",
+            call[..end].trim()
+        ));
+        rest = call.get(end + 1..).unwrap_or_default();
+    }
+    expanded.push_str(rest);
+    expanded
 }
 
 /// The labels a legend format names: `{{pod}} {{ route }}` names `pod` and `route`.
@@ -58,7 +98,8 @@ fn panels(dashboard: &Value) -> Vec<&Value> {
 /// LogPipeline's labels; returns each problem found.
 ///
 /// - the datasource is a `datasource` variable of type prometheus, and every panel and
-///   target uses it;
+///   target uses it; but log panels, which use the `logs_database` variable of type
+///   PostgreSQL, its SQL filtered by `$__timeFilter`;
 /// - `namespace` and `pipeline` variables exist, and every query filters on both (but
 ///   those of the operator's own series, `component="operator"`, which belong to no
 ///   pipeline);
@@ -86,8 +127,13 @@ pub fn lint(dashboard: &Value) -> Vec<String> {
     if dashboard["editable"] != false {
         problems.push("a provisioned dashboard must not be editable".to_owned());
     }
+    let logs_database = variable("logs_database");
     let uses_variable =
         |datasource: &Value| datasource["uid"] == "${datasource}" || datasource == "${datasource}";
+    let reads_logs = |datasource: &Value| {
+        datasource["uid"] == "${logs_database}"
+            && datasource["type"] == "grafana-postgresql-datasource"
+    };
     let mut ids = BTreeSet::new();
     for panel in panels(dashboard) {
         let title = panel["title"].as_str().unwrap_or_default();
@@ -105,6 +151,28 @@ pub fn lint(dashboard: &Value) -> Vec<String> {
             let unit = &panel["fieldConfig"]["defaults"]["unit"];
             if unit.as_str().is_none_or(str::is_empty) {
                 problems.push(format!("{here}: no unit"));
+            }
+            if reads_logs(&panel["datasource"]) {
+                if !logs_database.is_some_and(|variable| {
+                    variable["type"] == "datasource"
+                        && variable["query"] == "grafana-postgresql-datasource"
+                }) {
+                    problems.push(format!(
+                        "{here}: no `logs_database` variable of type datasource for PostgreSQL"
+                    ));
+                }
+                for target in panel["targets"].as_array().into_iter().flatten() {
+                    if !reads_logs(&target["datasource"])
+                        || !target["rawSql"]
+                            .as_str()
+                            .is_some_and(|sql| sql.contains("$__timeFilter("))
+                    {
+                        problems.push(format!(
+                            "{here}: a query does not read ${{logs_database}} within $__timeFilter"
+                        ));
+                    }
+                }
+                continue;
             }
             if !uses_variable(&panel["datasource"]) {
                 problems.push(format!("{here}: datasource is not ${{datasource}}"));
@@ -204,6 +272,18 @@ mod tests {
     fn legends_name_labels() {
         assert_eq!(legend_labels("{{pod}} {{ route }}"), ["pod", "route"]);
         assert!(legend_labels("p99").is_empty());
+    }
+
+    #[test]
+    fn time_filters_expand_as_grafana_expands_them() {
+        assert_eq!(
+            expand_sql_macros(
+                "select 1 from logs where $__timeFilter(created_at) and x",
+                "2026-12-06T01:00:00Z",
+                "2026-12-06T02:00:00Z"
+            ),
+            "select 1 from logs where created_at BETWEEN '2026-12-06T01:00:00Z' AND '2026-12-06T02:00:00Z' and x"
+        );
     }
 
     #[test]

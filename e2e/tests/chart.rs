@@ -346,6 +346,10 @@ fn the_chart_ships_the_dashboards_alert_rules_and_pod_monitors_when_asked() {
             "monitoring.prometheusRule.labels.release=prometheus",
             "--set",
             "monitoring.podMonitor.enabled=true",
+            "--set",
+            "monitoring.logsDatasource.enabled=true",
+            "--set",
+            "monitoring.logsDatasource.password=s3cret",
         ])
         .unwrap();
     let objects: Vec<serde_json::Value> = rendered
@@ -378,6 +382,36 @@ fn the_chart_ships_the_dashboards_alert_rules_and_pod_monitors_when_asked() {
             serde_json::from_str::<serde_json::Value>(json).unwrap()
         );
     }
+
+    // The log panels' data source: PostgreSQL, under the uid and type the dashboards'
+    // `logs_database` variable selects, for the datasource sidecar.
+    let sources: Vec<_> = of_kind("Secret")
+        .into_iter()
+        .filter(|secret| secret["metadata"]["labels"]["grafana_datasource"] == "1")
+        .collect();
+    assert_eq!(sources.len(), 1);
+    let provisioning: serde_json::Value = serde_yaml::from_str(
+        sources[0]["stringData"]["logpipeline-logs.yaml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let source = &provisioning["datasources"][0];
+    assert_eq!(source["type"], "grafana-postgresql-datasource");
+    assert_eq!(source["uid"], "logpipeline-logs");
+    assert_eq!(source["jsonData"]["database"], "logpipeline");
+    assert_eq!(source["secureJsonData"]["password"], "s3cret");
+    let without_password = cluster.helm(&[
+        "template",
+        "lp",
+        &chart,
+        "--set",
+        "monitoring.logsDatasource.enabled=true",
+    ]);
+    assert!(
+        format!("{without_password:?}").contains("monitoring.logsDatasource.password"),
+        "{without_password:?}"
+    );
 
     let rules = of_kind("PrometheusRule");
     assert_eq!(rules.len(), 1);

@@ -39,6 +39,85 @@ fn the_dashboards_pass_the_lint_rules() {
     }
 }
 
+/// The log panels' SQL, with Grafana's macros expanded as its PostgreSQL data source
+/// expands them, on a real pipeline's database: the "Recent errors" panel shows exactly
+/// the newest ERROR and CRITICAL logs of the time range, newest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_panels_sql_finds_the_recent_errors_in_postgresql() {
+    let stack = Stack::builder().api().workers(1).start().unwrap();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
+    let url = stack.api_url().unwrap();
+    let levels = ["INFO", "ERROR", "WARNING", "CRITICAL", "DEBUG"];
+    let logs: Vec<Value> = (0..150)
+        .map(|n| {
+            json!({"device_id": format!("pump-{}", n % 7), "log_level": levels[n % levels.len()],
+                   "message": format!("panel log {n}"), "log_data": {"n": n}})
+        })
+        .collect();
+    for batch in logs.chunks(10) {
+        let answer = client
+            .post(format!("{url}/api/logs/batch"))
+            .json(&json!({ "logs": batch }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    let pool = stack.pool().await.unwrap();
+    logpipeline_e2e::stack::wait_for_count(
+        &pool,
+        "select count(*) from logs",
+        150,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let format = |at: time::OffsetDateTime| {
+        at.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let (from, to) = (format(now - time::Duration::HOUR), format(now));
+    let mut checked = 0;
+    for (name, json) in xtask::monitoring::dashboards(&repo_root()).unwrap() {
+        let dashboard: Value = serde_json::from_str(&json).unwrap();
+        for (title, sql) in monitoring::sql_targets(&dashboard) {
+            let expanded = monitoring::expand_sql_macros(&sql, &from, &to);
+            let rows: Vec<(time::OffsetDateTime, String, String, String, String)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(expanded.clone()))
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap_or_else(|error| panic!("{name} {title:?}: {error}\n{expanded}"));
+            // 60 of the 150 logs are errors or critical: every one, newest first.
+            let messages: Vec<&str> = rows.iter().map(|row| row.4.as_str()).collect();
+            let mut expected: Vec<String> = (0..150)
+                .filter(|n| matches!(levels[n % levels.len()], "ERROR" | "CRITICAL"))
+                .map(|n| format!("panel log {n}"))
+                .collect();
+            expected.reverse();
+            assert_eq!(messages, expected, "{name} {title:?}");
+            assert!(rows.windows(2).all(|pair| pair[0].0 >= pair[1].0));
+            assert!(
+                rows.iter()
+                    .all(|row| row.1 == "default" && row.2.starts_with("pump-"))
+            );
+            // The hour before holds none of them.
+            let earlier =
+                monitoring::expand_sql_macros(&sql, &format(now - time::Duration::HOUR * 2), &from);
+            let none: Vec<(time::OffsetDateTime,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "select time from ({earlier}) panel"
+            )))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            assert!(none.is_empty(), "{name} {title:?}: {none:?}");
+            println!("{name} {title:?}: {} rows", rows.len());
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 1, "the overview's recent errors");
+}
+
 /// Every alert state Prometheus has shown, by alert name, as a poller saw them.
 #[derive(Clone, Default)]
 struct SeenAlerts(Arc<Mutex<BTreeMap<String, BTreeSet<String>>>>);

@@ -1,6 +1,8 @@
 //! `logpipeline bench query`: the read path on a large table. Latency of cached and
-//! uncached device queries and of the statistics, against the real api, Redis and
-//! PostgreSQL.
+//! uncached device queries, of the statistics, and of fleet-wide searches (a text
+//! search over an hour and over a day, for a word every log has and for a phrase one
+//! log has; a field filter; a count per minute over a day), against the real api, Redis
+//! and PostgreSQL.
 
 use std::time::{Duration, Instant};
 
@@ -99,6 +101,81 @@ pub async fn run(args: QueryBenchArgs) -> Result<()> {
         stats.record(micros(took))?;
     }
 
+    // Fleet-wide searches over the first hour and the first day of the rows (one log a
+    // millisecond: an hour holds 3.6 million of them, when there are as many).
+    let first = time::macros::datetime!(2026-01-01 0:00 UTC);
+    let hour = format!(
+        "since={}&until={}",
+        rfc3339(first),
+        rfc3339(first + time::Duration::HOUR)
+    );
+    let day = format!(
+        "since={}&until={}",
+        rfc3339(first),
+        rfc3339(first + time::Duration::DAY)
+    );
+    let searches = (args.requests / 100).max(5);
+    let rare = |i: u32| {
+        format!(
+            "q=%22reading%20{}%20of%22",
+            u64::from(i) * 7919 % args.rows.max(1)
+        )
+    };
+    let mut search_figures = Vec::new();
+    // (name, over a day rather than an hour, the histogram, the filters)
+    for (name, whole_day, histogram, filters) in [
+        (
+            "search 1h, common word",
+            false,
+            false,
+            "q=pressure&level=ERROR",
+        ),
+        (
+            "search 1d, common word",
+            true,
+            false,
+            "q=pressure&level=ERROR",
+        ),
+        ("search 1h, rare phrase", false, false, ""),
+        ("search 1d, rare phrase", true, false, ""),
+        (
+            "field filter 1d",
+            true,
+            false,
+            "data.firmware=1.4.2&data.bar=%3E%3D9.5",
+        ),
+        ("count per minute 1d", true, true, "interval=1m"),
+    ] {
+        let range = if whole_day { &day } else { &hour };
+        let path = if histogram {
+            "/api/logs/histogram"
+        } else {
+            "/api/logs"
+        };
+        let mut latency = new_histogram()?;
+        let mut refused = 0;
+        for i in 0..searches {
+            let mut query = format!("{range}&limit={}", args.limit);
+            if !filters.is_empty() {
+                query = format!("{query}&{filters}");
+            }
+            if name.contains("rare") {
+                query = format!("{query}&{}", rare(i));
+            }
+            let started = Instant::now();
+            let answer = client.get(format!("{base}{path}?{query}")).send().await?;
+            let status = answer.status();
+            let body: Value = answer.json().await?;
+            latency.record(micros(started.elapsed()))?;
+            match status.as_u16() {
+                200 => {}
+                422 if body["error"] == "search_too_broad" => refused += 1,
+                _ => bail!("{path}?{query} answered {status}: {body}"),
+            }
+        }
+        search_figures.push((name, latency, refused));
+    }
+
     let report = json!({
         "rows": args.rows,
         "devices": args.devices,
@@ -106,6 +183,10 @@ pub async fn run(args: QueryBenchArgs) -> Result<()> {
         "uncached_query": summary(&uncached),
         "cached_query": summary(&cached),
         "stats_uncached": summary(&stats),
+        "searches": search_figures
+            .iter()
+            .map(|(name, latency, refused)| json!({"name": name, "latency": summary(latency), "too_broad": refused}))
+            .collect::<Vec<_>>(),
     });
     println!(
         "\nread path on {} rows over {} devices, pages of {} logs, one client:",
@@ -126,6 +207,23 @@ pub async fn run(args: QueryBenchArgs) -> Result<()> {
             ms(histogram.value_at_quantile(0.9)),
             ms(histogram.value_at_quantile(0.99)),
             ms(histogram.max())
+        );
+    }
+    for (name, histogram, refused) in &search_figures {
+        println!(
+            "{name:<22} {:>10.3} {:>10.3} {:>10.3} {:>10.3}{}",
+            ms(histogram.value_at_quantile(0.5)),
+            ms(histogram.value_at_quantile(0.9)),
+            ms(histogram.value_at_quantile(0.99)),
+            ms(histogram.max()),
+            if *refused > 0 {
+                format!(
+                    "  ({refused} of {} past the search budget: 422)",
+                    histogram.len()
+                )
+            } else {
+                String::new()
+            }
         );
     }
     if let Some(path) = args.json {
@@ -183,6 +281,11 @@ async fn fill(pool: &sqlx::PgPool, rows: u64, devices: u64) -> Result<()> {
         .execute(pool)
         .await?;
     Ok(())
+}
+
+fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 async fn timed_get(client: &reqwest::Client, url: &str) -> Result<(Duration, Value)> {
