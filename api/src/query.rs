@@ -324,10 +324,10 @@ pub struct LogPage {
 
 /// A page as cached.
 #[derive(Serialize, Deserialize)]
-struct CachedPage {
-    total: usize,
-    data: Box<RawValue>,
-    next: Option<String>,
+pub(crate) struct CachedPage {
+    pub(crate) total: usize,
+    pub(crate) data: Box<RawValue>,
+    pub(crate) next: Option<String>,
 }
 
 /// A device's logs, newest first: those of the key's tenant.
@@ -493,11 +493,13 @@ async fn page(
     }))
 }
 
+/// The columns of a [`StoredLog`], as its queries select them.
+pub(crate) const STORED_LOG_COLUMNS: &str = "select id, message_id, device_id, service_name, \
+     trace_id, span_id, log_level, message, log_data::text as log_data, created_at";
+
 async fn fetch(state: &AppState, query: &LogQuery) -> Result<CachedPage> {
-    let mut sql = QueryBuilder::<Postgres>::new(
-        "select id, message_id, device_id, service_name, trace_id, span_id, log_level, message, \
-         log_data::text as log_data, created_at from logs where tenant = ",
-    );
+    let mut sql = QueryBuilder::<Postgres>::new(STORED_LOG_COLUMNS);
+    sql.push(" from logs where tenant = ");
     sql.push_bind(&query.tenant);
     let (column, value) = query.subject.column();
     sql.push(format_args!(" and {column} = ")).push_bind(value);
@@ -527,7 +529,7 @@ async fn fetch(state: &AppState, query: &LogQuery) -> Result<CachedPage> {
     sql.push(" order by created_at desc, id desc limit ")
         .push_bind(i64::from(query.limit) + 1);
     let started = Instant::now();
-    let mut rows: Vec<StoredLog> = sql
+    let rows: Vec<StoredLog> = sql
         .build_query_as()
         .fetch_all(&state.db)
         .await
@@ -535,8 +537,14 @@ async fn fetch(state: &AppState, query: &LogQuery) -> Result<CachedPage> {
     state
         .metrics
         .postgres_query(query.subject.query_label(), started.elapsed());
-    let more = rows.len() > query.limit as usize;
-    rows.truncate(query.limit as usize);
+    page_of(rows, query.limit)
+}
+
+/// The page of a query that asked for one row more than `limit`: the first `limit` of
+/// `rows`, and the cursor after them when there are more.
+pub(crate) fn page_of(mut rows: Vec<StoredLog>, limit: u32) -> Result<CachedPage> {
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
     let next = rows.last().filter(|_| more).and_then(|last| {
         Some(
             Cursor {

@@ -37,8 +37,8 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::Principal;
 use crate::error::{Error, ErrorBody, Result};
 use crate::query::{
-    Cursor, LogPage, Source, StoredLog, Subject, parse_cursor, parse_levels, parse_limit,
-    parse_time,
+    Cursor, LogPage, STORED_LOG_COLUMNS, Source, StoredLog, Subject, page_of, parse_cursor,
+    parse_levels, parse_limit, parse_time,
 };
 use crate::state::AppState;
 use logpipeline_core::record::LogLevel;
@@ -500,10 +500,7 @@ pub async fn search(
         query.as_deref(),
         OffsetDateTime::now_utc(),
     )?;
-    let mut sql = QueryBuilder::<Postgres>::new(
-        "select id, message_id, device_id, service_name, trace_id, span_id, log_level, message, \
-         log_data::text as log_data, created_at",
-    );
+    let mut sql = QueryBuilder::<Postgres>::new(STORED_LOG_COLUMNS);
     search.push_filters(&mut sql);
     let (comparison, direction) = match search.order {
         Order::NewestFirst => ("<", "desc"),
@@ -524,26 +521,14 @@ pub async fn search(
     ))
     .push_bind(i64::from(search.limit) + 1);
     let started = Instant::now();
-    let mut rows: Vec<StoredLog> = Search::fetch(&state, &mut sql).await?;
+    let rows: Vec<StoredLog> = Search::fetch(&state, &mut sql).await?;
     state.metrics.postgres_query("search", started.elapsed());
-    let more = rows.len() > search.limit as usize;
-    rows.truncate(search.limit as usize);
-    let next = rows.last().filter(|_| more).and_then(|last| {
-        Some(
-            Cursor {
-                micros: logpipeline_core::codec::unix_micros(last.created_at?),
-                id: last.id,
-            }
-            .encode(),
-        )
-    });
-    let data = serde_json::value::to_raw_value(&rows)
-        .map_err(|error| Error::Internal(error.to_string()))?;
+    let page = page_of(rows, search.limit)?;
     Ok(Json(LogPage {
-        total: rows.len(),
+        total: page.total,
         source: Source::Database,
-        data,
-        next,
+        data: page.data,
+        next: page.next,
     }))
 }
 

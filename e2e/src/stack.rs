@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
+use logpipeline_local::auth::{ApiKey, keys_file};
 use logpipeline_local::postgres::{self, PostgresServer};
 use logpipeline_local::redis::{RedisOptions, RedisServer};
 use logpipeline_local::services::{ApiProcess, Env, WorkerProcess};
@@ -35,6 +36,7 @@ pub struct StackBuilder {
     workers: usize,
     api_env: Env,
     worker_env: Env,
+    api_keys: Option<String>,
 }
 
 impl StackBuilder {
@@ -70,14 +72,31 @@ impl StackBuilder {
     }
 
     /// Sets an environment variable of every worker.
+    /// Requires API keys, these (`LOGPIPELINE_AUTH=keys` with a keys file of them).
+    pub fn api_keys(mut self, keys: &[&ApiKey]) -> Self {
+        self.api_keys = Some(keys_file(keys));
+        self
+    }
+
     pub fn worker_env(mut self, name: &str, value: impl ToString) -> Self {
         self.worker_env.insert(name.into(), value.to_string());
         self
     }
 
     /// Starts it all.
-    pub fn start(self) -> Result<Stack> {
+    pub fn start(mut self) -> Result<Stack> {
         let redis = RedisServer::start_with(self.redis)?;
+        if let Some(keys) = &self.api_keys {
+            // In Redis's directory, which lives as long as the stack.
+            let path = redis.dir().join("api-keys.yaml");
+            std::fs::write(&path, keys)?;
+            self.api_env
+                .insert("LOGPIPELINE_AUTH".into(), "keys".into());
+            self.api_env.insert(
+                "LOGPIPELINE_API_KEYS_FILE".into(),
+                path.display().to_string(),
+            );
+        }
         let (postgres, database_url) = if self.own_postgres {
             let server = PostgresServer::start()?;
             let url = server.create_database()?;

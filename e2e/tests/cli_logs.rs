@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use logpipeline_e2e::stack::{Stack, wait_for_count};
-use logpipeline_local::auth::{ApiKey, keys_file};
+use logpipeline_local::auth::ApiKey;
 use logpipeline_local::services::binaries_dir;
 use serde_json::Value;
 
@@ -44,15 +44,11 @@ fn logs(base: &str, key: &ApiKey, args: &[&str], stdin: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_sends_finds_and_follows_logs_with_the_key_of_the_environment() {
-    let dir = tempfile::tempdir().unwrap();
-    let keys_path = dir.path().join("keys.yaml");
     let key = ApiKey::new("acme", "operator", &["write", "read"]);
-    std::fs::write(&keys_path, keys_file(&[&key])).unwrap();
     let stack = Stack::builder()
         .api()
         .workers(1)
-        .api_env("LOGPIPELINE_AUTH", "keys")
-        .api_env("LOGPIPELINE_API_KEYS_FILE", keys_path.display())
+        .api_keys(&[&key])
         .start()
         .unwrap();
     let base = stack.api_url().unwrap();

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use logpipeline_e2e::stack::Stack;
-use logpipeline_local::auth::{ApiKey, keys_file};
+use logpipeline_local::auth::ApiKey;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -104,16 +104,12 @@ fn log(device: &str, level: &str, message: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_get_their_tenants_matching_logs_live_and_a_slow_one_is_told_what_it_missed() {
-    let dir = tempfile::tempdir().unwrap();
-    let keys_path = dir.path().join("keys.yaml");
     let acme = ApiKey::new("acme", "console", &["write", "read"]);
     let globex = ApiKey::new("globex", "console", &["write", "read"]);
-    std::fs::write(&keys_path, keys_file(&[&acme, &globex])).unwrap();
     let stack = Stack::builder()
         .api()
         .workers(1)
-        .api_env("LOGPIPELINE_AUTH", "keys")
-        .api_env("LOGPIPELINE_API_KEYS_FILE", keys_path.display())
+        .api_keys(&[&acme, &globex])
         .start()
         .unwrap();
     let api = Api {
