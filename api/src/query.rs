@@ -86,6 +86,22 @@ impl Subject {
         Ok(Self::Trace(id.into()))
     }
 
+    /// The subjects a filter names, each optional: a device, a service, a trace.
+    pub(crate) fn those_given(
+        device: Option<String>,
+        service: Option<String>,
+        trace: Option<String>,
+    ) -> Result<Vec<Self>> {
+        [
+            device.map(Self::device),
+            service.map(Self::service),
+            trace.map(Self::trace),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
     /// The generation its cached pages depend on, and the name within it.
     fn generation(&self) -> (Kind, &str) {
         match self {

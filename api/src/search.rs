@@ -287,16 +287,8 @@ impl Search {
                 "unknown parameter {unknown:?}: a search takes device_id, service_name, trace_id, q, level, since, until, order, limit, cursor, interval and data.<field>"
             )));
         }
-        let mut subjects = Vec::new();
-        if let Some(device) = params.device_id {
-            subjects.push(Subject::device(device)?);
-        }
-        if let Some(service) = params.service_name {
-            subjects.push(Subject::service(service)?);
-        }
-        if let Some(trace) = params.trace_id {
-            subjects.push(Subject::trace(trace)?);
-        }
+        let subjects =
+            Subject::those_given(params.device_id, params.service_name, params.trace_id)?;
         let until = parse_time("until", params.until.as_deref())?.unwrap_or(now);
         let since =
             parse_time("since", params.since.as_deref())?.unwrap_or(until - time::Duration::HOUR);

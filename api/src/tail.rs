@@ -211,16 +211,8 @@ impl Filter {
             serde_html_form::from_str(query.unwrap_or_default()).map_err(|error| {
                 Error::InvalidQuery(format!("the query string is invalid: {error}"))
             })?;
-        let mut subjects = Vec::new();
-        if let Some(device) = params.device_id {
-            subjects.push(Subject::device(device)?);
-        }
-        if let Some(service) = params.service_name {
-            subjects.push(Subject::service(service)?);
-        }
-        if let Some(trace) = params.trace_id {
-            subjects.push(Subject::trace(trace)?);
-        }
+        let subjects =
+            Subject::those_given(params.device_id, params.service_name, params.trace_id)?;
         Ok(Self {
             tenant: tenant.to_owned(),
             subjects,
