@@ -8,12 +8,15 @@
 //!   them, each optional.
 //! - `q`: words and "quoted phrases" the message must all hold, case-insensitively
 //!   (`q=pressure "valve 3"`). They are matched as plain text (`ILIKE` with `%`, `_` and
-//!   `\` escaped), never as a pattern, so no query can make the matcher backtrack.
+//!   `\` escaped), never as a pattern, so no query can make the matcher backtrack. The
+//!   trigram index on `message` serves them where there is one
+//!   (`LOGPIPELINE_MESSAGE_INDEX`); without it a rare word reads the whole time range.
 //! - `data.<path>`: a field of `log_data`, a dotted path into nested objects
 //!   (`data.firmware=2.4.1`, `data.motor.rpm=>=1200`). A value is equal as text, number,
 //!   boolean or null alike (`data.code=42` finds `42` and `"42"`), by `@>`, which the
-//!   GIN index on `log_data` serves where there is one (`LOGPIPELINE_LOG_DATA_INDEX`); `>`, `>=`, `<` and `<=` before a number compare numbers, and a field
-//!   that is no number never matches them.
+//!   GIN index on `log_data` serves where there is one (`LOGPIPELINE_LOG_DATA_INDEX`);
+//!   `>`, `>=`, `<` and `<=` before a number compare numbers, and a field that is no
+//!   number never matches them.
 //! - `since`, `until`: the time range. Without `until` it ends now; without `since` it
 //!   is the hour before `until`. A search not bounded by a device, service or trace may
 //!   span at most [`MAX_FLEET_RANGE_DAYS`] days.

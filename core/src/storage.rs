@@ -5,7 +5,9 @@
 //! Every partition has two indexes: the primary key `(created_at, id)`, which makes
 //! inserts idempotent (the key comes from the stream entry, see
 //! [`crate::codec::log_key`]), and `(tenant, device_id, created_at desc)`, which serves
-//! the device query. A GIN index on `log_data` is a setting.
+//! the device query. Two more are settings ([`SearchIndex`]): a GIN index on `log_data`
+//! and a trigram GIN index on `message`, which fast text searches need and every insert
+//! pays for.
 
 use std::time::Duration;
 
@@ -58,6 +60,74 @@ pub struct PartitionSettings {
     pub ahead: u32,
     /// Whether partitions have a GIN index on `log_data`.
     pub log_data_index: bool,
+    /// Whether partitions have a trigram GIN index on `message`.
+    pub message_index: bool,
+}
+
+impl PartitionSettings {
+    /// Whether partitions have `index`.
+    pub fn has(&self, index: SearchIndex) -> bool {
+        match index {
+            SearchIndex::LogData => self.log_data_index,
+            SearchIndex::Message => self.message_index,
+        }
+    }
+}
+
+/// An index of every partition that a setting turns on or off: each serves searches
+/// and costs every insert (docs/search.md has both figures).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SearchIndex {
+    /// GIN on `log_data`, for `@>`: the `data.<path>=value` filters.
+    LogData,
+    /// GIN with `pg_trgm`'s trigrams on `message`, for `ILIKE '%…%'`: the `q` filter.
+    Message,
+}
+
+impl SearchIndex {
+    /// Every such index.
+    pub const ALL: [SearchIndex; 2] = [SearchIndex::LogData, SearchIndex::Message];
+
+    /// The column it indexes.
+    fn column(self) -> &'static str {
+        match self {
+            SearchIndex::LogData => "log_data",
+            SearchIndex::Message => "message",
+        }
+    }
+
+    /// The statement that makes it on `partition`.
+    fn ddl(self, partition: &str) -> String {
+        match self {
+            SearchIndex::LogData => format!(
+                "create index if not exists {partition}_log_data on {partition} using gin (log_data)"
+            ),
+            SearchIndex::Message => format!(
+                "create index if not exists {partition}_message_trgm on {partition} \
+                 using gin (message gin_trgm_ops)"
+            ),
+        }
+    }
+
+    /// Makes the extension the index needs, if any. `pg_trgm` is a trusted extension
+    /// of PostgreSQL's contrib, which a database owner may create.
+    async fn ensure_extension(self, db: impl sqlx::PgExecutor<'_>) -> Result<(), sqlx::Error> {
+        if self != SearchIndex::Message {
+            return Ok(());
+        }
+        match sqlx::query("create extension if not exists pg_trgm")
+            .execute(db)
+            .await
+        {
+            // Two processes creating it at once: the other one did.
+            Err(sqlx::Error::Database(error))
+                if matches!(error.code().as_deref(), Some("23505" | "42710")) =>
+            {
+                Ok(())
+            }
+            other => other.map(drop),
+        }
+    }
 }
 
 impl Default for PartitionSettings {
@@ -66,6 +136,7 @@ impl Default for PartitionSettings {
             interval: PartitionInterval::DAY,
             ahead: 2,
             log_data_index: false,
+            message_index: false,
         }
     }
 }
@@ -128,8 +199,9 @@ pub async fn ensure_partitions(
                 .execute(&mut *transaction)
                 .await?;
         }
-        if settings.log_data_index {
-            sqlx::query(ddl(log_data_index_ddl(&name)))
+        for index in SearchIndex::ALL.into_iter().filter(|&i| settings.has(i)) {
+            index.ensure_extension(&mut *transaction).await?;
+            sqlx::query(ddl(index.ddl(&name)))
                 .execute(&mut *transaction)
                 .await?;
         }
@@ -181,10 +253,6 @@ fn is_partition_name(name: &str) -> bool {
 /// A time as an SQL literal (generated here, never from input).
 fn literal(at: OffsetDateTime) -> String {
     format!("'{}'", at.format(&Rfc3339).unwrap_or_default())
-}
-
-fn log_data_index_ddl(partition: &str) -> String {
-    format!("create index if not exists {partition}_log_data on {partition} using gin (log_data)")
 }
 
 /// Drops the partitions `retention` has expired, with their counters: each is first
@@ -325,37 +393,48 @@ pub async fn compact_counts(
     Ok(folded.rows_affected())
 }
 
-/// Gives every partition a GIN index on `log_data`, or takes it away, as `enabled` says;
-/// concurrently, so writers go on. The legacy partition's seed index counts as its own.
-pub async fn reconcile_log_data_index(
+/// Gives every partition each [`SearchIndex`] its setting turns on, and takes away
+/// those it turns off; concurrently, so writers go on. An index is known by its method
+/// and column, so the legacy partition's seed index on `log_data` counts as its own.
+pub async fn reconcile_search_indexes(
     connection: &mut PgConnection,
-    enabled: bool,
+    settings: PartitionSettings,
 ) -> Result<(), sqlx::Error> {
-    for partition in partitions(&mut *connection).await? {
-        let name = &partition.name;
-        let indexes: Vec<String> = sqlx::query_scalar(
-            "select i.relname::text from pg_index x \
-             join pg_class i on i.oid = x.indexrelid \
-             join pg_am a on a.oid = i.relam \
-             where x.indrelid = to_regclass($1) and a.amname = 'gin'",
-        )
-        .bind(name)
-        .fetch_all(&mut *connection)
-        .await?;
-        if enabled && indexes.is_empty() {
-            let create =
-                log_data_index_ddl(name).replace("create index", "create index concurrently");
-            sqlx::query(ddl(create)).execute(&mut *connection).await?;
-            info!(partition = %name, "GIN index on log_data created");
-        } else if !enabled {
-            for index in indexes {
+    for index in SearchIndex::ALL {
+        let enabled = settings.has(index);
+        if enabled {
+            index.ensure_extension(&mut *connection).await?;
+        }
+        for partition in partitions(&mut *connection).await? {
+            let name = &partition.name;
+            let existing: Vec<(String, bool)> = sqlx::query_as(
+                "select i.relname::text, x.indisvalid from pg_index x \
+                 join pg_class i on i.oid = x.indexrelid \
+                 join pg_am a on a.oid = i.relam \
+                 join pg_attribute c on c.attrelid = x.indrelid and c.attnum = x.indkey[0] \
+                 where x.indrelid = to_regclass($1) and a.amname = 'gin' and c.attname = $2",
+            )
+            .bind(name)
+            .bind(index.column())
+            .fetch_all(&mut *connection)
+            .await?;
+            // A concurrent build that failed leaves an invalid index, which serves
+            // nothing: it goes, and is built again.
+            for (existing, _) in existing.iter().filter(|(_, valid)| !enabled || !valid) {
                 sqlx::query(ddl(format!(
                     "drop index concurrently if exists {}",
-                    quote_ident(&index)
+                    quote_ident(existing)
                 )))
                 .execute(&mut *connection)
                 .await?;
-                info!(partition = %name, %index, "GIN index on log_data dropped");
+                info!(partition = %name, index = %existing, "GIN index dropped");
+            }
+            if enabled && !existing.iter().any(|(_, valid)| *valid) {
+                let create = index
+                    .ddl(name)
+                    .replace("create index", "create index concurrently");
+                sqlx::query(ddl(create)).execute(&mut *connection).await?;
+                info!(partition = %name, column = index.column(), "GIN index created");
             }
         }
     }

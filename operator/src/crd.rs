@@ -308,11 +308,16 @@ pub struct StorageSpec {
         pattern = r"^(([1-9]|[1-9][0-9]|[1-6][0-9]{2}|7[0-3][0-9]|74[0-4])h|([1-9]|[12][0-9]|3[01])d)$"
     ))]
     pub partition_interval: String,
-    /// A GIN index on `log_data` in every partition, for queries inside it; no API
-    /// query needs it, and it costs every insert. The workers build or drop it
-    /// concurrently when this changes.
+    /// A GIN index on `log_data` in every partition, for the search's `data.<path>`
+    /// filters; it costs every insert. The workers build or drop it concurrently when
+    /// this changes.
     #[serde(default)]
     pub log_data_index: bool,
+    /// A trigram GIN index on `message` in every partition (PostgreSQL's `pg_trgm`), for
+    /// fast text searches (`q`) over many logs; it costs every insert. The workers create
+    /// the extension and build or drop the index concurrently when this changes.
+    #[serde(default)]
+    pub message_index: bool,
 }
 
 impl Default for StorageSpec {
@@ -321,6 +326,7 @@ impl Default for StorageSpec {
             retention: None,
             partition_interval: default_partition_interval(),
             log_data_index: false,
+            message_index: false,
         }
     }
 }

@@ -182,6 +182,10 @@ pub fn settings(lp: &LogPipeline) -> BTreeMap<String, String> {
             "LOGPIPELINE_LOG_DATA_INDEX",
             s.storage.log_data_index.to_string(),
         ),
+        (
+            "LOGPIPELINE_MESSAGE_INDEX",
+            s.storage.message_index.to_string(),
+        ),
     ]
     .into_iter()
     .chain(
@@ -751,6 +755,7 @@ mod tests {
         assert_eq!(data["LOGPIPELINE_MAX_DELIVERIES"], "10");
         assert_eq!(data["LOGPIPELINE_PARTITION_INTERVAL"], "1d");
         assert_eq!(data["LOGPIPELINE_LOG_DATA_INDEX"], "false");
+        assert_eq!(data["LOGPIPELINE_MESSAGE_INDEX"], "false");
         assert!(!data.contains_key("LOGPIPELINE_RETENTION"), "kept forever");
         assert_eq!(data["RUST_LOG"], "info");
         let mut lp = LogPipeline::test();

@@ -104,6 +104,14 @@ pub struct Config {
           action = clap::ArgAction::Set)]
     pub log_data_index: bool,
 
+    /// Whether partitions carry a trigram GIN index on `message` (PostgreSQL's
+    /// `pg_trgm`), which makes text searches (`q`) fast and costs every insert. The
+    /// worker creates the extension and builds or drops the index concurrently on every
+    /// partition when this changes.
+    #[arg(long, env = "LOGPIPELINE_MESSAGE_INDEX", default_value_t = false,
+          action = clap::ArgAction::Set)]
+    pub message_index: bool,
+
     /// Seconds between upkeep passes of the table: partitions ahead, retention, counter
     /// compaction, the GIN setting. One worker runs a pass at a time.
     #[arg(long, env = "LOGPIPELINE_STORAGE_UPKEEP_SECS", default_value_t = 60,
@@ -192,6 +200,7 @@ impl Config {
                 interval: self.partition_interval,
                 ahead: self.partitions_ahead,
                 log_data_index: self.log_data_index,
+                message_index: self.message_index,
             },
             retention: self.retention,
         }

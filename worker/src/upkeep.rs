@@ -66,7 +66,7 @@ pub async fn fold_counts(
 
 /// One pass at `now`: makes the partitions wanted ahead, then, unless another worker
 /// holds the upkeep lock (false), drops what the retention expired, folds counters and
-/// applies the GIN setting.
+/// applies the search index settings.
 pub async fn pass(store: &Store, metrics: &Metrics, now: OffsetDateTime) -> sqlx::Result<bool> {
     let settings = store.settings();
     let interval = settings.partitions.interval;
@@ -104,7 +104,7 @@ async fn locked_pass(
     // Partitions that ended an interval ago get few late logs, if any.
     let ended = now - settings.partitions.interval.duration();
     storage::compact_counts(&mut *connection, ended).await?;
-    storage::reconcile_log_data_index(connection, settings.partitions.log_data_index).await?;
+    storage::reconcile_search_indexes(connection, settings.partitions).await?;
     let count = storage::partitions(&mut *connection).await?.len();
     metrics
         .partitions

@@ -642,3 +642,110 @@ async fn dropping_a_partition_lets_writes_and_reads_go_on() {
         latencies[latencies.len() - 1]
     );
 }
+
+/// Each partition's valid GIN indexes, as (partition, indexed column), in order.
+async fn search_indexes(pool: &PgPool) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "select p.name::text, c.attname::text from log_partitions p \
+         join pg_index x on x.indrelid = to_regclass(p.name) \
+         join pg_class i on i.oid = x.indexrelid \
+         join pg_am a on a.oid = i.relam and a.amname = 'gin' \
+         join pg_attribute c on c.attrelid = x.indrelid and c.attnum = x.indkey[0] \
+         where x.indisvalid order by 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_search_indexes_follow_their_settings_on_every_partition() {
+    let pool = database().await;
+    db::migrate(&pool).await.unwrap();
+    let with = |log_data_index, message_index| StoreSettings {
+        partitions: PartitionSettings {
+            log_data_index,
+            message_index,
+            ..PartitionSettings::default()
+        },
+        retention: None,
+    };
+    let metrics = Metrics::new().unwrap();
+    let now = OffsetDateTime::now_utc();
+    let partitions = |pool: PgPool| async move {
+        let names: Vec<String> = sqlx::query_scalar("select name from log_partitions order by 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        names
+    };
+
+    // Partitions made while the message index is on carry it from the start: those a
+    // batch makes and those an upkeep pass readies ahead.
+    let store = Store::new(pool.clone(), with(false, true));
+    store
+        .store(&[entry(datetime!(2031-03-31 12:00 UTC), "d", 3)])
+        .await
+        .unwrap();
+    upkeep::pass(&store, &metrics, now).await.unwrap();
+    let names = partitions(pool.clone()).await;
+    assert!(names.len() >= 5, "{names:?}");
+    let only = |column: &str| -> Vec<(String, String)> {
+        names
+            .iter()
+            .map(|name| (name.clone(), column.to_owned()))
+            .collect()
+    };
+    assert_eq!(search_indexes(&pool).await, only("message"));
+    // A text search can use it: `ILIKE` on the message, case-insensitive, anywhere.
+    let mut plan = pool.begin().await.unwrap();
+    sqlx::query("set local enable_seqscan = off")
+        .execute(&mut *plan)
+        .await
+        .unwrap();
+    let explained: Vec<String> =
+        sqlx::query_scalar("explain select id from logs where message ilike '%LOG 2%'")
+            .fetch_all(&mut *plan)
+            .await
+            .unwrap();
+    plan.rollback().await.unwrap();
+    assert!(
+        explained.iter().any(|line| line.contains("_message_trgm")),
+        "{explained:#?}"
+    );
+    let found: i64 = sqlx::query_scalar("select count(*) from logs where message ilike '%LOG 2%'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(found, 1);
+
+    // Turning one on and the other off builds and drops exactly those, on every
+    // partition: both are GIN indexes, told apart by their column.
+    let store = Store::new(pool.clone(), with(true, false));
+    upkeep::pass(&store, &metrics, now).await.unwrap();
+    assert_eq!(search_indexes(&pool).await, only("log_data"));
+
+    // A concurrent build that failed leaves an invalid index; the next pass replaces it.
+    let store = Store::new(pool.clone(), with(true, true));
+    upkeep::pass(&store, &metrics, now).await.unwrap();
+    sqlx::query(
+        "update pg_index set indisvalid = false \
+         where indexrelid = to_regclass($1 || '_message_trgm')",
+    )
+    .bind(&names[0])
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut expected: Vec<(String, String)> = only("log_data")
+        .into_iter()
+        .chain(only("message"))
+        .collect();
+    expected.sort();
+    assert_ne!(search_indexes(&pool).await, expected);
+    upkeep::pass(&store, &metrics, now).await.unwrap();
+    assert_eq!(search_indexes(&pool).await, expected);
+
+    let store = Store::new(pool.clone(), with(false, false));
+    upkeep::pass(&store, &metrics, now).await.unwrap();
+    assert_eq!(search_indexes(&pool).await, []);
+}

@@ -34,6 +34,16 @@ pub struct QueryBenchArgs {
     #[arg(long, default_value_t = 100)]
     pub limit: u32,
 
+    /// Partitions carry a trigram GIN index on `message` (`spec.storage.messageIndex`),
+    /// built after the fill.
+    #[arg(long)]
+    pub message_index: bool,
+
+    /// Partitions carry a GIN index on `log_data` (`spec.storage.logDataIndex`), built
+    /// after the fill.
+    #[arg(long)]
+    pub log_data_index: bool,
+
     /// Write the figures as JSON to this file too.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -54,6 +64,31 @@ pub async fn run(args: QueryBenchArgs) -> Result<()> {
     crate::wait_for_schema(&pool).await?;
 
     fill(&pool, args.rows, args.devices).await?;
+    if args.message_index || args.log_data_index {
+        let started = Instant::now();
+        let settings = PartitionSettings {
+            message_index: args.message_index,
+            log_data_index: args.log_data_index,
+            ..PartitionSettings::default()
+        };
+        storage::reconcile_search_indexes(&mut *pool.acquire().await?, settings).await?;
+        let bytes: i64 = sqlx::query_scalar(
+            "select coalesce(sum(pg_relation_size(x.indexrelid)), 0)::bigint \
+             from pg_index x join pg_class i on i.oid = x.indexrelid \
+             join pg_am a on a.oid = i.relam \
+             join pg_inherits h on h.inhrelid = x.indrelid \
+             where h.inhparent = 'logs'::regclass and a.amname = 'gin'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        eprintln!(
+            "search indexes built in {:.1} s, {:.0} MiB ({:.0} B per row)",
+            started.elapsed().as_secs_f64(),
+            bytes as f64 / (1024.0 * 1024.0),
+            bytes as f64 / args.rows.max(1) as f64
+        );
+        sqlx::query("analyze logs").execute(&pool).await?;
+    }
     let client = crate::http_client()?;
     let base = api.url();
 
@@ -180,6 +215,8 @@ pub async fn run(args: QueryBenchArgs) -> Result<()> {
         "rows": args.rows,
         "devices": args.devices,
         "limit": args.limit,
+        "message_index": args.message_index,
+        "log_data_index": args.log_data_index,
         "uncached_query": summary(&uncached),
         "cached_query": summary(&cached),
         "stats_uncached": summary(&stats),

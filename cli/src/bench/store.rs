@@ -41,9 +41,18 @@ pub struct StoreBenchArgs {
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub devices: u32,
 
-    /// Length of each log's message, in bytes.
+    /// Length of each log's message, in bytes: words of a device's vocabulary and
+    /// numbers, so that a text index sees as many distinct trigrams as in real logs.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=5000))]
     pub message_bytes: u32,
+
+    /// Partitions carry a GIN index on `log_data` (`spec.storage.logDataIndex`).
+    #[arg(long)]
+    pub log_data_index: bool,
+
+    /// Partitions carry a trigram GIN index on `message` (`spec.storage.messageIndex`).
+    #[arg(long)]
+    pub message_index: bool,
 
     /// Seconds each run stores.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -92,8 +101,18 @@ pub async fn run(args: StoreBenchArgs) -> Result<()> {
     })?;
     let postmaster = postmaster_pid(postgres.dir())?;
     println!(
-        "{} consumers, batches of {} entries × {} logs, {} devices, {} s per run",
-        args.consumers, args.entries_per_batch, args.logs_per_entry, args.devices, args.seconds
+        "{} consumers, batches of {} entries × {} logs, {} devices, {} s per run, search indexes: {}",
+        args.consumers,
+        args.entries_per_batch,
+        args.logs_per_entry,
+        args.devices,
+        args.seconds,
+        match (args.log_data_index, args.message_index) {
+            (false, false) => "none",
+            (true, false) => "log_data",
+            (false, true) => "message",
+            (true, true) => "log_data, message",
+        }
     );
     let mut runs = Vec::new();
     for index in 0..args.runs {
@@ -158,7 +177,10 @@ async fn wal_lsn(pool: &PgPool) -> Result<f64> {
 
 /// One run: the consumers store batches for `args.seconds`.
 async fn store_for(args: &StoreBenchArgs, pool: &PgPool, postmaster: u32) -> Result<StoreRun> {
-    let store = Store::new(pool.clone(), StoreSettings::default());
+    let mut settings = StoreSettings::default();
+    settings.partitions.log_data_index = args.log_data_index;
+    settings.partitions.message_index = args.message_index;
+    let store = Store::new(pool.clone(), settings);
     let stored = Arc::new(AtomicU64::new(0));
     let sequence = AtomicU64::new(0);
     let batches = u64::from(args.entries_per_batch * args.logs_per_entry);
@@ -244,7 +266,6 @@ fn batch(args: &StoreBenchArgs, number: u64, sequence: &AtomicU64) -> Result<Vec
     let tenant = Tenant::default();
     let now = OffsetDateTime::now_utc();
     let ms = now.unix_timestamp_nanos() / 1_000_000;
-    let padding = "x".repeat(args.message_bytes.saturating_sub(24) as usize);
     (0..args.entries_per_batch)
         .map(|entry| {
             let seq = sequence.fetch_add(1, Ordering::Relaxed);
@@ -254,7 +275,7 @@ fn batch(args: &StoreBenchArgs, number: u64, sequence: &AtomicU64) -> Result<Vec
                     serde_json::json!({
                         "device_id": format!("device-{device:03}"),
                         "log_level": LEVELS[(seq as usize + i as usize) % LEVELS.len()],
-                        "message": format!("log {seq} {i} {padding}"),
+                        "message": message(seq * 1000 + u64::from(i), args.message_bytes as usize),
                         "log_data": {"run": "store", "device": device, "seq": seq, "temperature": 21.5},
                     })
                 })
@@ -272,4 +293,32 @@ fn batch(args: &StoreBenchArgs, number: u64, sequence: &AtomicU64) -> Result<Vec
                 .map_err(|(_, reason)| anyhow::anyhow!(reason))
         })
         .collect()
+}
+
+/// A message of `bytes` bytes made of words and numbers, different for every `seed`.
+fn message(seed: u64, bytes: usize) -> String {
+    const WORDS: &str = "pump valve pressure sensor reading within bounds motor speed rpm flow \
+        rate temperature exceeded threshold battery voltage low firmware update applied \
+        rebooting connection lost restored retry after timeout calibration started finished \
+        drift detected upstream downstream tank level alarm cleared raised door opened closed \
+        heartbeat missed queue full ok";
+    let words: Vec<&str> = WORDS.split_whitespace().collect();
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut text = String::with_capacity(bytes + 16);
+    while text.len() < bytes {
+        // xorshift64: cheap, and the same text for the same seed in every run.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        if state.is_multiple_of(4) {
+            text.push_str(&(state >> 40).to_string());
+        } else {
+            text.push_str(words[(state >> 8) as usize % words.len()]);
+        }
+    }
+    text.truncate(bytes);
+    text
 }
