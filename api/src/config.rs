@@ -148,6 +148,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub search_timeout_ms: u64,
 
+    /// Most live tail subscribers (`GET /api/logs/tail`) of this process at once; more
+    /// are answered 429 `tail_full`. Each costs a connection and the filtering of every
+    /// log accepted, whatever it matches.
+    #[arg(long, env = "LOGPIPELINE_TAIL_MAX_SUBSCRIBERS", default_value_t = 1000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub tail_max_subscribers: usize,
+
     /// Seconds `GET /api/stats` answers from its cache.
     #[arg(long, env = "LOGPIPELINE_STATS_CACHE_TTL_SECS", default_value_t = 60)]
     pub stats_cache_ttl_secs: u64,

@@ -255,7 +255,12 @@ pub async fn run(config: Config) -> Result<()> {
         ),
         query_cache_ttl: Duration::from_secs(config.query_cache_ttl_secs),
         search_timeout: Duration::from_millis(config.search_timeout_ms),
-        tail: Tail::start(&target, &shards, shutdown.clone()),
+        tail: Tail::start(
+            &target,
+            &shards,
+            config.tail_max_subscribers,
+            shutdown.clone(),
+        ),
         stats_cache_ttl: Duration::from_secs(config.stats_cache_ttl_secs),
         front: FrontInfo {
             grpc_listen: config.grpc_listen,

@@ -13,7 +13,7 @@
 //! `trace_id`, `level` and `q` (words and "quoted phrases", as in a search).
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Extension;
@@ -41,8 +41,6 @@ use crate::state::AppState;
 /// Logs the broadcast ring holds: how far a subscriber may fall behind before it misses
 /// logs.
 pub const RING: usize = 16_384;
-/// Most subscribers of one api process at once.
-pub const MAX_SUBSCRIBERS: usize = 1000;
 /// Most entries one `XREAD` returns, and how long it blocks.
 const READ_COUNT: usize = 500;
 const READ_BLOCK: Duration = Duration::from_secs(1);
@@ -60,6 +58,19 @@ pub struct TailLog {
     record: LogRecord,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
+    /// The log as an event's data, made by the first subscriber that sends it and
+    /// shared by the others: a log a hundred subscribers match is serialized once.
+    #[serde(skip)]
+    json: OnceLock<Option<String>>,
+}
+
+impl TailLog {
+    /// The log as JSON, None if it could not be serialized.
+    fn json(&self) -> Option<&str> {
+        self.json
+            .get_or_init(|| serde_json::to_string(self).ok())
+            .as_deref()
+    }
 }
 
 /// The live tail of one api process: its readers and its subscribers.
@@ -67,13 +78,20 @@ pub struct TailLog {
 pub struct Tail {
     ring: broadcast::Sender<Arc<TailLog>>,
     subscribers: Arc<Semaphore>,
+    max_subscribers: usize,
     shutdown: CancellationToken,
 }
 
 impl Tail {
     /// Starts a reader for each of `shards` on `target`; they read while anyone
-    /// subscribes, and stop with `shutdown`, as do the subscriptions.
-    pub fn start(target: &RedisTarget, shards: &Shards, shutdown: CancellationToken) -> Self {
+    /// subscribes (at most `max_subscribers` at once), and stop with `shutdown`, as do
+    /// the subscriptions.
+    pub fn start(
+        target: &RedisTarget,
+        shards: &Shards,
+        max_subscribers: usize,
+        shutdown: CancellationToken,
+    ) -> Self {
         let (ring, _) = broadcast::channel(RING);
         for key in shards.keys() {
             tokio::spawn(read(
@@ -85,7 +103,8 @@ impl Tail {
         }
         Self {
             ring,
-            subscribers: Arc::new(Semaphore::new(MAX_SUBSCRIBERS)),
+            subscribers: Arc::new(Semaphore::new(max_subscribers)),
+            max_subscribers,
             shutdown,
         }
     }
@@ -171,6 +190,7 @@ async fn read(
                     message_id,
                     record,
                     created_at: decoded.received_at,
+                    json: OnceLock::new(),
                 }));
             }
         }
@@ -283,7 +303,7 @@ pub async fn tail(
         .clone()
         .try_acquire_owned()
         .map_err(|_| Error::TailFull {
-            limit: MAX_SUBSCRIBERS,
+            limit: tail.max_subscribers,
         })?;
     let receiver = tail.ring.subscribe();
     let events = futures::stream::unfold(
@@ -291,17 +311,18 @@ pub async fn tail(
         |(mut receiver, filter, permit)| async move {
             loop {
                 let event = match receiver.recv().await {
-                    Ok(log) if filter.matches(&log) => {
-                        Event::default().event("log").json_data(&*log)
-                    }
+                    // A log always serializes; were it not to, the subscriber is told
+                    // it missed one.
+                    Ok(log) if filter.matches(&log) => match log.json() {
+                        Some(json) => Event::default().event("log").data(json),
+                        None => Event::default().event("missed").data("1"),
+                    },
                     Ok(_) => continue,
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        Ok(Event::default().event("missed").data(missed.to_string()))
+                        Event::default().event("missed").data(missed.to_string())
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,
                 };
-                // A log always serializes; were it not to, the subscriber is told so.
-                let event = event.unwrap_or_else(|_| Event::default().event("missed").data("1"));
                 return Some((Ok(event), (receiver, filter, permit)));
             }
         },
@@ -327,6 +348,7 @@ mod tests {
             }))
             .unwrap(),
             created_at: OffsetDateTime::UNIX_EPOCH,
+            json: OnceLock::new(),
         }
     }
 

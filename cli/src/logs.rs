@@ -205,7 +205,7 @@ pub async fn run(command: Logs, out: &mut impl Write) -> Result<()> {
     }
 }
 
-fn request(
+pub(crate) fn request(
     client: &reqwest::Client,
     connection: &Connection,
     method: reqwest::Method,
@@ -296,25 +296,56 @@ async fn tail(
     if !answer.status().is_success() {
         return Err(refused(answer).await);
     }
-    let mut body = answer.bytes_stream();
-    let mut buffer = String::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk?;
-        buffer.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let (event, data) = sse_event(&block);
-            match event {
-                "log" => print_log(&serde_json::from_str(&data)?, json, out)?,
-                "missed" => {
-                    eprintln!("logpipeline: {data} logs went by unread (the tail fell behind)")
-                }
-                _ => {}
+    let mut events = SseReader::new(answer);
+    while let Some((event, data)) = events.next().await? {
+        match event.as_str() {
+            "log" => print_log(&serde_json::from_str(&data)?, json, out)?,
+            "missed" => {
+                eprintln!("logpipeline: {data} logs went by unread (the tail fell behind)")
             }
+            _ => {}
         }
         out.flush()?;
     }
     bail!("the api ended the tail (shutting down?)")
+}
+
+/// The events of a Server-Sent Events answer, one at a time.
+pub struct SseReader {
+    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    /// Bytes read and not yet split into events: a chunk may end inside a character.
+    buffer: Vec<u8>,
+}
+
+impl SseReader {
+    /// Reads the events of `answer`.
+    pub fn new(answer: reqwest::Response) -> Self {
+        Self {
+            body: Box::pin(answer.bytes_stream()),
+            buffer: Vec::new(),
+        }
+    }
+
+    /// The next event's name and data, keep-alives skipped, or None when the answer
+    /// ends.
+    pub async fn next(&mut self) -> Result<Option<(String, String)>> {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|pair| pair == b"\n\n") {
+                let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let block = String::from_utf8_lossy(&block);
+                let (event, data) = sse_event(&block);
+                // A keep-alive is a comment alone: no event.
+                if !event.is_empty() || !data.is_empty() {
+                    return Ok(Some((event.to_owned(), data)));
+                }
+                continue;
+            }
+            match self.body.next().await {
+                Some(chunk) => self.buffer.extend_from_slice(&chunk?),
+                None => return Ok(None),
+            }
+        }
+    }
 }
 
 /// The event name and data of one Server-Sent Events block.

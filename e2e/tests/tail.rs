@@ -1,23 +1,22 @@
 //! Live tail (`GET /api/logs/tail`, Server-Sent Events) on a real stack: a subscriber
 //! gets exactly its tenant's logs that match its filter, in the order they were
 //! accepted, with the ids the api answered; one that does not read is told how many logs
-//! it missed, and holds up nobody.
+//! it missed, and holds up nobody; past the subscriber limit, 10,000 at once get a 429
+//! and leave the api healthy.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
 
 use std::time::Duration;
 
 use futures::StreamExt;
+use logpipeline::logs::SseReader;
 use logpipeline_e2e::stack::Stack;
 use logpipeline_local::auth::ApiKey;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-/// The events of one subscription, parsed from the Server-Sent Events stream.
-struct Subscription {
-    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buffer: String,
-}
+/// The events of one subscription.
+struct Subscription(SseReader);
 
 impl Subscription {
     async fn open(client: &reqwest::Client, url: &str, key: &ApiKey) -> Self {
@@ -29,38 +28,16 @@ impl Subscription {
             .unwrap();
         assert_eq!(answer.status(), StatusCode::OK);
         assert_eq!(answer.headers()["content-type"], "text/event-stream");
-        Self {
-            body: answer.bytes_stream().boxed(),
-            buffer: String::new(),
-        }
+        Self(SseReader::new(answer))
     }
 
     /// The next event other than a keep-alive: (event, data).
     async fn next(&mut self) -> (String, String) {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut event = String::new();
-                let mut data = String::new();
-                for line in block.lines() {
-                    if let Some(name) = line.strip_prefix("event:") {
-                        event = name.trim().to_owned();
-                    } else if let Some(text) = line.strip_prefix("data:") {
-                        data.push_str(text.trim_start());
-                    }
-                }
-                if !event.is_empty() {
-                    return (event, data);
-                }
-                continue;
-            }
-            let chunk = tokio::time::timeout(Duration::from_secs(60), self.body.next())
-                .await
-                .expect("no event within 60 s")
-                .expect("the stream ended")
-                .unwrap();
-            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
-        }
+        tokio::time::timeout(Duration::from_secs(60), self.0.next())
+            .await
+            .expect("no event within 60 s")
+            .unwrap()
+            .expect("the stream ended")
     }
 
     /// The next `log` event's log.
@@ -229,4 +206,106 @@ async fn subscribers_get_their_tenants_matching_logs_live_and_a_slow_one_is_told
         .await
         .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_subscribers_at_once_get_the_limit_and_429s_and_the_api_stays_healthy() {
+    // Each held subscription is a socket here and one in the api (which inherits the
+    // limit): raise this process's soft limit of open files to its hard one.
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    assert!(
+        hard >= 4096,
+        "1,000 subscriptions need more open files than the hard limit of {hard}"
+    );
+    let key = ApiKey::new("acme", "console", &["write", "read"]);
+    // 10,000 subscribers stand for many clients: the per-address connection limit,
+    // which would close most of them from this one address first, is lifted.
+    let stack = Stack::builder()
+        .api()
+        .workers(1)
+        .api_keys(&[&key])
+        .api_env("LOGPIPELINE_MAX_CONNECTIONS_PER_ADDRESS", 20_000)
+        .api_env("LOGPIPELINE_MAX_CONNECTIONS", 20_000)
+        .start()
+        .unwrap();
+    let api = Api {
+        client: logpipeline_e2e::http_client(|builder| builder).unwrap(),
+        base: stack.api_url().unwrap(),
+    };
+    let tail = format!("{}/api/logs/tail?device_id=pump-7", api.base);
+
+    let answers: Vec<reqwest::Response> = futures::stream::iter(0..10_000)
+        .map(|_| {
+            api.client
+                .get(&tail)
+                .header("x-api-key", &key.secret)
+                .send()
+        })
+        .buffer_unordered(256)
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    let (mut held, refused): (Vec<_>, Vec<_>) = answers
+        .into_iter()
+        .partition(|answer| answer.status() == StatusCode::OK);
+    assert_eq!(held.len(), 1000, "the default limit holds");
+    assert_eq!(refused.len(), 9000);
+    for answer in refused {
+        assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["error"], "tail_full", "{body}");
+    }
+
+    // The api goes on: it answers, accepts, and the held subscribers get their logs.
+    let health = api
+        .client
+        .get(format!("{}/health", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let mut first = Subscription(SseReader::new(held.remove(0)));
+    let mut last = Subscription(SseReader::new(held.pop().unwrap()));
+    // The reader starts at the stream's end once someone subscribes: send until a
+    // first log arrives, then a marker both held subscribers get.
+    let mut warmed = false;
+    for round in 0..600 {
+        api.send(&key, &[log("pump-7", "ERROR", &format!("warm-up {round}"))])
+            .await;
+        if tokio::time::timeout(Duration::from_millis(100), first.next())
+            .await
+            .is_ok()
+        {
+            warmed = true;
+            break;
+        }
+    }
+    assert!(warmed, "the tail never delivered a log");
+    let marker = api.send(&key, &[log("pump-7", "ERROR", "marker")]).await;
+    while first.next_log().await["message_id"] != marker[0].as_str() {}
+    while last.next_log().await["message_id"] != marker[0].as_str() {}
+
+    // Once they go, others may subscribe: the api lets go of a subscription when its
+    // client does (noticed at its next write, which a log sent makes).
+    drop((held, first, last));
+    let mut subscribed = false;
+    for round in 0..600 {
+        api.send(&key, &[log("pump-7", "INFO", &format!("closing {round}"))])
+            .await;
+        let answer = api
+            .client
+            .get(&tail)
+            .header("x-api-key", &key.secret)
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == StatusCode::OK {
+            subscribed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(subscribed, "no subscription was let go");
 }

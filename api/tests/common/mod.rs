@@ -139,6 +139,7 @@ impl TestApi {
                 })
                 .unwrap(),
                 &Shards::new(STREAM, options.shards),
+                1000,
                 tokio_util::sync::CancellationToken::new(),
             ),
             stats_cache_ttl: Duration::from_secs(60),

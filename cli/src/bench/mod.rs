@@ -11,6 +11,7 @@ pub mod query;
 mod stack;
 pub mod store;
 mod table;
+mod tail;
 
 use std::path::PathBuf;
 
@@ -142,6 +143,15 @@ pub struct BenchOptions {
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub drain_timeout_secs: u64,
 
+    /// Live tail subscribers connected during each run (`GET /api/logs/tail`); the run
+    /// prints how long logs took from acceptance to them.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub tail_subscribers: u32,
+
+    /// What each tail subscriber asks for.
+    #[arg(long, value_enum, default_value = "device")]
+    pub tail_filter: tail::TailFilter,
+
     /// Write each run's report and diagnosis as JSON into this directory.
     #[arg(long)]
     pub json_dir: Option<PathBuf>,
@@ -201,7 +211,7 @@ struct BenchKeys {
 
 impl BenchKeys {
     fn new() -> Result<Self> {
-        let key = ApiKey::new("bench", "load", &["write"]);
+        let key = ApiKey::new("bench", "load", &["write", "read"]);
         let file = tempfile::NamedTempFile::new()?;
         std::fs::write(file.path(), keys_file(&[&key]))?;
         Ok(Self { key, file })
@@ -312,6 +322,8 @@ struct BenchRun<'a> {
     settings: &'a StackSettings,
     report: &'a Report,
     diagnosis: &'a Diagnosis,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tail: Option<&'a tail::TailFigures>,
 }
 
 /// `durability` as `LOGPIPELINE_REDIS_DURABILITY`, then `settings`, which may override it.
@@ -390,13 +402,34 @@ async fn run_profiles(
                 );
                 let load = profile.load(options, stack, index, keys.client_key(mode), protocol);
                 let probe = Probe::start(stack).await?;
+                let tail = if options.tail_subscribers > 0 {
+                    let key = keys.client_key(mode);
+                    Some(
+                        tail::TailWatch::start(
+                            &stack.api.url(),
+                            key.as_deref(),
+                            options.tail_subscribers,
+                            options.tail_filter,
+                        )
+                        .await?,
+                    )
+                } else {
+                    None
+                };
                 let report = crate::load::run(&load).await?;
+                let tail = match tail {
+                    Some(tail) => Some(tail.finish().await?),
+                    None => None,
+                };
                 let logs = report
                     .end_to_end
                     .as_ref()
                     .map_or(report.accepted_logs, |e2e| e2e.persisted_logs);
                 let diagnosis = probe.finish(stack, logs).await?;
                 print!("{}{}", report.render(), diagnosis.render());
+                if let Some(tail) = &tail {
+                    print!("{}", tail.render());
+                }
                 if let Some(dir) = &options.json_dir {
                     let path = dir.join(format!(
                         "{}-auth-{}-{}-{index}.json",
@@ -412,6 +445,7 @@ async fn run_profiles(
                         settings,
                         report: &report,
                         diagnosis: &diagnosis,
+                        tail: tail.as_ref(),
                     };
                     std::fs::write(&path, serde_json::to_vec_pretty(&run)?)
                         .with_context(|| format!("writing {}", path.display()))?;

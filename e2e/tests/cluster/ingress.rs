@@ -157,3 +157,92 @@ fn the_ingress_refuses_requests_without_a_valid_key_and_keys_change_without_a_re
         pods_before.len()
     );
 }
+
+#[test]
+fn a_live_tail_streams_through_the_ingress_to_its_tenants_subscriber() {
+    let (_turn, _, pipeline) = support::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let device = format!("tail-{}", std::process::id());
+        let send = |messages: Vec<String>| {
+            let logs: Vec<serde_json::Value> = messages
+                .iter()
+                .map(|message| {
+                    serde_json::json!({"device_id": device, "log_level": "ERROR", "message": message})
+                })
+                .collect();
+            let request = pipeline
+                .devices
+                .post(format!("{}/api/logs/batch", pipeline.base_url))
+                .json(&serde_json::json!({ "logs": logs }));
+            async move {
+                let answer = request.send().await.unwrap();
+                assert_eq!(answer.status(), 200);
+                let body: serde_json::Value = answer.json().await.unwrap();
+                body["message_ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|id| id.as_str().unwrap().to_owned())
+                    .collect::<Vec<String>>()
+            }
+        };
+        // Without a key the Ingress passes the request and the api refuses it.
+        let anonymous = pipeline
+            .anonymous
+            .get(format!("{}/api/logs/tail", pipeline.base_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(anonymous.status(), 401);
+
+        // A subscription lives longer than the client's timeout for plain requests.
+        let answer = pipeline
+            .devices
+            .get(format!(
+                "{}/api/logs/tail?device_id={device}",
+                pipeline.base_url
+            ))
+            .timeout(Duration::from_secs(600))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.headers()["content-type"], "text/event-stream");
+        let mut events = logpipeline::logs::SseReader::new(answer);
+        let mut next = async || {
+            let (event, data) = tokio::time::timeout(Duration::from_secs(60), events.next())
+                .await
+                .expect("no event through the Ingress within 60 s")
+                .unwrap()
+                .expect("the tail ended");
+            assert_eq!(event, "log", "{data}");
+            serde_json::from_str::<serde_json::Value>(&data).unwrap()
+        };
+        // The api pod's reader starts at the stream's end once someone subscribes: a
+        // first log, sent again until one arrives, then the logs whose order is checked.
+        let mut first = None;
+        for round in 0..300 {
+            send(vec![format!("warm-up {round}")]).await;
+            if let Ok(log) = tokio::time::timeout(Duration::from_millis(200), next()).await {
+                first = Some(log);
+                break;
+            }
+        }
+        assert!(first.is_some(), "the tail never delivered a log");
+        let marker = send(vec!["marker".into()]).await;
+        while next().await["message_id"] != marker[0].as_str() {}
+        let started = Instant::now();
+        let ids = send((0..50).map(|n| format!("live {n}")).collect()).await;
+        for (n, id) in ids.iter().enumerate() {
+            let log = next().await;
+            assert_eq!(log["message_id"], id.as_str(), "{log}");
+            assert_eq!(log["message"], format!("live {n}"));
+            assert_eq!(log["device_id"], device.as_str());
+        }
+        println!(
+            "50 logs sent through the Ingress reached a tail subscriber through it, in order, within {:.1?}",
+            started.elapsed()
+        );
+    });
+}
