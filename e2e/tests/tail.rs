@@ -54,6 +54,41 @@ struct Api {
 }
 
 impl Api {
+    fn of(stack: &Stack) -> Self {
+        Self {
+            client: logpipeline_e2e::http_client(|builder| builder).unwrap(),
+            base: stack.api_url().unwrap(),
+        }
+    }
+
+    async fn assert_healthy(&self) {
+        let health = self
+            .client
+            .get(format!("{}/health", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
+    }
+
+    /// The readers start at the stream's end once someone subscribes: sends an error
+    /// of pump-7 with each of `keys` until `subscription` sees a first log.
+    async fn warm_up(&self, keys: &[&ApiKey], subscription: &mut Subscription) {
+        for round in 0..600 {
+            for key in keys {
+                self.send(key, &[log("pump-7", "ERROR", &format!("warm-up {round}"))])
+                    .await;
+            }
+            if tokio::time::timeout(Duration::from_millis(100), subscription.next())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+        panic!("the tail never delivered a log");
+    }
+
     /// Posts `logs` as one batch with `key`; the ids answered.
     async fn send(&self, key: &ApiKey, logs: &[Value]) -> Vec<String> {
         let answer = self
@@ -89,10 +124,7 @@ async fn subscribers_get_their_tenants_matching_logs_live_and_a_slow_one_is_told
         .api_keys(&[&acme, &globex])
         .start()
         .unwrap();
-    let api = Api {
-        client: logpipeline_e2e::http_client(|builder| builder).unwrap(),
-        base: stack.api_url().unwrap(),
-    };
+    let api = Api::of(&stack);
     let tail = format!("{}/api/logs/tail", api.base);
     let mut pump7 = Subscription::open(
         &api.client,
@@ -104,27 +136,8 @@ async fn subscribers_get_their_tenants_matching_logs_live_and_a_slow_one_is_told
     // Subscribes and never reads until the end.
     let mut sleeper = Subscription::open(&api.client, &tail, &acme).await;
 
-    // The readers start at the stream's end once someone subscribes: send until the
-    // subscriptions see a first log, then the logs whose arrival is checked.
-    let mut warmed = false;
-    for round in 0..600 {
-        api.send(
-            &acme,
-            &[log("pump-7", "ERROR", &format!("warm-up {round}"))],
-        )
-        .await;
-        api.send(
-            &globex,
-            &[log("pump-7", "ERROR", &format!("warm-up {round}"))],
-        )
-        .await;
-        let seen = tokio::time::timeout(Duration::from_millis(100), pump7.next()).await;
-        if seen.is_ok() {
-            warmed = true;
-            break;
-        }
-    }
-    assert!(warmed, "the tail never delivered a log");
+    // A first log, then the logs whose arrival is checked.
+    api.warm_up(&[&acme, &globex], &mut pump7).await;
     let marker = api.send(&acme, &[log("pump-7", "ERROR", "marker")]).await;
     while pump7.next_log().await["message_id"] != marker[0].as_str() {}
     let globex_marker = api.send(&globex, &[log("pump-9", "INFO", "marker")]).await;
@@ -199,13 +212,7 @@ async fn subscribers_get_their_tenants_matching_logs_live_and_a_slow_one_is_told
     }
     println!("the sleeper read {events} events, then was told it missed {missed} logs");
     assert!(missed > 0);
-    let health = api
-        .client
-        .get(format!("{}/health", api.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), StatusCode::OK);
+    api.assert_healthy().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,10 +237,7 @@ async fn ten_thousand_subscribers_at_once_get_the_limit_and_429s_and_the_api_sta
         .api_env("LOGPIPELINE_MAX_CONNECTIONS", 20_000)
         .start()
         .unwrap();
-    let api = Api {
-        client: logpipeline_e2e::http_client(|builder| builder).unwrap(),
-        base: stack.api_url().unwrap(),
-    };
+    let api = Api::of(&stack);
     let tail = format!("{}/api/logs/tail?device_id=pump-7", api.base);
 
     let answers: Vec<reqwest::Response> = futures::stream::iter(0..10_000)
@@ -259,30 +263,11 @@ async fn ten_thousand_subscribers_at_once_get_the_limit_and_429s_and_the_api_sta
     }
 
     // The api goes on: it answers, accepts, and the held subscribers get their logs.
-    let health = api
-        .client
-        .get(format!("{}/health", api.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), StatusCode::OK);
+    api.assert_healthy().await;
     let mut first = Subscription(SseReader::new(held.remove(0)));
     let mut last = Subscription(SseReader::new(held.pop().unwrap()));
-    // The reader starts at the stream's end once someone subscribes: send until a
-    // first log arrives, then a marker both held subscribers get.
-    let mut warmed = false;
-    for round in 0..600 {
-        api.send(&key, &[log("pump-7", "ERROR", &format!("warm-up {round}"))])
-            .await;
-        if tokio::time::timeout(Duration::from_millis(100), first.next())
-            .await
-            .is_ok()
-        {
-            warmed = true;
-            break;
-        }
-    }
-    assert!(warmed, "the tail never delivered a log");
+    // A first log, then a marker both held subscribers get.
+    api.warm_up(&[&key], &mut first).await;
     let marker = api.send(&key, &[log("pump-7", "ERROR", "marker")]).await;
     while first.next_log().await["message_id"] != marker[0].as_str() {}
     while last.next_log().await["message_id"] != marker[0].as_str() {}
