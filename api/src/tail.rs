@@ -27,7 +27,7 @@ use logpipeline_core::stream::Shards;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::{Notify, Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 use utoipa::IntoParams;
@@ -44,8 +44,7 @@ pub const RING: usize = 16_384;
 /// Most entries one `XREAD` returns, and how long it blocks.
 const READ_COUNT: usize = 500;
 const READ_BLOCK: Duration = Duration::from_secs(1);
-/// How often an idle reader looks for subscribers, and waits after a Redis error.
-const IDLE: Duration = Duration::from_millis(200);
+/// How long a reader waits after a Redis error.
 const RETRY: Duration = Duration::from_secs(1);
 
 /// A log as the tail sends it.
@@ -79,6 +78,8 @@ pub struct Tail {
     ring: broadcast::Sender<Arc<TailLog>>,
     subscribers: Arc<Semaphore>,
     max_subscribers: usize,
+    /// Wakes idle readers when someone subscribes.
+    wake: Arc<Notify>,
     shutdown: CancellationToken,
 }
 
@@ -93,11 +94,13 @@ impl Tail {
         shutdown: CancellationToken,
     ) -> Self {
         let (ring, _) = broadcast::channel(RING);
+        let wake = Arc::new(Notify::new());
         for key in shards.keys() {
             tokio::spawn(read(
                 target.clone(),
                 key.clone(),
                 ring.clone(),
+                wake.clone(),
                 shutdown.clone(),
             ));
         }
@@ -105,6 +108,7 @@ impl Tail {
             ring,
             subscribers: Arc::new(Semaphore::new(max_subscribers)),
             max_subscribers,
+            wake,
             shutdown,
         }
     }
@@ -116,16 +120,20 @@ async fn read(
     target: RedisTarget,
     key: String,
     ring: broadcast::Sender<Arc<TailLog>>,
+    wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
     let mut redis: Option<Redis> = None;
     let mut last = "$".to_owned();
     while !shutdown.is_cancelled() {
+        // Listening before looking, so a subscriber that comes in between wakes it.
+        let woken = wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         if ring.receiver_count() == 0 {
             // Nobody listens: start from the end again once someone does.
             last = "$".to_owned();
-            redis = None;
-            shutdown.run_until_cancelled(tokio::time::sleep(IDLE)).await;
+            shutdown.run_until_cancelled(woken).await;
             continue;
         }
         let connection = match &mut redis {
@@ -306,6 +314,7 @@ pub async fn tail(
             limit: tail.max_subscribers,
         })?;
     let receiver = tail.ring.subscribe();
+    tail.wake.notify_waiters();
     let events = futures::stream::unfold(
         (receiver, filter, permit),
         |(mut receiver, filter, permit)| async move {
