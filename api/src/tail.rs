@@ -8,6 +8,10 @@
 //! (an event `missed`), and goes on from the oldest log still held. It never holds up the
 //! others, and the ring's memory is fixed however many subscribe or stop reading.
 //!
+//! A subscription starts exactly: its answer begins once every reader holds a position in
+//! its stream (an entry id, never `$`) that it keeps while anyone subscribes, so every log
+//! the pipeline accepts after that is delivered.
+//!
 //! Each event `log` is a log as the queries return it, with its `message_id`; a
 //! subscriber sees only its tenant's logs. Filters: `device_id`, `service_name`,
 //! `trace_id`, `level` and `q` (words and "quoted phrases", as in a search).
@@ -24,10 +28,10 @@ use logpipeline_core::codec;
 use logpipeline_core::connection::{Redis, RedisTarget};
 use logpipeline_core::record::{LogLevel, LogRecord};
 use logpipeline_core::stream::Shards;
-use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio::sync::{Notify, Semaphore, broadcast};
+use tokio::sync::{Notify, Semaphore, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 use utoipa::IntoParams;
@@ -46,6 +50,9 @@ const READ_COUNT: usize = 500;
 const READ_BLOCK: Duration = Duration::from_secs(1);
 /// How long a reader waits after a Redis error.
 const RETRY: Duration = Duration::from_secs(1);
+/// How long a new subscription waits for the readers to hold their positions; past it
+/// (Redis is away) it starts without.
+const START: Duration = Duration::from_secs(3);
 
 /// A log as the tail sends it.
 #[derive(Debug, Serialize)]
@@ -80,6 +87,8 @@ pub struct Tail {
     max_subscribers: usize,
     /// Wakes idle readers when someone subscribes.
     wake: Arc<Notify>,
+    /// Each reader's: whether it holds a position it keeps while anyone subscribes.
+    positioned: Vec<watch::Receiver<bool>>,
     shutdown: CancellationToken,
 }
 
@@ -95,46 +104,99 @@ impl Tail {
     ) -> Self {
         let (ring, _) = broadcast::channel(RING);
         let wake = Arc::new(Notify::new());
-        for key in shards.keys() {
-            tokio::spawn(read(
-                target.clone(),
-                key.clone(),
-                ring.clone(),
-                wake.clone(),
-                shutdown.clone(),
-            ));
-        }
+        let positioned = shards
+            .keys()
+            .iter()
+            .map(|key| {
+                let (positioned, watched) = watch::channel(false);
+                tokio::spawn(read(
+                    target.clone(),
+                    key.clone(),
+                    Reader {
+                        ring: ring.clone(),
+                        wake: wake.clone(),
+                        positioned,
+                    },
+                    shutdown.clone(),
+                ));
+                watched
+            })
+            .collect();
         Self {
             ring,
             subscribers: Arc::new(Semaphore::new(max_subscribers)),
             max_subscribers,
             wake,
+            positioned,
             shutdown,
         }
     }
+
+    /// Subscribes to the ring, and returns once every reader holds a position it keeps
+    /// while this subscription lasts (or after [`START`], if Redis is away): every log
+    /// accepted after that reaches the receiver.
+    async fn subscribe(&self) -> broadcast::Receiver<Arc<TailLog>> {
+        let receiver = self.ring.subscribe();
+        self.wake.notify_waiters();
+        let positioned = futures::future::join_all(self.positioned.iter().cloned().map(
+            |mut positioned| async move {
+                // A reader that stopped (shutdown) has nothing more to wait for.
+                let _ = positioned.wait_for(|held| *held).await;
+            },
+        ));
+        if tokio::time::timeout(START, positioned).await.is_err() {
+            warn!("tail: a subscription starts before every reader holds its position");
+        }
+        receiver
+    }
+}
+
+/// What a reader shares with the subscriptions.
+struct Reader {
+    ring: broadcast::Sender<Arc<TailLog>>,
+    /// Wakes it when someone subscribes.
+    wake: Arc<Notify>,
+    /// Whether it holds a position it keeps while anyone subscribes.
+    positioned: watch::Sender<bool>,
+}
+
+/// The id of the last entry of stream `key`, `0-0` when it has none.
+async fn end_of(redis: &mut Redis, key: &str) -> redis::RedisResult<String> {
+    let last: StreamRangeReply =
+        redis::AsyncCommands::xrevrange_count(redis, key, "+", "-", 1).await?;
+    Ok(last
+        .ids
+        .into_iter()
+        .next()
+        .map_or_else(|| "0-0".to_owned(), |entry| entry.id))
 }
 
 /// Follows the stream `key` from its end while the ring has receivers, and puts every
 /// log of every entry on it.
-async fn read(
-    target: RedisTarget,
-    key: String,
-    ring: broadcast::Sender<Arc<TailLog>>,
-    wake: Arc<Notify>,
-    shutdown: CancellationToken,
-) {
+async fn read(target: RedisTarget, key: String, reader: Reader, shutdown: CancellationToken) {
+    let Reader {
+        ring,
+        wake,
+        positioned,
+    } = reader;
     let mut redis: Option<Redis> = None;
-    let mut last = "$".to_owned();
+    // The id of the last entry read, None while idle.
+    let mut last: Option<String> = None;
     while !shutdown.is_cancelled() {
         // Listening before looking, so a subscriber that comes in between wakes it.
         let woken = wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
         if ring.receiver_count() == 0 {
-            // Nobody listens: start from the end again once someone does.
-            last = "$".to_owned();
-            shutdown.run_until_cancelled(woken).await;
-            continue;
+            // Saying it holds no position before it looks again: a subscriber that
+            // then sees a position held subscribed before this look, which keeps it.
+            positioned.send_replace(false);
+            if ring.receiver_count() == 0 {
+                // Nobody listens: start from the end again once someone does.
+                last = None;
+                shutdown.run_until_cancelled(woken).await;
+                continue;
+            }
         }
         let connection = match &mut redis {
             Some(connection) => connection,
@@ -153,11 +215,21 @@ async fn read(
             .count(READ_COUNT)
             .block(READ_BLOCK.as_millis() as usize);
         let read = shutdown
-            .run_until_cancelled(redis::AsyncCommands::xread_options::<
-                _,
-                _,
-                Option<StreamReadReply>,
-            >(connection, &[&key], &[&last], &options))
+            .run_until_cancelled(async {
+                let from = match last.take() {
+                    Some(id) => id,
+                    None => end_of(connection, &key).await?,
+                };
+                let from = last.insert(from);
+                positioned.send_replace(true);
+                redis::AsyncCommands::xread_options::<_, _, Option<StreamReadReply>>(
+                    connection,
+                    &[&key],
+                    &[from.as_str()],
+                    &options,
+                )
+                .await
+            })
             .await;
         let reply = match read {
             None => return,
@@ -176,7 +248,7 @@ async fn read(
             .flat_map(|reply| reply.keys)
             .flat_map(|key| key.ids)
         {
-            last.clone_from(&entry.id);
+            last = Some(entry.id.clone());
             let fields: Vec<(&str, Vec<u8>)> = entry
                 .map
                 .iter()
@@ -313,8 +385,7 @@ pub async fn tail(
         .map_err(|_| Error::TailFull {
             limit: tail.max_subscribers,
         })?;
-    let receiver = tail.ring.subscribe();
-    tail.wake.notify_waiters();
+    let receiver = tail.subscribe().await;
     let events = futures::stream::unfold(
         (receiver, filter, permit),
         |(mut receiver, filter, permit)| async move {

@@ -8,15 +8,21 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
 use common::{Options, TestApi};
+use http_body_util::BodyExt;
+use logpipeline_core::codec;
+use logpipeline_core::stream::Shards;
+use logpipeline_core::tenant::Tenant;
 use logpipeline_e2e::rows::{self, Row};
 use logpipeline_e2e::stack::eventually;
 use redis::AsyncCommands;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tower::ServiceExt;
 
 const LEVELS: [&str; 5] = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"];
 
@@ -332,12 +338,9 @@ async fn stats_sum_the_counters_and_are_cached() {
     assert_eq!(stats.body["total_logs"], 18);
     assert_eq!(
         stats.body["logs_by_level"],
-        serde_json::json!({"DEBUG": 1, "ERROR": 1, "INFO": 16})
+        json!({"DEBUG": 1, "ERROR": 1, "INFO": 16})
     );
-    assert_eq!(
-        stats.body["recent_devices"],
-        serde_json::json!(["b", "a", "c"])
-    );
+    assert_eq!(stats.body["recent_devices"], json!(["b", "a", "c"]));
     assert_eq!(stats.body["most_active_devices"][1]["count"], 8);
     sqlx::query("update log_counts set count = count + 100")
         .execute(&api.db)
@@ -350,4 +353,83 @@ async fn stats_sum_the_counters_and_are_cached() {
         ids.len(),
         cached.body["recent_devices"].as_array().unwrap().len()
     );
+}
+
+/// Reads the `log` events of a tail's body until it has `count` of them, for at most
+/// 30 s; their ids.
+async fn tail_ids(body: &mut Body, count: usize) -> Vec<String> {
+    let mut text = String::new();
+    let mut ids = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        while ids.len() < count {
+            let frame = body.frame().await.expect("the tail ended").unwrap();
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            text.push_str(std::str::from_utf8(&data).unwrap());
+            while let Some(end) = text.find("\n\n") {
+                let event: String = text.drain(..end + 2).collect();
+                if event.lines().any(|line| line == "event: log") {
+                    let data = event
+                        .lines()
+                        .find_map(|line| line.strip_prefix("data: "))
+                        .unwrap();
+                    let log: Value = serde_json::from_str(data).unwrap();
+                    ids.push(log["message_id"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the tail delivered {} of {count} logs in 30 s: {ids:?}",
+        ids.len()
+    );
+    ids
+}
+
+#[tokio::test]
+async fn a_tail_delivers_every_log_accepted_once_its_answer_began() {
+    // Three shards, each with a reader that is idle until someone subscribes.
+    let api = TestApi::start_with(Options {
+        shards: 3,
+        ..Options::default()
+    })
+    .await;
+    // Another api process's writes, made with a blocking connection: nothing else on this
+    // test's runtime (the readers among it) runs between the answer and the entries.
+    let mut writer = redis::Client::open(api.redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let response = api
+        .app
+        .clone()
+        .oneshot(Request::get("/api/logs/tail").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let tenant = Tenant::default();
+    let mut sent = Vec::new();
+    for key in Shards::new(common::STREAM, 3).keys() {
+        let logs = serde_json::to_vec(&[json!({
+            "device_id": "pump-7",
+            "log_level": "INFO",
+            "message": "right after the subscription",
+        })])
+        .unwrap();
+        let fields: Vec<(&str, Vec<u8>)> = codec::encode(OffsetDateTime::now_utc(), &tenant, &logs)
+            .iter()
+            .map(|(name, value)| (*name, value.as_bytes().to_vec()))
+            .collect();
+        let entry: String = redis::Commands::xadd(&mut writer, key, "*", &fields).unwrap();
+        sent.extend(codec::log_ids(&entry, 1));
+    }
+    // A reader that began at the stream's end (`$`) only once it got round to reading
+    // would have missed them.
+    let mut delivered = tail_ids(&mut response.into_body(), sent.len()).await;
+    delivered.sort();
+    sent.sort();
+    assert_eq!(delivered, sent);
 }

@@ -71,24 +71,6 @@ impl Api {
         assert_eq!(health.status(), StatusCode::OK);
     }
 
-    /// The readers start at the stream's end once someone subscribes: sends an error
-    /// of pump-7 with each of `keys` until `subscription` sees a first log.
-    async fn warm_up(&self, keys: &[&ApiKey], subscription: &mut Subscription) {
-        for round in 0..600 {
-            for key in keys {
-                self.send(key, &[log("pump-7", "ERROR", &format!("warm-up {round}"))])
-                    .await;
-            }
-            if tokio::time::timeout(Duration::from_millis(100), subscription.next())
-                .await
-                .is_ok()
-            {
-                return;
-            }
-        }
-        panic!("the tail never delivered a log");
-    }
-
     /// Posts `logs` as one batch with `key`; the ids answered.
     async fn send(&self, key: &ApiKey, logs: &[Value]) -> Vec<String> {
         let answer = self
@@ -136,15 +118,9 @@ async fn subscribers_get_their_tenants_matching_logs_live_and_a_slow_one_is_told
     // Subscribes and never reads until the end.
     let mut sleeper = Subscription::open(&api.client, &tail, &acme).await;
 
-    // A first log, then the logs whose arrival is checked.
-    api.warm_up(&[&acme, &globex], &mut pump7).await;
-    let marker = api.send(&acme, &[log("pump-7", "ERROR", "marker")]).await;
-    while pump7.next_log().await["message_id"] != marker[0].as_str() {}
-    let globex_marker = api.send(&globex, &[log("pump-9", "INFO", "marker")]).await;
-    while globex_all.next_log().await["message_id"] != globex_marker[0].as_str() {}
-
-    // Acme's pumps and globex's, mixed: pump-7's errors reach its subscriber in order,
-    // with the ids the api answered; globex's subscriber sees only globex's.
+    // Acme's pumps and globex's, mixed, sent once the subscriptions' answers began:
+    // pump-7's errors reach its subscriber, all of them and in order, with the ids the api
+    // answered; globex's subscriber sees only globex's.
     let mut expected = Vec::new();
     let mut globex_expected = Vec::new();
     for batch in 0..20 {
@@ -266,11 +242,9 @@ async fn ten_thousand_subscribers_at_once_get_the_limit_and_429s_and_the_api_sta
     api.assert_healthy().await;
     let mut first = Subscription(SseReader::new(held.remove(0)));
     let mut last = Subscription(SseReader::new(held.pop().unwrap()));
-    // A first log, then a marker both held subscribers get.
-    api.warm_up(&[&key], &mut first).await;
     let marker = api.send(&key, &[log("pump-7", "ERROR", "marker")]).await;
-    while first.next_log().await["message_id"] != marker[0].as_str() {}
-    while last.next_log().await["message_id"] != marker[0].as_str() {}
+    assert_eq!(first.next_log().await["message_id"], marker[0].as_str());
+    assert_eq!(last.next_log().await["message_id"], marker[0].as_str());
 
     // Once they go, others may subscribe: the api lets go of a subscription when its
     // client does (noticed at its next write, which a log sent makes).
