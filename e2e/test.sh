@@ -130,6 +130,15 @@ else
         timings+=("$(cat "$cluster_log.timing" 2>/dev/null || echo "3. one-node cluster: no timing")")
     fi
 fi
+# A test process's shared servers (its PostgreSQL, control plane and node cluster) are
+# statics that are never dropped: they stop with the process, and their directories,
+# which name their owner, are removed here (the harness does it too, the next time it
+# starts a server of the same kind).
+for dir in "${TMPDIR:-/tmp}"/logpipeline-*/; do
+    if owner=$(cat "$dir/owner.pid" 2>/dev/null) && ! kill -0 "$owner" 2>/dev/null; then
+        rm -rf --one-file-system "$dir"
+    fi
+done
 step "phases"
 printf '   %s\n' "${timings[@]}" >&2
 if ((${#failed[@]})); then
