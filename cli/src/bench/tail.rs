@@ -5,6 +5,8 @@
 //! own reading of the event included.
 
 use anyhow::{Result, bail};
+use clap::ValueEnum;
+use clap::builder::PossibleValue;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -64,10 +66,10 @@ impl TailFigures {
         format!(
             "tail: {} subscribers ({}), {} logs delivered, {} missed; accept to subscriber p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n",
             self.subscribers,
-            serde_json::to_value(self.filter)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            self.filter
+                .to_possible_value()
+                .as_ref()
+                .map_or("", PossibleValue::get_name),
             self.delivered,
             self.missed,
             self.p50_ms,
