@@ -188,8 +188,9 @@ async fn read(target: RedisTarget, key: String, reader: Reader, shutdown: Cancel
         tokio::pin!(woken);
         woken.as_mut().enable();
         if ring.receiver_count() == 0 {
-            // Saying it holds no position before it looks again: a subscriber that
-            // then sees a position held subscribed before this look, which keeps it.
+            // It says it holds no position, then looks again: a subscriber that came
+            // before this second look keeps the position, and one that comes after it
+            // sees "no" and waits for the next.
             positioned.send_replace(false);
             if ring.receiver_count() == 0 {
                 // Nobody listens: start from the end again once someone does.
