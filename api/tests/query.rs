@@ -433,3 +433,37 @@ async fn a_tail_delivers_every_log_accepted_once_its_answer_began() {
     sent.sort();
     assert_eq!(delivered, sent);
 }
+
+#[tokio::test]
+async fn a_tail_begun_while_redis_is_away_answers_and_delivers_once_it_is_back() {
+    let mut api = TestApi::start().await;
+    api.redis.stop().unwrap();
+    let subscribe = api
+        .app
+        .clone()
+        .oneshot(Request::get("/api/logs/tail").body(Body::empty()).unwrap());
+    let response = tokio::time::timeout(Duration::from_secs(60), subscribe)
+        .await
+        .expect("the subscription waited for Redis without end")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // Redis comes back: the reader connects again on its own, and a device that goes on
+    // sending is heard.
+    api.redis.start_again().unwrap();
+    let app = api.app.clone();
+    let device = tokio::spawn(async move {
+        loop {
+            let log = json!({"device_id": "pump-7", "log_level": "INFO", "message": "back"});
+            let request = Request::post("/api/log")
+                .header("content-type", "application/json")
+                .body(Body::from(log.to_string()))
+                .unwrap();
+            app.clone().oneshot(request).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let delivered = tail_ids(&mut response.into_body(), 1).await;
+    device.abort();
+    assert_eq!(delivered.len(), 1);
+}
