@@ -501,11 +501,15 @@ async fn schemathesis_finds_no_failure_in_the_live_api() {
             // run fails for what the api does, not for the draw (a random draw once
             // sent a trace id holding U+FFFD as valid data: CI failed on a value the
             // schema refuses).
+            // One worker: CPython 3.11 keeps the AST's recursion depth in state that its
+            // threads share (CPython issue 106905), and two workers parsing at once make
+            // it raise a SystemError that stops schemathesis. With the GIL a second
+            // thread added little.
             .args([
                 "--max-time",
                 &seconds,
                 "--workers",
-                "2",
+                "1",
                 "--request-timeout",
                 "10",
                 "--seed",
@@ -524,9 +528,9 @@ async fn schemathesis_finds_no_failure_in_the_live_api() {
     let mut output = schemathesis()
         .await
         .expect("schemathesis is installed (e2e/test.sh installs it)");
-    // CPython 3.11 can raise this SystemError inside a threaded program (CPython issue
-    // 106905): schemathesis then stops on its own error, having reported no failure of
-    // the api. Such a run is repeated once; a run that reports a failure never is.
+    // Should that SystemError still stop schemathesis on its own error, having reported
+    // no failure of the api, the run is repeated, up to twice; a run that reports a
+    // failure never is.
     let interpreter_error = |output: &std::process::Output| {
         let text = format!(
             "{}{}",
@@ -535,7 +539,10 @@ async fn schemathesis_finds_no_failure_in_the_live_api() {
         );
         text.contains("AST constructor recursion depth mismatch") && !text.contains("FAILURES")
     };
-    if !output.status.success() && interpreter_error(&output) {
+    for _ in 0..2 {
+        if output.status.success() || !interpreter_error(&output) {
+            break;
+        }
         println!("{}", String::from_utf8_lossy(&output.stdout));
         println!("schemathesis stopped on CPython issue 106905; running it once more");
         output = schemathesis().await.unwrap();
