@@ -202,8 +202,14 @@ fn like_pattern(term: &str) -> String {
     pattern
 }
 
-/// The words and "quoted phrases" of `q`.
+/// The words and "quoted phrases" of `q`. A NUL is refused: no stored message holds one
+/// (ingest refuses it, as PostgreSQL does), and PostgreSQL refuses it in a pattern too.
 pub(crate) fn terms(q: &str) -> Result<Vec<String>> {
+    if q.contains('\0') {
+        return Err(Error::InvalidQuery(
+            "q must not contain NUL characters, which no message holds".into(),
+        ));
+    }
     let mut terms = Vec::new();
     let mut rest = q.trim();
     while !rest.is_empty() {
@@ -636,6 +642,7 @@ mod tests {
         assert!(terms(r#""open"#).is_err());
         assert!(terms(&"w ".repeat(17)).is_err());
         assert!(terms(&"x".repeat(201)).is_err());
+        assert!(terms("valve\0").is_err());
     }
 
     #[test]
