@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::{Extension, Json};
 use futures::StreamExt;
 use logpipeline_core::record::LogLevel;
-use logpipeline_core::seed::SeedLog;
+use logpipeline_core::seed::{RawFields, SeedLog, raw_fields};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -201,7 +201,7 @@ fn test_log(run: &str, index: u32) -> SeedLog {
         trace_id: Some(format!("concurrent-trace-{index:06}")),
         span_id: Some(format!("concurrent-span-{index:06}")),
         device_id: None,
-        fields,
-        shadowed: Map::new(),
+        fields: raw_fields(fields),
+        shadowed: RawFields::new(),
     }
 }

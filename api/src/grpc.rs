@@ -20,7 +20,7 @@ use axum::extract::{ConnectInfo, Request as HttpRequest};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response as HttpResponse;
-use logpipeline_core::seed::SeedLog;
+use logpipeline_core::seed::{RawFields, SeedLog, raw_fields};
 use logpipeline_proto::v1::log_service_server::{LogService, LogServiceServer};
 use logpipeline_proto::v1::{
     BatchWriteLogsRequest, BatchWriteLogsResponse, WriteLogRequest, WriteLogResponse,
@@ -285,8 +285,8 @@ fn seed_log(log: WriteLogRequest) -> SeedLog {
         trace_id: Some(log.trace_id),
         span_id: Some(log.span_id),
         device_id: Some(log.device_id),
-        fields,
-        shadowed: Map::new(),
+        fields: raw_fields(fields),
+        shadowed: RawFields::new(),
     }
 }
 

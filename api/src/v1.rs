@@ -15,8 +15,9 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::{Extension, Json};
 use logpipeline_core::record::{LogRecord, MAX_BATCH_LOGS};
-use logpipeline_core::seed::SeedLog;
-use serde::{Deserialize, Serialize};
+use logpipeline_core::seed::{RawFields, SeedLog};
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -30,7 +31,7 @@ use crate::metrics::Endpoint;
 use crate::state::AppState;
 
 /// One log, as system B's client sends it.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, ToSchema)]
 #[schema(example = json!({"message": "FastAPI异步测试日志", "service_name": "test-service", "level": "INFO",
     "trace_id": "trace-001", "adv_id": 1234567, "metadata": {"user_id": "user123"}}))]
 pub struct WriteLogBody {
@@ -71,18 +72,82 @@ pub struct WriteLogBody {
     /// More fields for `log_data`.
     #[serde(default)]
     #[schema(value_type = Option<logpipeline_core::record::LogData>)]
-    pub metadata: Option<Map<String, Value>>,
+    pub metadata: Option<RawFields>,
     /// Any other field (the seed client's keyword arguments, such as `adv_id`) goes
     /// into `log_data` as well.
     #[serde(flatten)]
     #[schema(value_type = logpipeline_core::record::LogData)]
-    pub fields: Map<String, Value>,
+    pub fields: RawFields,
+}
+
+/// Read by hand, and the `serde` attributes above only describe the shape to the OpenAPI
+/// document: the named fields as their types, and every other one as its exact JSON text.
+/// A flattened map would read values through serde's buffer, which holds numbers as
+/// 64-bit floats, so `0.1111…` of 20,000 digits would be stored rounded.
+impl<'de> Deserialize<'de> for WriteLogBody {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(WriteLogVisitor)
+    }
+}
+
+struct WriteLogVisitor;
+
+impl<'de> Visitor<'de> for WriteLogVisitor {
+    type Value = WriteLogBody;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a log: an object with a message")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WriteLogBody, A::Error> {
+        /// Reads a named field's value, once.
+        fn once<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
+            map: &mut A,
+            slot: &mut Option<T>,
+            name: &'static str,
+        ) -> Result<(), A::Error> {
+            if slot.is_some() {
+                return Err(de::Error::duplicate_field(name));
+            }
+            *slot = Some(map.next_value()?);
+            Ok(())
+        }
+        let mut message = None;
+        let (mut service_name, mut level, mut trace_id, mut span_id, mut device_id) =
+            (None, None, None, None, None);
+        let mut metadata = None;
+        let mut fields = RawFields::new();
+        while let Some(name) = map.next_key::<String>()? {
+            match name.as_str() {
+                "message" => once(&mut map, &mut message, "message")?,
+                "service_name" => once(&mut map, &mut service_name, "service_name")?,
+                "level" => once(&mut map, &mut level, "level")?,
+                "trace_id" => once(&mut map, &mut trace_id, "trace_id")?,
+                "span_id" => once(&mut map, &mut span_id, "span_id")?,
+                "device_id" => once(&mut map, &mut device_id, "device_id")?,
+                "metadata" => once(&mut map, &mut metadata, "metadata")?,
+                _ => {
+                    fields.insert(name, map.next_value()?);
+                }
+            }
+        }
+        Ok(WriteLogBody {
+            message: message.ok_or_else(|| de::Error::missing_field("message"))?,
+            service_name: service_name.flatten(),
+            level: level.flatten(),
+            trace_id: trace_id.flatten(),
+            span_id: span_id.flatten(),
+            device_id: device_id.flatten(),
+            metadata: metadata.flatten(),
+            fields,
+        })
+    }
 }
 
 impl From<WriteLogBody> for SeedLog {
     fn from(body: WriteLogBody) -> Self {
         let mut fields = body.fields;
-        let mut shadowed = Map::new();
+        let mut shadowed = RawFields::new();
         for (name, value) in body.metadata.unwrap_or_default() {
             if let Some(replaced) = fields.insert(name.clone(), value) {
                 shadowed.insert(name, replaced);

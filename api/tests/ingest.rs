@@ -232,6 +232,45 @@ async fn a_value_metadata_replaces_is_checked_all_the_same() {
     );
 }
 
+/// System B's fields keep their numbers as sent, to the last digit, as `/api/log` keeps
+/// `log_data`; a number past PostgreSQL's `numeric` is refused, not rounded to 0.
+#[tokio::test]
+async fn v1_numbers_keep_every_digit() {
+    let fixture = TestApi::start().await;
+    let digits = format!("0.{}", "1".repeat(16_000));
+    let body = format!(
+        r#"{{"message": "m", "ratio": {digits}, "metadata": {{"big": 123456789012345678901234567890}}}}"#
+    );
+    let answer = fixture
+        .post("/api/v1/logs/write", Some("application/json"), body)
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    let entries = fixture.entries().await;
+    assert_eq!(
+        entries[0].1.logs[0].log_data.as_ref().unwrap().as_json(),
+        format!(r#"{{"big":123456789012345678901234567890,"ratio":{digits}}}"#)
+    );
+    for tiny in [
+        r#"{"message": "m", "tiny": 1e-2000000000}"#,
+        r#"{"log_entries": [{"message": "m", "metadata": {"tiny": 1e-2000000000}}]}"#,
+    ] {
+        let path = if tiny.contains("log_entries") {
+            "/api/v1/logs/batch"
+        } else {
+            "/api/v1/logs/write"
+        };
+        let answer = fixture.post(path, Some("application/json"), tiny).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path}: {}",
+            answer.text
+        );
+        assert!(answer.text.contains("log_data"), "{}", answer.text);
+    }
+    assert_eq!(fixture.entries().await.len(), 1);
+}
+
 /// Entry ids order numerically (`<ms>-<seq>`).
 fn compare_ids(a: &str, b: &str) -> std::cmp::Ordering {
     let parse = |id: &str| {

@@ -283,13 +283,6 @@ impl LogData {
         self.0.get()
     }
 
-    /// `object` as `log_data`, under the same rules as `log_data` a device sends.
-    pub fn from_object(
-        object: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Self, FieldError> {
-        Self::from_serialized(object)
-    }
-
     /// What `value` serialises to, as `log_data`, under the same rules as `log_data` a
     /// device sends. The text is parsed once, by those rules' check.
     pub fn from_serialized(value: &impl Serialize) -> Result<Self, FieldError> {
@@ -741,11 +734,11 @@ mod tests {
         let mut object = serde_json::Map::new();
         object.insert("adv_id".into(), 1234567.into());
         assert_eq!(
-            LogData::from_object(&object).unwrap().as_json(),
+            LogData::from_serialized(&object).unwrap().as_json(),
             r#"{"adv_id":1234567}"#
         );
         object.insert("bad".into(), "a\0b".into());
-        let error = LogData::from_object(&object).unwrap_err().to_string();
+        let error = LogData::from_serialized(&object).unwrap_err().to_string();
         assert!(error.contains("\\u0000"), "{error}");
     }
 

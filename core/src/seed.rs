@@ -11,9 +11,26 @@
 //! - every other field (the keyword arguments, such as `adv_id`) and the entries of
 //!   `metadata` go into `log_data`, `metadata` winning a name both have.
 
+use std::collections::BTreeMap;
+
+use serde_json::value::RawValue;
+
 use crate::origin::{ServiceName, SpanId, TraceId};
 use crate::record::{DeviceId, FieldError, LogData, LogLevel, LogRecord, Message};
-use serde_json::{Map, Value};
+
+/// Fields of a log for `log_data`, by name, each value kept as the exact JSON text it was
+/// sent as: a number keeps every digit, as on the paths that take `log_data` whole.
+pub type RawFields = BTreeMap<String, Box<RawValue>>;
+
+/// `object`'s fields as [`RawFields`], for logs built from values rather than sent as
+/// text (a gRPC request's `metadata`).
+pub fn raw_fields(object: serde_json::Map<String, serde_json::Value>) -> RawFields {
+    object
+        .into_iter()
+        // A JSON value always writes as JSON text: nothing is dropped here.
+        .filter_map(|(name, value)| Some((name, serde_json::value::to_raw_value(&value).ok()?)))
+        .collect()
+}
 
 /// A log of system B's client.
 #[derive(Debug, Clone, Default)]
@@ -31,11 +48,11 @@ pub struct SeedLog {
     /// Its device, when it names one.
     pub device_id: Option<String>,
     /// Its other fields, for `log_data`.
-    pub fields: Map<String, Value>,
+    pub fields: RawFields,
     /// Fields it sent that others of the same name replaced (system B's `metadata` wins
     /// over a top-level field): not stored, and checked as `log_data` all the same, so a
     /// request with a value the rules refuse is refused wherever the value is.
-    pub shadowed: Map<String, Value>,
+    pub shadowed: RawFields,
 }
 
 /// Why a field was refused: the field's name and the rule's words, as
@@ -72,12 +89,15 @@ impl SeedLog {
         let device_id =
             DeviceId::try_from(device_id).map_err(|error| checked("device_id", error))?;
         if !self.shadowed.is_empty() {
-            LogData::from_object(&self.shadowed).map_err(|error| checked("log_data", error))?;
+            LogData::from_serialized(&self.shadowed).map_err(|error| checked("log_data", error))?;
         }
         let log_data = if self.fields.is_empty() {
             None
         } else {
-            Some(LogData::from_object(&self.fields).map_err(|error| checked("log_data", error))?)
+            Some(
+                LogData::from_serialized(&self.fields)
+                    .map_err(|error| checked("log_data", error))?,
+            )
         };
         Ok(LogRecord {
             device_id,
@@ -111,6 +131,10 @@ fn truncated(text: &str, chars: usize) -> String {
 mod tests {
     use super::*;
 
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.to_owned()).unwrap()
+    }
+
     fn log(message: &str) -> SeedLog {
         SeedLog {
             message: message.into(),
@@ -120,8 +144,8 @@ mod tests {
 
     #[test]
     fn a_shadowed_field_is_checked_though_not_stored() {
-        let mut shadowed = Map::new();
-        shadowed.insert("k".into(), serde_json::json!({"a\u{0}b": 1}));
+        let mut shadowed = RawFields::new();
+        shadowed.insert("k".into(), raw(r#"{"a\u0000b": 1}"#));
         let refused = SeedLog {
             shadowed,
             ..log("m")
@@ -145,9 +169,9 @@ mod tests {
 
     #[test]
     fn the_seed_fields_map_onto_the_record() {
-        let mut fields = Map::new();
-        fields.insert("adv_id".into(), 1_234_567.into());
-        fields.insert("monitor_type".into(), "impression".into());
+        let mut fields = RawFields::new();
+        fields.insert("adv_id".into(), raw("1234567"));
+        fields.insert("monitor_type".into(), raw(r#""impression""#));
         let record = SeedLog {
             message: "m".into(),
             service_name: Some("my-service".into()),
@@ -156,7 +180,7 @@ mod tests {
             span_id: Some("span-456".into()),
             device_id: Some(String::new()),
             fields,
-            shadowed: Map::new(),
+            shadowed: RawFields::new(),
         }
         .into_record()
         .unwrap();
@@ -168,6 +192,23 @@ mod tests {
             record.log_data.unwrap().as_json(),
             r#"{"adv_id":1234567,"monitor_type":"impression"}"#
         );
+    }
+
+    #[test]
+    fn numbers_keep_every_digit_and_follow_the_rules_of_log_data() {
+        let digits = format!("0.{}", "1".repeat(300));
+        let mut fields = RawFields::new();
+        fields.insert("ratio".into(), raw(&digits));
+        let record = SeedLog { fields, ..log("m") }.into_record().unwrap();
+        assert_eq!(
+            record.log_data.unwrap().as_json(),
+            format!(r#"{{"ratio":{digits}}}"#)
+        );
+        // Past PostgreSQL's numeric: refused, as on every path, not rounded to 0.
+        let mut fields = RawFields::new();
+        fields.insert("tiny".into(), raw("1e-2000000000"));
+        let problem = SeedLog { fields, ..log("m") }.into_record().unwrap_err();
+        assert!(problem.starts_with("log_data"), "{problem}");
     }
 
     #[test]
