@@ -21,7 +21,7 @@ async fn main() -> ExitCode {
     {
         return generate_key(tenant, name, scopes);
     }
-    logpipeline_core::telemetry::init(config.telemetry.log_format);
+    let _log_writer = logpipeline_core::telemetry::init(config.telemetry.log_format);
     match logpipeline_api::run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -169,6 +169,11 @@ impl Stack {
         Ok(self.api.as_ref().context("the api is not running")?.url())
     }
 
+    /// Redis's URL.
+    pub fn redis_url(&self) -> String {
+        self.redis.url()
+    }
+
     /// The database's URL.
     pub fn database_url(&self) -> &str {
         &self.database_url

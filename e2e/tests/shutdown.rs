@@ -10,8 +10,10 @@ use logpipeline_e2e::devices;
 use logpipeline_e2e::runs::count_query;
 use logpipeline_e2e::stack::{Stack, eventually, wait_for_count, wait_for_schema};
 use logpipeline_e2e::stream::pending_count;
-use logpipeline_local::services::{Env, http_get, metric_value};
-use nix::sys::signal::Signal;
+use logpipeline_local::process::{free_port, scratch_dir};
+use logpipeline_local::services::{Env, http_get, http_status, metric_value, worker_command};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use redis::AsyncCommands;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,4 +160,96 @@ async fn sigterm_lets_the_worker_store_and_acknowledge_its_batch() {
     )
     .await
     .unwrap();
+}
+
+/// How a worker's output pipe misbehaves.
+#[derive(Debug, Clone, Copy)]
+enum DeadReader {
+    /// Its reader closed it: every write fails (EPIPE), on stdout and stderr alike.
+    Gone,
+    /// Its reader holds it open and never reads, and it is full: every write blocks.
+    Stuck,
+}
+
+/// A worker whose stdout and stderr are one pipe that a log collector or sidecar, gone
+/// or hung, no longer reads, still serves, and stops on SIGTERM. Writing its log lines
+/// straight to the pipe, a closed one made it panic reporting a failed line on stderr
+/// (in the task waiting for the signal, which then never stopped the rest), and a full
+/// one blocked every thread that logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_worker_whose_output_nobody_reads() {
+    let stack = Stack::builder().api().start().unwrap();
+    for reader in [DeadReader::Gone, DeadReader::Stuck] {
+        let (read_end, mut write_end) = std::io::pipe().unwrap();
+        let read_end = match reader {
+            DeadReader::Gone => {
+                drop(read_end);
+                None
+            }
+            DeadReader::Stuck => {
+                // Filled to its capacity before the worker starts: its first line blocks.
+                let capacity =
+                    nix::fcntl::fcntl(&write_end, nix::fcntl::FcntlArg::F_GETPIPE_SZ).unwrap();
+                std::io::Write::write_all(&mut write_end, &vec![b'.'; capacity as usize]).unwrap();
+                Some(read_end)
+            }
+        };
+        let dir = scratch_dir("logpipeline-worker-").unwrap();
+        let port = free_port().unwrap();
+        let mut command = worker_command(
+            port,
+            &stack.redis_url(),
+            stack.database_url(),
+            &Env::from([("RUST_LOG".into(), "debug".into())]),
+            dir.path(),
+        )
+        .unwrap();
+        command
+            .stdin(std::process::Stdio::null())
+            .stderr(write_end.try_clone().unwrap())
+            .stdout(write_end);
+        let mut worker = KillOnDrop(command.spawn().unwrap());
+        eventually(
+            &format!("the worker serves /livez ({reader:?})"),
+            Duration::from_secs(60),
+            || async { Ok(http_status(port, "/livez").is_ok_and(|status| status == 200)) },
+        )
+        .await
+        .unwrap();
+        // It logs while it runs (each read of the stream, at debug), then is told to stop.
+        kill(Pid::from_raw(worker.0.id() as i32), Signal::SIGTERM).unwrap();
+        let status = eventually_exited(&mut worker.0, Duration::from_secs(60)).await;
+        assert!(
+            status.is_some_and(|status| status.success()),
+            "the worker ({reader:?}) did not stop on SIGTERM: {status:?}"
+        );
+        drop(read_end);
+    }
+}
+
+/// Kills the child when a failed assertion leaves it running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The child's exit status once it has exited, or None after `timeout`.
+async fn eventually_exited(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

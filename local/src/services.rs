@@ -203,16 +203,7 @@ impl WorkerProcess {
         database_url: &str,
         env: &Env,
     ) -> Result<Self> {
-        let mut settings = Env::from([
-            ("REDIS_URL".into(), redis_url.into()),
-            ("DATABASE_URL".into(), database_url.into()),
-            (
-                "LOGPIPELINE_METRICS_LISTEN".into(),
-                format!("127.0.0.1:{metrics_port}"),
-            ),
-        ]);
-        settings.extend(env.clone());
-        prefer_seed_settings(&mut settings);
+        let settings = worker_settings(metrics_port, redis_url, database_url, env);
         let dir = scratch_dir("logpipeline-worker-")?;
         let mut process = spawn("logpipeline-worker", &settings, dir.path())?;
         wait_until("the worker serves /livez", Duration::from_secs(60), || {
@@ -259,7 +250,37 @@ impl WorkerProcess {
     }
 }
 
-fn spawn(binary: &str, env: &Env, dir: &Path) -> Result<ChildProcess> {
+/// The settings of a worker against `redis_url` and `database_url` serving its metrics
+/// on `metrics_port`, with extra settings `env`.
+fn worker_settings(metrics_port: u16, redis_url: &str, database_url: &str, env: &Env) -> Env {
+    let mut settings = Env::from([
+        ("REDIS_URL".into(), redis_url.into()),
+        ("DATABASE_URL".into(), database_url.into()),
+        (
+            "LOGPIPELINE_METRICS_LISTEN".into(),
+            format!("127.0.0.1:{metrics_port}"),
+        ),
+    ]);
+    settings.extend(env.clone());
+    prefer_seed_settings(&mut settings);
+    settings
+}
+
+/// The command that runs a worker as [`WorkerProcess::start_on`] does, in `dir`, for a
+/// test that wants its output elsewhere than a log file.
+pub fn worker_command(
+    metrics_port: u16,
+    redis_url: &str,
+    database_url: &str,
+    env: &Env,
+    dir: &Path,
+) -> Result<Command> {
+    let settings = worker_settings(metrics_port, redis_url, database_url, env);
+    command("logpipeline-worker", &settings, dir)
+}
+
+/// `binary` of this build with only the settings `env`, in `dir`.
+fn command(binary: &str, env: &Env, dir: &Path) -> Result<Command> {
     let path = binaries_dir()?.join(binary);
     let mut command = Command::new(&path);
     // Only what the test sets: nothing from the developer's environment leaks in.
@@ -269,6 +290,11 @@ fn spawn(binary: &str, env: &Env, dir: &Path) -> Result<ChildProcess> {
         .env("RUST_LOG", "info")
         .envs(env)
         .current_dir(dir);
+    Ok(command)
+}
+
+fn spawn(binary: &str, env: &Env, dir: &Path) -> Result<ChildProcess> {
+    let command = command(binary, env, dir)?;
     ChildProcess::spawn(binary, command, &dir.join(format!("{binary}.log")))
 }
 

@@ -24,7 +24,7 @@ async fn main() -> ExitCode {
             }
         };
     }
-    logpipeline_core::telemetry::init(config.telemetry.log_format);
+    let _log_writer = logpipeline_core::telemetry::init(config.telemetry.log_format);
     match logpipeline_worker::run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
