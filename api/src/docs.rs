@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::ErrorBody;
-use crate::{concurrent_test, health, ingest, metrics, query, search, stats, tail, v1};
+use crate::{concurrent_test, health, ingest, metrics, read, stats, tail, v1};
 
 /// The api's OpenAPI document.
 #[derive(OpenApi)]
@@ -24,13 +24,13 @@ use crate::{concurrent_test, health, ingest, metrics, query, search, stats, tail
     paths(
         ingest::create_log,
         ingest::create_batch,
-        search::search,
-        search::histogram,
+        read::search::search,
+        read::search::histogram,
         tail::tail,
-        query::get_logs,
-        query::get_batch_device_logs,
-        query::get_service_logs,
-        query::get_trace_logs,
+        read::logs::get_logs,
+        read::logs::get_batch_device_logs,
+        read::logs::get_service_logs,
+        read::logs::get_trace_logs,
         stats::get_stats,
         v1::write,
         v1::batch,

@@ -23,10 +23,9 @@ mod ingest;
 pub mod limits;
 mod metrics;
 pub mod otlp;
-mod query;
 mod queue;
+mod read;
 mod scope;
-mod search;
 pub mod server;
 mod state;
 mod stats;
@@ -101,16 +100,19 @@ pub fn app(state: AppState) -> Router {
         ))
         .route_layer(axum::middleware::from_fn(otlp::status_shape));
     let read = Router::new()
-        .route("/api/logs", get(search::search))
-        .route("/api/logs/histogram", get(search::histogram))
+        .route("/api/logs", get(read::search::search))
+        .route("/api/logs/histogram", get(read::search::histogram))
         .route("/api/logs/tail", get(tail::tail))
-        .route("/api/logs/{device_id}", get(query::get_logs))
-        .route("/api/logs/batch", get(query::get_batch_device_logs))
+        .route("/api/logs/{device_id}", get(read::logs::get_logs))
+        .route("/api/logs/batch", get(read::logs::get_batch_device_logs))
         .route(
             "/api/services/{service_name}/logs",
-            get(query::get_service_logs),
+            get(read::logs::get_service_logs),
         )
-        .route("/api/traces/{trace_id}/logs", get(query::get_trace_logs))
+        .route(
+            "/api/traces/{trace_id}/logs",
+            get(read::logs::get_trace_logs),
+        )
         .route("/api/stats", get(stats::get_stats))
         .route_layer(axum::middleware::from_fn_with_state(
             guard,

@@ -38,8 +38,7 @@ use utoipa::IntoParams;
 
 use crate::auth::Principal;
 use crate::error::{Error, ErrorBody, Result};
-use crate::query::{Subject, parse_levels};
-use crate::search::terms;
+use crate::read::filter::{Subject, parse_levels, terms};
 use crate::state::AppState;
 
 /// Logs the broadcast ring holds: how far a subscriber may fall behind before it misses

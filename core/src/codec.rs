@@ -68,6 +68,15 @@ pub fn log_key(entry_id: &str, index: usize) -> Option<i64> {
     Some(high | low as i64)
 }
 
+/// What [`log_key`] made `key` of: the entry's milliseconds since the Unix epoch, its
+/// sequence number modulo 4096, and the log's index in the entry.
+pub fn key_parts(key: i64) -> (i64, u64, u64) {
+    let ms = (key >> (KEY_SEQUENCE_BITS + KEY_INDEX_BITS)) + KEY_EPOCH_MS;
+    let seq = (key as u64 >> KEY_INDEX_BITS) & ((1 << KEY_SEQUENCE_BITS) - 1);
+    let index = key as u64 & ((1 << KEY_INDEX_BITS) - 1);
+    (ms, seq, index)
+}
+
 /// The ids of all logs in an entry, in order.
 pub fn log_ids(entry_id: &str, count: usize) -> Vec<String> {
     (0..count).map(|i| log_id(entry_id, i, count)).collect()
@@ -248,6 +257,12 @@ mod tests {
         for bad in ["", "17953", "a-1", "1-b", "1795308807997"] {
             assert_eq!(log_key(bad, 0), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_key_tells_its_entry_and_index() {
+        let key = log_key("1795308807997-4097", 7).unwrap();
+        assert_eq!(key_parts(key), (1_795_308_807_997, 1, 7));
     }
 
     #[test]

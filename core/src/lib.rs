@@ -1,6 +1,7 @@
 //! What the LogPipeline api and worker share: the log record and its rules, the stream
 //! codec, the schema, configuration, and the process plumbing (telemetry, shutdown).
 
+pub mod chunk;
 pub mod codec;
 pub mod config;
 pub mod connection;

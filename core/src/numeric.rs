@@ -59,6 +59,34 @@ pub fn check(number: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// The canonical text of `number`, the text of a valid JSON number: equal for numbers
+/// `numeric` holds equal (`1`, `1.0`, `10e-1` and `0.1e1` are all `1e1`, every zero is
+/// `0`), different otherwise. The value is `0.<digits> × 10^<exponent>`, with no leading
+/// or trailing zero in the digits, written `[-]<digits>e<exponent>`.
+pub fn canonical(number: &str) -> String {
+    let (negative, unsigned) = match number.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, number),
+    };
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(at) => (&unsigned[..at], exponent(&unsigned[at + 1..])),
+        None => (unsigned, 0),
+    };
+    let (integer, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits: Vec<u8> = integer.bytes().chain(fraction.bytes()).collect();
+    let Some(first) = digits.iter().position(|&digit| digit != b'0') else {
+        return "0".to_owned();
+    };
+    let last = digits
+        .iter()
+        .rposition(|&digit| digit != b'0')
+        .unwrap_or(first);
+    // 0.<digits[first..]> × 10^(integer digits − first + exponent)
+    let weight = (integer.len() as i64 - first as i64).saturating_add(exponent);
+    let significant = String::from_utf8_lossy(&digits[first..=last]);
+    format!("{}{significant}e{weight}", if negative { "-" } else { "" })
+}
+
 /// The value of an exponent's text (`+12`, `-3`, `7`), saturating as C's `strtol` does.
 fn exponent(text: &str) -> i64 {
     let (negative, digits) = match text.as_bytes().first() {
@@ -77,6 +105,26 @@ fn exponent(text: &str) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_equal_as_numeric_have_one_canonical_text() {
+        for (numbers, expected) in [
+            (
+                &["1", "1.0", "10e-1", "0.1e1", "1.000E+0", "001"][..],
+                "1e1",
+            ),
+            (&["0", "-0", "0.000", "0e99"][..], "0"),
+            (&["123.45", "12345e-2", "0.0012345e5"][..], "12345e3"),
+            (&["-0.05", "-5e-2", "-50E-3"][..], "-5e-1"),
+            (&["1e400", "10e399"][..], "1e401"),
+        ] {
+            for number in numbers {
+                assert_eq!(canonical(number), expected, "{number}");
+            }
+        }
+        assert_ne!(canonical("0.1"), canonical("0.1000000000000000000001"));
+        assert_ne!(canonical("1"), canonical("-1"));
+    }
 
     #[test]
     fn storable_numbers_pass() {

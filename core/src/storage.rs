@@ -26,6 +26,8 @@ const CONVERT_LOCK: i64 = 0x6c70_0001;
 const CREATE_LOCK: i64 = 0x6c70_0002;
 /// Advisory lock held by the one process running upkeep: retention, compaction.
 pub const UPKEEP_LOCK: i64 = 0x6c70_0003;
+/// Advisory lock held by the one process compacting rows into chunks.
+pub const COMPACT_LOCK: i64 = 0x6c70_0006;
 /// Advisory lock (transaction-scoped) held while counts are folded, so that one worker
 /// folds at a time and the others skip rather than wait.
 const FOLD_LOCK: i64 = 0x6c70_0005;
@@ -184,16 +186,32 @@ pub async fn ensure_partitions(
         .execute(&mut *transaction)
         .await?;
     let mut existing = partitions(&mut *transaction).await?;
+    let has_chunks: bool = sqlx::query_scalar("select to_regclass('log_chunks') is not null")
+        .fetch_one(&mut *transaction)
+        .await?;
     for &at in times {
         let Some(range) = partitions::range_for(at, settings.interval, &existing) else {
             continue;
         };
         let name = partition_name(range.from);
         let (from, to) = (literal(range.from), literal(range.to));
-        let statements = [
+        let chunks = chunk_partition(&name);
+        let mut statements = vec![
             format!("create table {name} (like logs including defaults including constraints)"),
             format!("alter table logs attach partition {name} for values from ({from}) to ({to})"),
         ];
+        // Before the migration that makes `log_chunks` has run (a database of an earlier
+        // release being upgraded), its partitions come with it.
+        if has_chunks {
+            statements.extend([
+                format!(
+                    "create table {chunks} (like log_chunks including defaults including constraints including storage)"
+                ),
+                format!(
+                    "alter table log_chunks attach partition {chunks} for values from ({from}) to ({to})"
+                ),
+            ]);
+        }
         for statement in &statements {
             sqlx::query(ddl(statement.clone()))
                 .execute(&mut *transaction)
@@ -223,10 +241,69 @@ pub async fn ensure_partitions(
     Ok(existing)
 }
 
+/// Gives every partition of `logs` its partition of `log_chunks`, where it has none yet
+/// (one made by a worker of a version before chunks, during an upgrade).
+pub async fn ensure_chunk_partitions(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let missing: Vec<(String, Option<OffsetDateTime>, OffsetDateTime)> = sqlx::query_as(
+        "select name, from_at, to_at from log_partitions p \
+         where not exists (select 1 from pg_inherits i \
+             where i.inhparent = 'log_chunks'::regclass \
+             and i.inhrelid = to_regclass('log_chunks' || substr(p.name, 5)))",
+    )
+    .fetch_all(&mut *connection)
+    .await?;
+    for (name, from, to) in missing {
+        if !is_partition_name(&name) {
+            continue;
+        }
+        let chunks = chunk_partition(&name);
+        let from = from.map_or_else(|| "minvalue".to_owned(), literal);
+        let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
+        sqlx::query("select pg_advisory_xact_lock($1)")
+            .bind(CREATE_LOCK)
+            .execute(&mut *transaction)
+            .await?;
+        let attached: bool = sqlx::query_scalar(
+            "select exists (select 1 from pg_inherits \
+             where inhparent = 'log_chunks'::regclass and inhrelid = to_regclass($1))",
+        )
+        .bind(&chunks)
+        .fetch_one(&mut *transaction)
+        .await?;
+        if attached {
+            continue;
+        }
+        for statement in [
+            format!(
+                "create table if not exists {chunks} \
+                 (like log_chunks including defaults including constraints including storage)"
+            ),
+            format!(
+                "alter table log_chunks attach partition {chunks} for values from ({from}) to ({})",
+                literal(to)
+            ),
+        ] {
+            sqlx::query(ddl(statement))
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        info!(partition = %chunks, "chunk partition created");
+    }
+    Ok(())
+}
+
+/// The partition of `log_chunks` beside partition `name` of `logs`, with its bounds:
+/// `log_chunks_p20261207_00` beside `logs_p20261207_00`, `log_chunks_legacy` beside
+/// `logs_legacy`.
+pub fn chunk_partition(name: &str) -> String {
+    format!("log_chunks{}", name.strip_prefix("logs").unwrap_or(name))
+}
+
 /// A statement naming partitions and indexes, which cannot be bind parameters: every
 /// name comes from [`partition_name`], from `log_partitions` (checked by [`partitions`]),
 /// or from the catalog quoted by [`quote_ident`]; every time from [`literal`].
-pub(crate) fn ddl(statement: String) -> AssertSqlSafe<String> {
+pub fn ddl(statement: String) -> AssertSqlSafe<String> {
     AssertSqlSafe(statement)
 }
 
@@ -268,29 +345,9 @@ pub async fn drop_expired(
     let mut dropped = Vec::new();
     for partition in partitions::expired(&all, retention, grace, now) {
         let name = &partition.name;
-        let pending: Option<bool> = sqlx::query_scalar(
-            "select i.inhdetachpending from pg_inherits i \
-             where i.inhparent = 'logs'::regclass and i.inhrelid = to_regclass($1)",
-        )
-        .bind(name)
-        .fetch_optional(&mut *connection)
-        .await?;
-        match pending {
-            Some(false) => {
-                sqlx::query(ddl(format!(
-                    "alter table logs detach partition {name} concurrently"
-                )))
-                .execute(&mut *connection)
-                .await?;
-            }
-            Some(true) => {
-                sqlx::query(ddl(format!(
-                    "alter table logs detach partition {name} finalize"
-                )))
-                .execute(&mut *connection)
-                .await?;
-            }
-            None => {}
+        let chunks = chunk_partition(name);
+        for (parent, child) in [("logs", name.as_str()), ("log_chunks", chunks.as_str())] {
+            detach_concurrently(&mut *connection, parent, child).await?;
         }
         // Every count of the partition, folded first, goes with it.
         while fold_counts(&mut *connection).await? == FoldOutcome::Busy {
@@ -305,14 +362,45 @@ pub async fn drop_expired(
             .bind(name)
             .execute(&mut *transaction)
             .await?;
-        sqlx::query(ddl(format!("drop table if exists {name}")))
-            .execute(&mut *transaction)
-            .await?;
+        for table in [name, &chunks] {
+            sqlx::query(ddl(format!("drop table if exists {table}")))
+                .execute(&mut *transaction)
+                .await?;
+        }
         transaction.commit().await?;
         info!(partition = %name, to = %partition.to, "partition past the retention dropped");
         dropped.push(name.clone());
     }
     Ok(dropped)
+}
+
+/// Detaches partition `child` of `parent` without stopping inserts and queries on
+/// `parent`, or finishes a detach an interrupted call began; nothing when it is not a
+/// partition of `parent` (any more).
+async fn detach_concurrently(
+    connection: &mut PgConnection,
+    parent: &str,
+    child: &str,
+) -> Result<(), sqlx::Error> {
+    let pending: Option<bool> = sqlx::query_scalar(
+        "select i.inhdetachpending from pg_inherits i \
+         where i.inhparent = to_regclass($1) and i.inhrelid = to_regclass($2)",
+    )
+    .bind(parent)
+    .bind(child)
+    .fetch_optional(&mut *connection)
+    .await?;
+    let how = match pending {
+        Some(false) => "concurrently",
+        Some(true) => "finalize",
+        None => return Ok(()),
+    };
+    sqlx::query(ddl(format!(
+        "alter table {parent} detach partition {child} {how}"
+    )))
+    .execute(connection)
+    .await
+    .map(drop)
 }
 
 /// What [`fold_counts`] did.

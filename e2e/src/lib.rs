@@ -14,6 +14,7 @@ pub mod prometheus;
 pub mod rows;
 pub mod runs;
 pub mod stack;
+pub mod stored;
 pub mod stream;
 
 /// Makes ring the process's default TLS crypto provider. The tests' TLS uses ring (the

@@ -40,6 +40,17 @@ pub enum Admin {
     /// The consumers of the group.
     #[command(subcommand)]
     Consumers(Consumers),
+    /// Moves into chunks, now, every stored log whose stream entry can no longer be
+    /// delivered and that is older than `--older-than`, merges small chunks, and prints
+    /// what it did with the disk taken before and after (docs/storage.md). Uses
+    /// `DATABASE_URL` too. The workers do the same on their own every
+    /// `LOGPIPELINE_COMPACT_EVERY_SECS`.
+    Compact {
+        /// Only logs received longer ago than this (`0s`: every log the stream allows);
+        /// the hot window (`LOGPIPELINE_HOT_WINDOW`) by default.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<Duration>,
+    },
 }
 
 /// Operations on dead letters.
@@ -138,6 +149,9 @@ pub async fn run(redis: &RedisArgs, target: Target, command: &Admin) -> Result<S
         Admin::Consumers(Consumers::Delete { name }) => {
             target.delete_consumer(&mut redis, name).await
         }
+        Admin::Compact { .. } => Err(AdminError::Refused(
+            "compact works on PostgreSQL too: run it through the worker's command".into(),
+        )),
     }
 }
 

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use logpipeline_core::chunk::DEFAULT_CHUNK_ROWS;
 use logpipeline_core::config::{
     CacheArgs, DatabaseArgs, DurabilityArgs, RedisArgs, StreamArgs, TelemetryArgs,
 };
@@ -12,6 +13,7 @@ use logpipeline_core::storage::PartitionSettings;
 use logpipeline_core::stream::{MAX_SHARDS, Shards, shard_key};
 
 use crate::admin::{Admin, Target};
+use crate::compact::CompactSettings;
 use crate::store::StoreSettings;
 
 /// LogPipeline's stream consumer: stores accepted logs in PostgreSQL exactly once.
@@ -118,6 +120,25 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub storage_upkeep_secs: u64,
 
+    /// How long a stored log stays a row before compaction may move it into a chunk
+    /// (once its stream entry can never be delivered again): `2m`, `30s`, `1h`
+    /// (docs/storage.md).
+    #[arg(long, env = "LOGPIPELINE_HOT_WINDOW", default_value = "2m",
+          value_parser = humantime::parse_duration)]
+    pub hot_window: Duration,
+
+    /// Most logs per chunk, 64 to 65,536: larger chunks compress a little better and
+    /// give searches fewer chunks to look at, smaller ones cost a device page less to
+    /// open.
+    #[arg(long, env = "LOGPIPELINE_CHUNK_ROWS", default_value_t = DEFAULT_CHUNK_ROWS as u32,
+          value_parser = clap::value_parser!(u32).range(64..=65_536))]
+    pub chunk_rows: u32,
+
+    /// Seconds between compaction passes. One worker compacts at a time.
+    #[arg(long, env = "LOGPIPELINE_COMPACT_EVERY_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(2..))]
+    pub compact_every_secs: u64,
+
     /// Address serving `/metrics`, `/livez` and `/readyz`.
     #[arg(
         long,
@@ -203,6 +224,14 @@ impl Config {
                 message_index: self.message_index,
             },
             retention: self.retention,
+        }
+    }
+
+    /// How compaction cuts chunks.
+    pub fn compact_settings(&self) -> CompactSettings {
+        CompactSettings {
+            hot_window: self.hot_window,
+            chunk_rows: self.chunk_rows as usize,
         }
     }
 

@@ -2,10 +2,12 @@
 //!
 //! [`run`] applies the schema, starts `concurrency` [`consumer`]s that read the stream
 //! through the consumer group and store batches in PostgreSQL, keeps the stream trimmed
-//! ([`maintenance`]), serves metrics and probes ([`ops`]), and on SIGTERM or Ctrl-C lets
+//! ([`maintenance`]), moves stored logs into chunks ([`compact`]), serves metrics and
+//! probes ([`ops`]), and on SIGTERM or Ctrl-C lets
 //! the consumers finish and acknowledge the batches in hand before exiting.
 
 pub mod admin;
+pub mod compact;
 pub mod config;
 pub mod consumer;
 pub mod copy;
@@ -16,6 +18,7 @@ pub mod ops;
 pub mod store;
 pub mod stream;
 pub mod upkeep;
+pub mod watermark;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -177,6 +180,23 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
         store.clone(),
         metrics.clone(),
         Duration::from_secs(config.storage_upkeep_secs),
+        shutdown.clone(),
+    ));
+    tasks.spawn(compact::run(
+        store.clone(),
+        config.compact_settings(),
+        compact::Source {
+            redis: control.clone(),
+            keys: shards
+                .keys()
+                .iter()
+                .cloned()
+                .chain(shards.retired())
+                .collect(),
+            group: config.stream.group.clone(),
+        },
+        metrics.clone(),
+        Duration::from_secs(config.compact_every_secs),
         shutdown.clone(),
     ));
     tasks.spawn(upkeep::fold_counts(

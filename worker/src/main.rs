@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use logpipeline_worker::admin::Admin;
 use logpipeline_worker::config::{Command, Config};
 
 /// mimalloc: the hot path allocates per request from every runtime thread, where glibc's
@@ -11,6 +12,22 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
+    if let Some(Command::Admin {
+        admin: Admin::Compact { older_than },
+        ..
+    }) = &config.command
+    {
+        return match logpipeline_worker::compact::admin(&config, *older_than).await {
+            Ok(printed) => {
+                print!("{printed}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("logpipeline-worker admin compact: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Command::Admin { shard, admin }) = &config.command {
         let target = config.admin_target(*shard);
         return match logpipeline_worker::admin::run(&config.redis, target, admin).await {

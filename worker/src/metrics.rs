@@ -79,6 +79,19 @@ pub struct Metrics {
     pub partitions_dropped: IntCounter,
     /// Upkeep passes of the table (partitions, retention) that failed.
     pub storage_upkeep_errors: IntCounter,
+    /// Rows moved into chunks.
+    pub compacted_rows: IntCounter,
+    /// Chunks written, by compaction and by merging.
+    pub chunks_written: IntCounter,
+    /// Small chunks merged into larger ones.
+    pub chunks_merged: IntCounter,
+    /// Time of each compaction pass.
+    pub compaction_duration: Histogram,
+    /// Compaction passes that failed.
+    pub compaction_errors: IntCounter,
+    /// How far behind now the watermark of acknowledged entries is, in seconds: rows of
+    /// entries after it stay rows.
+    pub watermark_age: Gauge,
 }
 
 impl Metrics {
@@ -146,6 +159,11 @@ impl Metrics {
             "logpipeline_worker_shard_pending",
             "Entries of a shard of the stream delivered and not yet acknowledged",
         )?;
+        let watermark_age = Gauge::new(
+            "logpipeline_worker_watermark_age_seconds",
+            "How far behind now the watermark of acknowledged stream entries is: rows of later entries stay rows",
+        )?;
+        registry.register(Box::new(watermark_age.clone()))?;
         logpipeline_core::metrics::register_process(&registry, env!("CARGO_PKG_VERSION"))?;
         Ok(Self {
             batches: counter(
@@ -226,6 +244,28 @@ impl Metrics {
                 "logpipeline_worker_storage_upkeep_errors_total",
                 "Upkeep passes of the logs table (partitions ahead, retention) that failed",
             )?,
+            compacted_rows: counter(
+                "logpipeline_worker_compacted_rows_total",
+                "Rows of logs moved into chunks",
+            )?,
+            chunks_written: counter(
+                "logpipeline_worker_chunks_written_total",
+                "Chunks written, by compaction and by merging small chunks",
+            )?,
+            chunks_merged: counter(
+                "logpipeline_worker_chunks_merged_total",
+                "Small chunks merged into larger ones",
+            )?,
+            compaction_duration: histogram(
+                "logpipeline_worker_compaction_duration_seconds",
+                "Time of each compaction pass",
+                prometheus::exponential_buckets(0.01, 2.0, 14)?,
+            )?,
+            compaction_errors: counter(
+                "logpipeline_worker_compaction_errors_total",
+                "Compaction passes that failed",
+            )?,
+            watermark_age,
             registry,
         })
     }

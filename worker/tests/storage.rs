@@ -4,64 +4,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+mod common;
+
+use common::{database, entry, scalar, settings};
+
 use std::time::{Duration, Instant};
 
 use logpipeline_core::codec;
 use logpipeline_core::db;
 use logpipeline_core::partitions::{PartitionInterval, Retention};
 use logpipeline_core::storage::{self, PartitionSettings};
-use logpipeline_core::tenant::Tenant;
-use logpipeline_local::postgres;
 use logpipeline_worker::metrics::Metrics;
 use logpipeline_worker::store::{Decoded, Store, StoreSettings};
-use logpipeline_worker::stream::StreamEntry;
 use logpipeline_worker::upkeep;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use time::OffsetDateTime;
 use time::macros::datetime;
-
-async fn database() -> PgPool {
-    let url = postgres::fresh_database().unwrap();
-    PgPoolOptions::new()
-        .max_connections(8)
-        .connect(&url)
-        .await
-        .unwrap()
-}
-
-/// Sequence numbers of made-up entry ids, unique in the process.
-static SEQ: AtomicU64 = AtomicU64::new(0);
-
-/// An entry as the api would have put it on the stream at `at`: `count` logs of
-/// `device`, with an entry id of that millisecond.
-fn entry(at: OffsetDateTime, device: &str, count: usize) -> Decoded {
-    let logs: Vec<serde_json::Value> = (0..count)
-        .map(|i| serde_json::json!({"device_id": device, "log_level": "INFO", "message": format!("log {i}")}))
-        .collect();
-    let logs = serde_json::to_vec(&logs).unwrap();
-    let tenant = Tenant::default();
-    let fields: Vec<(Vec<u8>, Vec<u8>)> = codec::encode(at, &tenant, &logs)
-        .iter()
-        .map(|(name, value)| (name.as_bytes().to_vec(), value.as_bytes().to_vec()))
-        .collect();
-    let ms = at.unix_timestamp_nanos() / 1_000_000;
-    let id = format!("{ms}-{}", SEQ.fetch_add(1, Ordering::Relaxed) % 4096);
-    let decoded = codec::decode(&fields).unwrap();
-    Decoded::new(StreamEntry { id, fields }, decoded).unwrap()
-}
-
-fn settings(retention: Option<&str>) -> StoreSettings {
-    StoreSettings {
-        partitions: PartitionSettings::default(),
-        retention: retention.map(|r| r.parse().unwrap()),
-    }
-}
-
-async fn scalar(pool: &PgPool, sql: &'static str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
-}
 
 /// Every row of `logs` as text, in a fixed order: what an upgrade must keep.
 const ROWS: &str = "select md5(string_agg(row(id, device_id, log_level, message, log_data, \

@@ -12,21 +12,16 @@ use logpipeline_core::origin::{ServiceName, TraceId};
 use logpipeline_core::record::{DeviceId, LogLevel};
 use logpipeline_core::tenant::Tenant;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use sqlx::{FromRow, Postgres, QueryBuilder};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 
+use super::filter::{Filter, Subject, parse_levels, parse_limit, parse_time};
+use super::page::{CachedPage, Cursor, LogPage, Order, Source, page_of, parse_cursor};
+use super::shelf::Snapshot;
 use crate::auth::Principal;
 use crate::error::{Error, ErrorBody, Result};
 use crate::extract::PathParam;
 use crate::state::AppState;
-
-/// Logs per page when `limit` is not given.
-const DEFAULT_LIMIT: u32 = 100;
-/// Most logs per page.
-const MAX_LIMIT: u32 = 1000;
 
 /// The query string of the log queries.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -54,82 +49,6 @@ pub struct LogsParams {
     cursor: Option<String>,
 }
 
-/// Whose logs a query reads, checked by the rules of its field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub enum Subject {
-    /// A device's.
-    Device(String),
-    /// A service's.
-    Service(String),
-    /// A trace's, across services.
-    Trace(String),
-}
-
-impl Subject {
-    /// `name` as a device id.
-    pub fn device(name: String) -> Result<Self> {
-        let id =
-            DeviceId::try_from(name).map_err(|error| Error::InvalidQuery(error.to_string()))?;
-        Ok(Self::Device(id.into()))
-    }
-
-    /// `name` as a service name.
-    pub fn service(name: String) -> Result<Self> {
-        let name =
-            ServiceName::try_from(name).map_err(|error| Error::InvalidQuery(error.to_string()))?;
-        Ok(Self::Service(name.into()))
-    }
-
-    /// `id` as a trace id.
-    pub fn trace(id: String) -> Result<Self> {
-        let id = TraceId::try_from(id).map_err(|error| Error::InvalidQuery(error.to_string()))?;
-        Ok(Self::Trace(id.into()))
-    }
-
-    /// The subjects a filter names, each optional: a device, a service, a trace.
-    pub(crate) fn those_given(
-        device: Option<String>,
-        service: Option<String>,
-        trace: Option<String>,
-    ) -> Result<Vec<Self>> {
-        [
-            device.map(Self::device),
-            service.map(Self::service),
-            trace.map(Self::trace),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
-    }
-
-    /// The generation its cached pages depend on, and the name within it.
-    fn generation(&self) -> (Kind, &str) {
-        match self {
-            Self::Device(name) => (Kind::Device, name),
-            Self::Service(name) => (Kind::Service, name),
-            Self::Trace(id) => (Kind::Trace, id),
-        }
-    }
-
-    /// The `query` label of its PostgreSQL metrics.
-    fn query_label(&self) -> &'static str {
-        match self {
-            Self::Device(_) => "logs",
-            Self::Service(_) => "service_logs",
-            Self::Trace(_) => "trace_logs",
-        }
-    }
-
-    /// The column it is found by, and the value.
-    pub(crate) fn column(&self) -> (&'static str, &str) {
-        match self {
-            Self::Device(name) => ("device_id", name),
-            Self::Service(name) => ("service_name", name),
-            Self::Trace(id) => ("trace_id", id),
-        }
-    }
-}
-
 /// A validated query: what a page holds, and the identity of its cached copy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LogQuery {
@@ -142,45 +61,6 @@ pub struct LogQuery {
     #[serde(with = "time::serde::rfc3339::option")]
     until: Option<OffsetDateTime>,
     cursor: Option<Cursor>,
-}
-
-/// A position in a device's logs: the last log of a page, by (`created_at`, `id`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Cursor {
-    /// `created_at` in µs since the epoch.
-    pub(crate) micros: i64,
-    /// `id`.
-    pub(crate) id: i64,
-}
-
-impl Cursor {
-    /// `<micros>.<id in hexadecimal>`: every text of that form is a position (the schema's
-    /// pattern says so), so a client can only be refused a cursor for its form.
-    pub(crate) fn encode(self) -> String {
-        format!("{}.{:x}", self.micros, self.id as u64)
-    }
-
-    fn decode(text: &str) -> Option<Self> {
-        let (micros, id) = text.split_once('.')?;
-        let digits = micros.strip_prefix('-').unwrap_or(micros);
-        let decimal =
-            (1..=17).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
-        let hex = (1..=16).contains(&id.len())
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !decimal || !hex {
-            return None;
-        }
-        Some(Self {
-            micros: micros.parse().ok()?,
-            id: u64::from_str_radix(id, 16).ok()? as i64,
-        })
-    }
-
-    pub(crate) fn at(self) -> Option<OffsetDateTime> {
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.micros) * 1000).ok()
-    }
 }
 
 impl LogQuery {
@@ -210,140 +90,22 @@ impl LogQuery {
     }
 }
 
-/// `limit`: 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] when absent.
-pub(crate) fn parse_limit(limit: Option<&str>) -> Result<u32> {
-    match limit {
-        None => Ok(DEFAULT_LIMIT),
-        Some(limit) => limit
-            .parse()
-            .ok()
-            .filter(|limit| (1..=MAX_LIMIT).contains(limit))
-            .ok_or_else(|| {
-                Error::InvalidQuery(format!(
-                    "limit must be a whole number from 1 to {MAX_LIMIT}, got {limit:?}"
-                ))
-            }),
+/// The generation `subject`'s cached pages depend on, and the name within it.
+fn generation(subject: &Subject) -> (Kind, &str) {
+    match subject {
+        Subject::Device(name) => (Kind::Device, name),
+        Subject::Service(name) => (Kind::Service, name),
+        Subject::Trace(id) => (Kind::Trace, id),
     }
 }
 
-/// `level`, repeated or comma-separated: sorted and without repeats, so that the same
-/// filter is the same cache entry.
-pub(crate) fn parse_levels(levels: &[String]) -> Result<Vec<LogLevel>> {
-    let mut levels = levels
-        .iter()
-        .flat_map(|levels| levels.split(','))
-        .map(|level| {
-            level
-                .parse()
-                .map_err(|error| Error::InvalidQuery(format!("level: {error}")))
-        })
-        .collect::<Result<Vec<LogLevel>>>()?;
-    levels.sort_unstable();
-    levels.dedup();
-    Ok(levels)
-}
-
-/// A time parameter `name` in RFC 3339.
-pub(crate) fn parse_time(name: &str, value: Option<&str>) -> Result<Option<OffsetDateTime>> {
-    value
-        .map(|text| {
-            OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
-                Error::InvalidQuery(format!(
-                    "{name} must be an RFC 3339 time such as 2026-11-21T08:00:00Z, got {text:?}"
-                ))
-            })
-        })
-        .transpose()
-}
-
-/// `cursor`: the `next` of a previous page.
-pub(crate) fn parse_cursor(cursor: Option<&str>) -> Result<Option<Cursor>> {
-    cursor
-        .map(|text| {
-            Cursor::decode(text)
-                .filter(|cursor| cursor.at().is_some())
-                .ok_or_else(|| {
-                    Error::InvalidQuery(
-                        "cursor must be the `next` of a previous page, such as 1795308807997201.1f"
-                            .into(),
-                    )
-                })
-        })
-        .transpose()
-}
-
-/// A stored log, as queries return it.
-#[derive(Debug, Serialize, Deserialize, FromRow, ToSchema)]
-pub struct StoredLog {
-    /// Row id, increasing in insertion order.
-    pub id: i64,
-    /// The id the api answered when it accepted the log (absent on rows the seed system
-    /// wrote).
-    pub message_id: Option<String>,
-    /// The device.
-    pub device_id: String,
-    /// The service that wrote it, if it said.
-    pub service_name: Option<String>,
-    /// Its trace, if any.
-    pub trace_id: Option<String>,
-    /// Its span, if any.
-    pub span_id: Option<String>,
-    /// The level.
-    pub log_level: String,
-    /// The message.
-    pub message: Option<String>,
-    /// The structured data.
-    #[schema(value_type = Option<Object>)]
-    #[sqlx(try_from = "Option<String>")]
-    pub log_data: JsonText,
-    /// When the api received it.
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub created_at: Option<OffsetDateTime>,
-}
-
-/// JSON text from PostgreSQL (`null` for SQL NULL), passed through without being parsed.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct JsonText(Box<RawValue>);
-
-impl TryFrom<Option<String>> for JsonText {
-    type Error = serde_json::Error;
-
-    fn try_from(text: Option<String>) -> Result<Self, serde_json::Error> {
-        RawValue::from_string(text.unwrap_or_else(|| "null".into())).map(Self)
+/// The `query` label of `subject`'s PostgreSQL metrics.
+fn query_label(subject: &Subject) -> &'static str {
+    match subject {
+        Subject::Device(_) => "logs",
+        Subject::Service(_) => "service_logs",
+        Subject::Trace(_) => "trace_logs",
     }
-}
-
-/// Where a page came from.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    /// The Redis cache.
-    Cache,
-    /// PostgreSQL.
-    Database,
-}
-
-/// A page of logs, newest first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct LogPage {
-    /// Logs on this page.
-    pub total: usize,
-    /// Where the page came from.
-    pub source: Source,
-    /// The logs.
-    #[schema(value_type = Vec<StoredLog>)]
-    pub data: Box<RawValue>,
-    /// Pass as `cursor` for the next (older) page; null on the last page.
-    pub next: Option<String>,
-}
-
-/// A page as cached.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct CachedPage {
-    pub(crate) total: usize,
-    pub(crate) data: Box<RawValue>,
-    pub(crate) next: Option<String>,
 }
 
 /// A device's logs, newest first: those of the key's tenant.
@@ -483,100 +245,46 @@ async fn page(
     let query = LogQuery::parse(&principal.tenant, subject, query)?;
     // Read the generation before the database, so a result cached under it can only be
     // older than a commit that bumped it after.
-    let (kind, name) = query.subject.generation();
+    let (kind, name) = generation(&query.subject);
     let generation = state.cache.generation(&principal.tenant, kind, name).await;
     let key = generation.map(|generation| state.cache.key("logs", &(generation, &query)));
     if let Some(key) = &key
         && let Some(cached) = state.cache.get(key).await
         && let Ok(page) = serde_json::from_slice::<CachedPage>(&cached)
     {
-        return Ok(Json(LogPage {
-            total: page.total,
-            source: Source::Cache,
-            data: page.data,
-            next: page.next,
-        }));
+        return Ok(Json(page.served_from(Source::Cache)));
     }
     let page = fetch(state, &query).await?;
     if let (Some(key), Ok(cached)) = (&key, serde_json::to_vec(&page)) {
         state.cache.put(key, &cached, state.query_cache_ttl).await;
     }
-    Ok(Json(LogPage {
-        total: page.total,
-        source: Source::Database,
-        data: page.data,
-        next: page.next,
-    }))
+    Ok(Json(page.served_from(Source::Database)))
 }
-
-/// The columns of a [`StoredLog`], as its queries select them.
-pub(crate) const STORED_LOG_COLUMNS: &str = "select id, message_id, device_id, service_name, \
-     trace_id, span_id, log_level, message, log_data::text as log_data, created_at";
 
 async fn fetch(state: &AppState, query: &LogQuery) -> Result<CachedPage> {
-    let mut sql = QueryBuilder::<Postgres>::new(STORED_LOG_COLUMNS);
-    sql.push(" from logs where tenant = ");
-    sql.push_bind(&query.tenant);
-    let (column, value) = query.subject.column();
-    sql.push(format_args!(" and {column} = ")).push_bind(value);
-    if !query.levels.is_empty() {
-        let levels: Vec<&str> = query.levels.iter().map(|level| level.as_str()).collect();
-        sql.push(" and log_level = any(")
-            .push_bind(levels)
-            .push(")");
-    }
-    if let Some(since) = query.since {
-        sql.push(" and created_at >= ").push_bind(since);
-    }
-    if let Some(until) = query.until {
-        sql.push(" and created_at < ").push_bind(until);
-    }
-    if let Some((cursor, at)) = query.cursor.and_then(|cursor| Some((cursor, cursor.at()?))) {
-        // The first condition lets the (tenant, <column>, created_at) index bound the
-        // scan.
-        sql.push(" and created_at <= ").push_bind(at);
-        sql.push(" and (created_at, id) < (")
-            .push_bind(at)
-            .push(", ")
-            .push_bind(cursor.id)
-            .push(")");
-    }
-    // One more than asked tells whether there is a next page.
-    sql.push(" order by created_at desc, id desc limit ")
-        .push_bind(i64::from(query.limit) + 1);
+    let filter = Filter {
+        subjects: vec![query.subject.clone()],
+        levels: query.levels.clone(),
+        since: query.since,
+        until: query.until,
+        ..Filter::of(&query.tenant)
+    };
     let started = Instant::now();
-    let rows: Vec<StoredLog> = sql
-        .build_query_as()
-        .fetch_all(&state.db)
-        .await
-        .map_err(Error::DatabaseUnavailable)?;
+    let mut snapshot = Snapshot::begin(&state.db, None).await?;
+    // One more than asked tells whether there is a next page.
+    let logs = snapshot
+        .page(
+            &filter,
+            Order::NewestFirst,
+            query.cursor,
+            query.limit as usize + 1,
+        )
+        .await?;
+    snapshot.end().await?;
     state
         .metrics
-        .postgres_query(query.subject.query_label(), started.elapsed());
-    page_of(rows, query.limit)
-}
-
-/// The page of a query that asked for one row more than `limit`: the first `limit` of
-/// `rows`, and the cursor after them when there are more.
-pub(crate) fn page_of(mut rows: Vec<StoredLog>, limit: u32) -> Result<CachedPage> {
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let next = rows.last().filter(|_| more).and_then(|last| {
-        Some(
-            Cursor {
-                micros: logpipeline_core::codec::unix_micros(last.created_at?),
-                id: last.id,
-            }
-            .encode(),
-        )
-    });
-    let data = serde_json::value::to_raw_value(&rows)
-        .map_err(|error| Error::Internal(error.to_string()))?;
-    Ok(CachedPage {
-        total: rows.len(),
-        data,
-        next,
-    })
+        .postgres_query(query_label(&query.subject), started.elapsed());
+    page_of(logs, query.limit)
 }
 
 #[cfg(test)]
@@ -644,17 +352,9 @@ mod tests {
     }
 
     #[test]
-    fn cursors_round_trip() {
-        let cursor = Cursor {
-            micros: 1_795_308_807_997_201,
-            id: 42,
-        };
-        assert_eq!(cursor.encode(), "1795308807997201.2a");
-        assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
-        // Ids past i64::MAX in hexadecimal wrap as the database's bigint does.
-        let negative = Cursor { micros: -5, id: -1 };
-        assert_eq!(Cursor::decode(&negative.encode()), Some(negative));
-        let query = parse(&format!("cursor={}", cursor.encode())).unwrap();
-        assert_eq!(query.cursor, Some(cursor));
+    fn a_cursor_is_read_with_the_query() {
+        let cursor = parse_cursor(Some("1795308807997201.2a")).unwrap();
+        let query = parse("cursor=1795308807997201.2a").unwrap();
+        assert_eq!(query.cursor, cursor);
     }
 }

@@ -32,29 +32,21 @@ use axum::Extension;
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use sqlx::{Postgres, QueryBuilder};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
+use super::filter::{
+    FieldFilter, Filter, MAX_TERMS, Subject, parse_levels, parse_limit, parse_time, terms,
+};
+use super::page::{Cursor, LogPage, Order, Source, page_of, parse_cursor};
+use super::shelf::Snapshot;
 use crate::auth::Principal;
 use crate::error::{Error, ErrorBody, Result};
-use crate::query::{
-    Cursor, LogPage, STORED_LOG_COLUMNS, Source, StoredLog, Subject, page_of, parse_cursor,
-    parse_levels, parse_limit, parse_time,
-};
 use crate::state::AppState;
 use logpipeline_core::record::LogLevel;
 
 /// Longest time range of a search not bounded by a device, service or trace.
 pub const MAX_FLEET_RANGE_DAYS: i64 = 31;
-/// Most words and phrases in `q`, and most `data.` filters.
-const MAX_TERMS: usize = 16;
-/// Longest word or phrase of `q`, and longest field value, in characters.
-const MAX_TERM_CHARS: usize = 200;
-/// Most segments of a `data.` path, and longest segment.
-const MAX_PATH_SEGMENTS: usize = 8;
-const MAX_SEGMENT_CHARS: usize = 64;
 /// Most buckets of a histogram.
 const MAX_BUCKETS: i64 = 2000;
 
@@ -95,165 +87,11 @@ pub struct SearchParams {
     interval: Option<String>,
 }
 
-/// Which way a page runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Order {
-    NewestFirst,
-    OldestFirst,
-}
-
-/// A comparison of a `data.` filter.
-#[derive(Debug, Clone, PartialEq)]
-enum Comparison {
-    /// Equal as text, number, boolean or null.
-    Equals(String),
-    /// A numeric comparison (`>`, `>=`, `<`, `<=`) with a number.
-    Numeric(&'static str, f64),
-}
-
-/// A filter on a field of `log_data`.
-#[derive(Debug, Clone, PartialEq)]
-struct FieldFilter {
-    path: Vec<String>,
-    comparison: Comparison,
-}
-
-impl FieldFilter {
-    fn parse(path: &str, value: &str) -> Result<Self> {
-        let segments: Vec<String> = path.split('.').map(str::to_owned).collect();
-        let valid = segments.len() <= MAX_PATH_SEGMENTS
-            && segments.iter().all(|segment| {
-                !segment.is_empty()
-                    && segment.chars().count() <= MAX_SEGMENT_CHARS
-                    && !segment.chars().any(char::is_control)
-            });
-        if !valid {
-            return Err(Error::InvalidQuery(format!(
-                "data.{path}: a field is a dotted path of 1 to {MAX_PATH_SEGMENTS} names of 1 to {MAX_SEGMENT_CHARS} characters, such as data.motor.rpm"
-            )));
-        }
-        if value.chars().count() > MAX_TERM_CHARS || value.chars().any(char::is_control) {
-            return Err(Error::InvalidQuery(format!(
-                "data.{path}: a value has at most {MAX_TERM_CHARS} characters and no control characters"
-            )));
-        }
-        let operator = [">=", "<=", ">", "<"]
-            .into_iter()
-            .find(|operator| value.starts_with(operator));
-        let comparison = match operator {
-            Some(operator) => {
-                let number = value[operator.len()..]
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|number| number.is_finite())
-                    .ok_or_else(|| {
-                        Error::InvalidQuery(format!(
-                            "data.{path}: {operator} compares with a number, such as data.{path}={operator}40, got {value:?}"
-                        ))
-                    })?;
-                Comparison::Numeric(operator, number)
-            }
-            None => Comparison::Equals(value.to_owned()),
-        };
-        Ok(Self {
-            path: segments,
-            comparison,
-        })
-    }
-
-    /// The `log_data` documents that contain the value at the path, one per JSON type
-    /// the text can be: `@>` with any of them finds the field, through the GIN index on
-    /// `log_data` where there is one.
-    fn containments(&self, value: &str) -> Vec<Value> {
-        let mut candidates = vec![Value::String(value.to_owned())];
-        if let Ok(number) = value.parse::<serde_json::Number>() {
-            candidates.push(Value::Number(number));
-        }
-        match value {
-            "true" => candidates.push(Value::Bool(true)),
-            "false" => candidates.push(Value::Bool(false)),
-            "null" => candidates.push(Value::Null),
-            _ => {}
-        }
-        candidates
-            .into_iter()
-            .map(|leaf| {
-                self.path
-                    .iter()
-                    .rev()
-                    .fold(leaf, |inner, name| json!({ name: inner }))
-            })
-            .collect()
-    }
-}
-
-/// A word or phrase of `q`, as an `ILIKE` pattern that matches it anywhere, literally.
-fn like_pattern(term: &str) -> String {
-    let mut pattern = String::with_capacity(term.len() + 2);
-    pattern.push('%');
-    for c in term.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push('%');
-    pattern
-}
-
-/// The words and "quoted phrases" of `q`. A NUL is refused: no stored message holds one
-/// (ingest refuses it, as PostgreSQL does), and PostgreSQL refuses it in a pattern too.
-pub(crate) fn terms(q: &str) -> Result<Vec<String>> {
-    if q.contains('\0') {
-        return Err(Error::InvalidQuery(
-            "q must not contain NUL characters, which no message holds".into(),
-        ));
-    }
-    let mut terms = Vec::new();
-    let mut rest = q.trim();
-    while !rest.is_empty() {
-        let (term, after) = match rest.strip_prefix('"') {
-            Some(quoted) => match quoted.split_once('"') {
-                Some((phrase, after)) => (phrase, after),
-                None => {
-                    return Err(Error::InvalidQuery(
-                        "q: a phrase opened with \" must be closed with \"".into(),
-                    ));
-                }
-            },
-            None => rest.split_once(char::is_whitespace).unwrap_or((rest, "")),
-        };
-        if !term.trim().is_empty() {
-            terms.push(term.to_owned());
-        }
-        rest = after.trim_start();
-    }
-    if terms.len() > MAX_TERMS {
-        return Err(Error::InvalidQuery(format!(
-            "q: at most {MAX_TERMS} words and phrases"
-        )));
-    }
-    if let Some(long) = terms
-        .iter()
-        .find(|term| term.chars().count() > MAX_TERM_CHARS)
-    {
-        return Err(Error::InvalidQuery(format!(
-            "q: a word or phrase has at most {MAX_TERM_CHARS} characters, one has {}",
-            long.chars().count()
-        )));
-    }
-    Ok(terms)
-}
-
 /// A checked search.
 #[derive(Debug, Clone)]
 pub struct Search {
-    tenant: String,
-    subjects: Vec<Subject>,
-    terms: Vec<String>,
-    fields: Vec<FieldFilter>,
-    levels: Vec<LogLevel>,
+    /// Which logs; its time range is always bounded.
+    filter: Filter,
     since: OffsetDateTime,
     until: OffsetDateTime,
     order: Order,
@@ -341,9 +179,11 @@ impl Search {
                 )));
             }
         }
-        Ok(Self {
-            tenant: tenant.to_owned(),
+        let filter = Filter {
             subjects,
+            levels: parse_levels(&params.level)?,
+            since: Some(since),
+            until: Some(until),
             terms: params
                 .q
                 .as_deref()
@@ -351,7 +191,10 @@ impl Search {
                 .transpose()?
                 .unwrap_or_default(),
             fields,
-            levels: parse_levels(&params.level)?,
+            ..Filter::of(tenant)
+        };
+        Ok(Self {
+            filter,
             since,
             until,
             order,
@@ -359,83 +202,6 @@ impl Search {
             cursor: parse_cursor(params.cursor.as_deref())?,
             interval,
         })
-    }
-
-    /// `where …` of every filter but the cursor.
-    fn push_filters(&self, sql: &mut QueryBuilder<Postgres>) {
-        sql.push(" from logs where tenant = ")
-            .push_bind(&self.tenant);
-        for subject in &self.subjects {
-            let (column, value) = subject.column();
-            sql.push(format_args!(" and {column} = ")).push_bind(value);
-        }
-        if !self.levels.is_empty() {
-            let levels: Vec<&str> = self.levels.iter().map(|level| level.as_str()).collect();
-            sql.push(" and log_level = any(")
-                .push_bind(levels)
-                .push(")");
-        }
-        sql.push(" and created_at >= ").push_bind(self.since);
-        sql.push(" and created_at < ").push_bind(self.until);
-        for term in &self.terms {
-            sql.push(" and message ilike ")
-                .push_bind(like_pattern(term));
-        }
-        for field in &self.fields {
-            match &field.comparison {
-                Comparison::Equals(value) => {
-                    sql.push(" and (");
-                    for (index, document) in field.containments(value).into_iter().enumerate() {
-                        if index > 0 {
-                            sql.push(" or ");
-                        }
-                        sql.push("log_data @> ").push_bind(document);
-                    }
-                    sql.push(")");
-                }
-                Comparison::Numeric(operator, number) => {
-                    // CASE decides before the cast, so a field that is no number never
-                    // reaches it.
-                    sql.push(" and case when jsonb_typeof(log_data #> ")
-                        .push_bind(field.path.clone())
-                        .push(") = 'number' then (log_data #>> ")
-                        .push_bind(field.path.clone())
-                        .push(format_args!(")::numeric end {operator} "))
-                        .push_bind(*number)
-                        .push("::numeric");
-                }
-            }
-        }
-    }
-
-    /// Runs `sql` within the budget, in a transaction of its own.
-    async fn fetch<T>(state: &AppState, sql: &mut QueryBuilder<Postgres>) -> Result<Vec<T>>
-    where
-        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
-    {
-        let mut transaction = state.db.begin().await.map_err(Error::DatabaseUnavailable)?;
-        sqlx::query("select set_config('statement_timeout', $1, true)")
-            .bind(state.search_timeout.as_millis().to_string())
-            .execute(&mut *transaction)
-            .await
-            .map_err(Error::DatabaseUnavailable)?;
-        let rows = sql
-            .build_query_as()
-            .fetch_all(&mut *transaction)
-            .await
-            .map_err(|error| match &error {
-                sqlx::Error::Database(database) if database.code().as_deref() == Some("57014") => {
-                    Error::SearchTooBroad {
-                        budget: state.search_timeout,
-                    }
-                }
-                _ => Error::DatabaseUnavailable(error),
-            })?;
-        transaction
-            .commit()
-            .await
-            .map_err(Error::DatabaseUnavailable)?;
-        Ok(rows)
     }
 }
 
@@ -501,36 +267,21 @@ pub async fn search(
         query.as_deref(),
         OffsetDateTime::now_utc(),
     )?;
-    let mut sql = QueryBuilder::<Postgres>::new(STORED_LOG_COLUMNS);
-    search.push_filters(&mut sql);
-    let (comparison, direction) = match search.order {
-        Order::NewestFirst => ("<", "desc"),
-        Order::OldestFirst => (">", "asc"),
-    };
-    if let Some((cursor, at)) = search
-        .cursor
-        .and_then(|cursor| Some((cursor, cursor.at()?)))
-    {
-        sql.push(format_args!(" and (created_at, id) {comparison} ("))
-            .push_bind(at)
-            .push(", ")
-            .push_bind(cursor.id)
-            .push(")");
-    }
-    sql.push(format_args!(
-        " order by created_at {direction}, id {direction} limit "
-    ))
-    .push_bind(i64::from(search.limit) + 1);
     let started = Instant::now();
-    let rows: Vec<StoredLog> = Search::fetch(&state, &mut sql).await?;
+    let mut snapshot = Snapshot::begin(&state.db, Some(state.search_timeout)).await?;
+    // One more than asked tells whether there is a next page.
+    let logs = snapshot
+        .page(
+            &search.filter,
+            search.order,
+            search.cursor,
+            search.limit as usize + 1,
+        )
+        .await?;
+    snapshot.end().await?;
     state.metrics.postgres_query("search", started.elapsed());
-    let page = page_of(rows, search.limit)?;
-    Ok(Json(LogPage {
-        total: page.total,
-        source: Source::Database,
-        data: page.data,
-        next: page.next,
-    }))
+    let page = page_of(logs, search.limit)?;
+    Ok(Json(page.served_from(Source::Database)))
 }
 
 /// How many logs of a search fall in each bucket of its time range.
@@ -550,7 +301,7 @@ pub struct Histogram {
 }
 
 /// One bucket of a histogram.
-#[derive(Debug, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Bucket {
     /// Its start.
     #[serde(with = "time::serde::rfc3339")]
@@ -604,14 +355,15 @@ pub async fn histogram(
                 ))
             })?,
     };
-    let mut sql = QueryBuilder::<Postgres>::new(format!(
-        "select date_bin('{seconds} seconds', created_at, timestamptz '2000-01-01') as at, count(*) as count"
-    ));
-    search.push_filters(&mut sql);
-    sql.push(" group by 1 order by 1");
     let started = Instant::now();
-    let buckets: Vec<Bucket> = Search::fetch(&state, &mut sql).await?;
+    let mut snapshot = Snapshot::begin(&state.db, Some(state.search_timeout)).await?;
+    let counts = snapshot.histogram(&search.filter, seconds).await?;
+    snapshot.end().await?;
     state.metrics.postgres_query("histogram", started.elapsed());
+    let buckets: Vec<Bucket> = counts
+        .into_iter()
+        .map(|(at, count)| Bucket { at, count })
+        .collect();
     Ok(Json(Histogram {
         interval: name.to_owned(),
         since: search.since,
@@ -624,6 +376,7 @@ pub async fn histogram(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::read::filter::Comparison;
 
     fn now() -> OffsetDateTime {
         OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
@@ -634,44 +387,13 @@ mod tests {
     }
 
     #[test]
-    fn words_and_phrases_are_terms() {
-        assert_eq!(
-            terms(r#"pressure  "valve 3" high"#).unwrap(),
-            ["pressure", "valve 3", "high"]
-        );
-        assert!(terms(r#""open"#).is_err());
-        assert!(terms(&"w ".repeat(17)).is_err());
-        assert!(terms(&"x".repeat(201)).is_err());
-        assert!(terms("valve\0").is_err());
-    }
-
-    #[test]
-    fn like_patterns_match_literally() {
-        assert_eq!(like_pattern("50%_a\\b"), r"%50\%\_a\\b%");
-    }
-
-    #[test]
-    fn field_filters_compare_as_asked() {
+    fn field_filters_are_read_from_data_parameters() {
         let search = parse("data.firmware=2.4.1&data.motor.rpm=>=1200&data.ok=true").unwrap();
-        assert_eq!(search.fields.len(), 3);
-        assert_eq!(search.fields[1].path, ["motor", "rpm"]);
-        assert_eq!(
-            search.fields[1].comparison,
-            Comparison::Numeric(">=", 1200.0)
-        );
-        let firmware = &search.fields[0];
-        assert_eq!(
-            firmware.containments("2.4.1"),
-            [json!({"firmware": "2.4.1"})]
-        );
-        assert_eq!(
-            FieldFilter::parse("a.b", "42").unwrap().containments("42"),
-            [json!({"a": {"b": "42"}}), json!({"a": {"b": 42}})]
-        );
-        assert_eq!(
-            search.fields[2].containments("true"),
-            [json!({"ok": "true"}), json!({"ok": true})]
-        );
+        let fields = &search.filter.fields;
+        assert_eq!(fields.len(), 3);
+        assert_eq!(fields[1].path, ["motor", "rpm"]);
+        assert_eq!(fields[1].comparison, Comparison::Numeric(">=", 1200.0));
+        assert_eq!(fields[0].comparison, Comparison::Equals("2.4.1".into()));
     }
 
     #[test]

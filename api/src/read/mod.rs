@@ -1,0 +1,10 @@
+//! The read side: what a read asks for ([`filter`]), the pages it returns ([`page`]), the
+//! store read as one, rows and chunks ([`shelf`], [`chunks`]), and the handlers of a
+//! device's, service's or trace's logs ([`logs`]) and of searches ([`search`]).
+
+mod chunks;
+pub mod filter;
+pub mod logs;
+pub mod page;
+pub mod search;
+pub mod shelf;
