@@ -10,7 +10,7 @@ use sqlx::postgres::PgPoolOptions;
 use logpipeline_local::auth::{ApiKey, keys_file};
 use logpipeline_local::postgres::{self, PostgresServer};
 use logpipeline_local::redis::{RedisOptions, RedisServer};
-use logpipeline_local::services::{ApiProcess, Env, WorkerProcess};
+use logpipeline_local::services::{ApiProcess, Env, WorkerProcess, binaries_dir};
 
 /// A running stack. Everything stops when it is dropped.
 pub struct Stack {
@@ -71,13 +71,13 @@ impl StackBuilder {
         self
     }
 
-    /// Sets an environment variable of every worker.
     /// Requires API keys, these (`LOGPIPELINE_AUTH=keys` with a keys file of them).
     pub fn api_keys(mut self, keys: &[&ApiKey]) -> Self {
         self.api_keys = Some(keys_file(keys));
         self
     }
 
+    /// Sets an environment variable of every worker.
     pub fn worker_env(mut self, name: &str, value: impl ToString) -> Self {
         self.worker_env.insert(name.into(), value.to_string());
         self
@@ -123,10 +123,15 @@ impl StackBuilder {
     }
 }
 
+/// The hot window of a stack's workers unless a test sets one: longer than any test, so
+/// that tests which check what is stored by reading `logs` find every row there. The
+/// tests of compaction (`chunks.rs`) set their own.
+const HOT_WINDOW: &str = "24h";
+
 impl Stack {
     /// How to start one.
     pub fn builder() -> StackBuilder {
-        StackBuilder::default()
+        StackBuilder::default().worker_env("LOGPIPELINE_HOT_WINDOW", HOT_WINDOW)
     }
 
     /// Starts (or restarts) the api.
@@ -167,6 +172,23 @@ impl Stack {
     /// The api's base URL.
     pub fn api_url(&self) -> Result<String> {
         Ok(self.api.as_ref().context("the api is not running")?.url())
+    }
+
+    /// Runs `logpipeline-worker admin <args>` against the stack's Redis and PostgreSQL:
+    /// whether it succeeded, and what it printed (stdout and stderr).
+    pub fn worker_admin(&self, args: &[&str]) -> Result<(bool, String)> {
+        let output = std::process::Command::new(binaries_dir()?.join("logpipeline-worker"))
+            .arg("admin")
+            .args(args)
+            .env("REDIS_URL", self.redis.url())
+            .env("DATABASE_URL", &self.database_url)
+            .output()?;
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok((output.status.success(), printed))
     }
 
     /// Redis's URL.

@@ -3,30 +3,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
 
-use std::process::Command;
 use std::time::Duration;
 
 use logpipeline_e2e::devices;
 use logpipeline_e2e::stack::{Stack, wait_for_count, wait_for_schema};
 use logpipeline_e2e::stream::wait_for_dead_letters;
-use logpipeline_local::services::binaries_dir;
 use redis::AsyncCommands;
 use serde_json::Value;
 
 /// Runs `logpipeline-worker admin <args>` against `stack`; (succeeded, printed).
 fn admin(stack: &Stack, args: &[&str]) -> (bool, String) {
-    let output = Command::new(binaries_dir().unwrap().join("logpipeline-worker"))
-        .arg("admin")
-        .args(args)
-        .env("REDIS_URL", stack.redis.url())
-        .output()
-        .unwrap();
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), printed)
+    stack.worker_admin(args).unwrap()
 }
 
 fn admin_json(stack: &Stack, args: &[&str]) -> Value {

@@ -179,7 +179,7 @@ fn open<'a>(
                     levels[index].as_str(),
                     services.as_ref().and_then(|s| s[index].as_deref()),
                     traces.as_ref().and_then(|t| t[index].as_deref()),
-                    time(keys[index].0),
+                    keys[index].0,
                 )
         })
         .collect();

@@ -4,6 +4,7 @@
 //! the rows of `logs`, for the logs of chunks and for the chunks' index.
 
 use logpipeline_core::chunk::{bloom, tokens};
+use logpipeline_core::codec::unix_micros;
 use logpipeline_core::origin::{ServiceName, TraceId};
 use logpipeline_core::record::{DeviceId, LogLevel};
 use serde::Serialize;
@@ -455,22 +456,23 @@ impl Filter {
         }
     }
 
-    /// Whether a log of `device` with this level, service, trace and time passes the
-    /// conditions other than those on its message and `log_data`.
+    /// Whether a log of `device` with this level, service, trace and time (µs since the
+    /// epoch) passes the conditions other than those on its message and `log_data`.
+    /// Times compare in whole microseconds, as PostgreSQL gets the bounds.
     pub fn admits(
         &self,
         device: &str,
         level: &str,
         service: Option<&str>,
         trace: Option<&str>,
-        at: OffsetDateTime,
+        at: i64,
     ) -> bool {
         self.subjects
             .iter()
             .all(|subject| subject.holds(device, service, trace))
             && (self.levels.is_empty() || self.levels.iter().any(|l| l.as_str() == level))
-            && self.since.is_none_or(|since| at >= since)
-            && self.until.is_none_or(|until| at < until)
+            && self.since.is_none_or(|since| at >= unix_micros(since))
+            && self.until.is_none_or(|until| at < unix_micros(until))
     }
 }
 
@@ -561,15 +563,17 @@ mod tests {
             until: Some(at + time::Duration::SECOND),
             ..Filter::of("acme")
         };
-        assert!(filter.admits("d", "ERROR", Some("checkout"), None, at));
-        assert!(!filter.admits("d", "INFO", Some("checkout"), None, at));
-        assert!(!filter.admits("d", "ERROR", None, None, at));
-        assert!(!filter.admits(
-            "d",
-            "ERROR",
-            Some("checkout"),
-            None,
-            at + time::Duration::SECOND
-        ));
+        let micros = unix_micros(at);
+        assert!(filter.admits("d", "ERROR", Some("checkout"), None, micros));
+        assert!(!filter.admits("d", "INFO", Some("checkout"), None, micros));
+        assert!(!filter.admits("d", "ERROR", None, None, micros));
+        assert!(!filter.admits("d", "ERROR", Some("checkout"), None, micros + 1_000_000));
+        // A bound finer than a microsecond counts in whole microseconds, as PostgreSQL
+        // gets it: a log at its microsecond is not before it.
+        let bounded = Filter {
+            until: Some(at + time::Duration::nanoseconds(900)),
+            ..Filter::of("acme")
+        };
+        assert!(!bounded.admits("d", "INFO", None, None, micros));
     }
 }

@@ -199,9 +199,14 @@ impl Snapshot {
                 .subjects
                 .iter()
                 .all(|subject| matches!(subject, Subject::Device(_)));
+        // Bounds count in whole microseconds, as PostgreSQL gets them.
         let within = |chunk: &Candidate| {
-            filter.since.is_none_or(|since| chunk.first_at >= since)
-                && filter.until.is_none_or(|until| chunk.last_at < until)
+            filter
+                .since
+                .is_none_or(|since| unix_micros(chunk.first_at) >= unix_micros(since))
+                && filter
+                    .until
+                    .is_none_or(|until| unix_micros(chunk.last_at) < unix_micros(until))
         };
         let mut after: Option<Candidate> = None;
         let mut pending: Vec<Candidate> = Vec::new();
