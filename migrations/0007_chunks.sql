@@ -34,20 +34,6 @@ create index if not exists log_chunks_device on log_chunks (tenant, device_id, l
 -- The chunks of a time range: fleet-wide searches.
 create index if not exists log_chunks_time on log_chunks (tenant, last_at);
 
--- Whether Bloom filter `bloom` may hold the token whose hashes are `h1` and `h2`: the
--- token's 7 bits, (h1 + i * h2) mod m for i in 0..6, are all set (bit b is bit b % 8 of
--- byte b / 8, as get_bit counts). core/src/chunk/bloom.rs sets them.
-create or replace function logpipeline_bloom_has(bloom bytea, h1 bigint, h2 bigint)
-returns boolean
-language sql immutable strict parallel safe
-return get_bit(bloom, h1 % (length(bloom) * 8::bigint)) = 1
-    and get_bit(bloom, (h1 + h2) % (length(bloom) * 8::bigint)) = 1
-    and get_bit(bloom, (h1 + 2 * h2) % (length(bloom) * 8::bigint)) = 1
-    and get_bit(bloom, (h1 + 3 * h2) % (length(bloom) * 8::bigint)) = 1
-    and get_bit(bloom, (h1 + 4 * h2) % (length(bloom) * 8::bigint)) = 1
-    and get_bit(bloom, (h1 + 5 * h2) % (length(bloom) * 8::bigint)) = 1
-    and get_bit(bloom, (h1 + 6 * h2) % (length(bloom) * 8::bigint)) = 1;
-
 -- A chunk partition beside each partition of `logs` there is already, with its bounds.
 do $$
 declare

@@ -148,6 +148,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub search_timeout_ms: u64,
 
+    /// Megabytes of chunks' Bloom filters this process keeps in memory, so that a search
+    /// tests the chunks it read before without reading their filters again
+    /// (docs/storage.md).
+    #[arg(long, env = "LOGPIPELINE_CHUNK_INDEX_CACHE_MB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(0..=65_536))]
+    pub chunk_index_cache_mb: u64,
+
     /// Most live tail subscribers (`GET /api/logs/tail`) of this process at once; more
     /// are answered 429 `tail_full`. Each costs a connection and the filtering of every
     /// log accepted, whatever it matches.

@@ -56,6 +56,7 @@ pub use crate::ingest::{BatchAccepted, LogAccepted};
 pub use crate::limits::{RateLimit, RateLimits};
 pub use crate::metrics::Metrics;
 pub use crate::queue::{Queue, Replication, Settings as QueueSettings};
+pub use crate::read::shelf::Shelf;
 use crate::server::{ConnectionLimits, Protocol, Server};
 pub use crate::state::{AppState, Shared};
 pub use crate::state::{ConcurrentTestLimits, FrontInfo};
@@ -241,6 +242,7 @@ pub async fn run(config: Config) -> Result<()> {
             config.cache.generation_keys(),
             metrics.clone(),
         ),
+        shelf: Shelf::new(db.clone(), config.chunk_index_cache_mb * 1024 * 1024),
         db,
         metrics: metrics.clone(),
         auth,

@@ -15,6 +15,7 @@ use crate::cache::Cache;
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
+use crate::read::shelf::Shelf;
 
 /// The api's shared state: one allocation, so that the clone every request and
 /// middleware takes is one reference count, whatever the state holds.
@@ -48,6 +49,8 @@ pub struct Shared {
     pub queue: Queue,
     /// The stored logs.
     pub db: PgPool,
+    /// The stored logs, rows and chunks, as reads see them.
+    pub shelf: Shelf,
     /// The query cache.
     pub cache: Cache,
     /// The api's metrics.

@@ -413,22 +413,14 @@ impl Filter {
         }
     }
 
-    /// ` and …` over `log_chunks c`: the chunks that can hold a log this filter picks
-    /// (the tenant's, the device's, of the time range, with a level asked for, and every
-    /// token of the words, fields, service and trace in their Bloom filters).
+    /// ` and …` over `log_chunks c`: the chunks that can hold a log this filter picks by
+    /// their headers (the tenant's, the device's, of the time range, with a level asked
+    /// for). Their Bloom filters are tested apart ([`Filter::chunk_tokens`]).
     pub fn push_chunk_conditions(&self, sql: &mut QueryBuilder<Postgres>) {
         sql.push(" and c.tenant = ").push_bind(self.tenant.clone());
         for subject in &self.subjects {
-            match subject {
-                Subject::Device(device) => {
-                    sql.push(" and c.device_id = ").push_bind(device.clone());
-                }
-                Subject::Service(service) => {
-                    push_bloom(sql, "fields", &[tokens::service_token(service)]);
-                }
-                Subject::Trace(trace) => {
-                    push_bloom(sql, "fields", &[tokens::trace_token(trace)]);
-                }
+            if let Subject::Device(device) = subject {
+                sql.push(" and c.device_id = ").push_bind(device.clone());
             }
         }
         if let Some(since) = self.since {
@@ -448,11 +440,34 @@ impl Filter {
             }
             sql.push(") > 0");
         }
-        for gram in tokens::search_grams(&self.terms) {
-            push_bloom(sql, "grams", &[gram]);
-        }
-        for field in &self.fields {
-            push_bloom(sql, "fields", &field.tokens());
+    }
+
+    /// The tokens a chunk's Bloom filters hold if it holds a log this filter picks: the
+    /// trigrams of the words, and one token of each field, service and trace.
+    pub fn chunk_tokens(&self) -> ChunkTokens {
+        let mut fields: Vec<Vec<(i64, i64)>> = self
+            .subjects
+            .iter()
+            .filter_map(|subject| match subject {
+                Subject::Device(_) => None,
+                Subject::Service(service) => Some(tokens::service_token(service)),
+                Subject::Trace(trace) => Some(tokens::trace_token(trace)),
+            })
+            .map(|token| vec![bloom::hashes(&token)])
+            .collect();
+        fields.extend(self.fields.iter().map(|field| {
+            field
+                .tokens()
+                .iter()
+                .map(|token| bloom::hashes(token))
+                .collect()
+        }));
+        ChunkTokens {
+            grams: tokens::search_grams(&self.terms)
+                .iter()
+                .map(|gram| bloom::hashes(gram))
+                .collect(),
+            fields,
         }
     }
 
@@ -476,24 +491,20 @@ impl Filter {
     }
 }
 
-/// ` and (…)`: Bloom filter `column` of chunk `c` may hold one of `tokens`.
-fn push_bloom(sql: &mut QueryBuilder<Postgres>, column: &str, tokens: &[Vec<u8>]) {
-    if tokens.is_empty() {
-        return;
+/// What a chunk's Bloom filters must hold to hold a log a filter picks.
+#[derive(Debug, Default)]
+pub struct ChunkTokens {
+    /// Every one of these trigrams (their hashes), in `grams`.
+    pub grams: Vec<(i64, i64)>,
+    /// For each group, one of its tokens, in `fields`.
+    pub fields: Vec<Vec<(i64, i64)>>,
+}
+
+impl ChunkTokens {
+    /// Whether it asks nothing of the filters.
+    pub fn is_empty(&self) -> bool {
+        self.grams.is_empty() && self.fields.is_empty()
     }
-    sql.push(" and (");
-    for (index, token) in tokens.iter().enumerate() {
-        if index > 0 {
-            sql.push(" or ");
-        }
-        let (h1, h2) = bloom::hashes(token);
-        sql.push(format_args!("logpipeline_bloom_has(c.{column}, "))
-            .push_bind(h1)
-            .push(", ")
-            .push_bind(h2)
-            .push(")");
-    }
-    sql.push(")");
 }
 
 #[cfg(test)]

@@ -17,7 +17,6 @@ use utoipa::IntoParams;
 
 use super::filter::{Filter, Subject, parse_levels, parse_limit, parse_time};
 use super::page::{CachedPage, Cursor, LogPage, Order, Source, page_of, parse_cursor};
-use super::shelf::Snapshot;
 use crate::auth::Principal;
 use crate::error::{Error, ErrorBody, Result};
 use crate::extract::PathParam;
@@ -270,7 +269,7 @@ async fn fetch(state: &AppState, query: &LogQuery) -> Result<CachedPage> {
         ..Filter::of(&query.tenant)
     };
     let started = Instant::now();
-    let mut snapshot = Snapshot::begin(&state.db, None).await?;
+    let mut snapshot = state.shelf.snapshot(None).await?;
     // One more than asked tells whether there is a next page.
     let logs = snapshot
         .page(

@@ -39,7 +39,6 @@ use super::filter::{
     FieldFilter, Filter, MAX_TERMS, Subject, parse_levels, parse_limit, parse_time, terms,
 };
 use super::page::{Cursor, LogPage, Order, Source, page_of, parse_cursor};
-use super::shelf::Snapshot;
 use crate::auth::Principal;
 use crate::error::{Error, ErrorBody, Result};
 use crate::state::AppState;
@@ -268,7 +267,7 @@ pub async fn search(
         OffsetDateTime::now_utc(),
     )?;
     let started = Instant::now();
-    let mut snapshot = Snapshot::begin(&state.db, Some(state.search_timeout)).await?;
+    let mut snapshot = state.shelf.snapshot(Some(state.search_timeout)).await?;
     // One more than asked tells whether there is a next page.
     let logs = snapshot
         .page(
@@ -356,7 +355,7 @@ pub async fn histogram(
             })?,
     };
     let started = Instant::now();
-    let mut snapshot = Snapshot::begin(&state.db, Some(state.search_timeout)).await?;
+    let mut snapshot = state.shelf.snapshot(Some(state.search_timeout)).await?;
     let counts = snapshot.histogram(&search.filter, seconds).await?;
     snapshot.end().await?;
     state.metrics.postgres_query("histogram", started.elapsed());

@@ -1,19 +1,24 @@
 //! Reading the store as one: the rows of `logs` and the logs of chunks, in one snapshot,
 //! so a compaction that commits meanwhile never shows a log twice or hides it.
 //!
-//! A page reads the rows it wants with one statement, then opens chunks, best first, a
-//! few more at a time, until it has its logs and the next chunk cannot hold a better one.
+//! A page reads the rows it wants with one statement. It then opens the chunks that can
+//! hold a better log than the worst it keeps, best first, and looks at their logs best
+//! first, a batch at a time (PostgreSQL decides each batch's content conditions), until
+//! no log left, opened or not, can beat the worst it keeps. Only the logs that end on the
+//! page are decoded whole.
+//!
 //! A histogram counts rows with one statement, counts each chunk that lies in one bucket
 //! from its level counts, and opens the others.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::time::Duration;
 
 use logpipeline_core::codec::unix_micros;
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Transaction};
 use time::OffsetDateTime;
 
-use super::chunks::{self, Candidate, ReadError};
+use super::chunks::{self, BloomCache, Candidate, Opened, ReadError, Score, score};
 use super::filter::{Filter, Subject};
 use super::page::{Cursor, Order, StoredLog};
 use crate::error::Error;
@@ -22,24 +27,35 @@ use crate::error::Error;
 const STORED_LOG_COLUMNS: &str = "select id, message_id, device_id, service_name, \
      trace_id, span_id, log_level, message, log_data::text as log_data, created_at";
 /// Candidates fetched per statement.
-const CANDIDATES_PER_QUERY: i64 = 256;
+const CANDIDATES_PER_QUERY: i64 = 512;
 /// Most chunks opened together.
-const MOST_OPENED: usize = 32;
+const MOST_OPENED: usize = 64;
+/// Logs whose content is checked in the first batch, and the most in one.
+const FIRST_BATCH: usize = 256;
+const MOST_BATCH: usize = 8192;
 /// Where `date_bin` counts buckets from: 2000-01-01T00:00:00Z.
 const BIN_ORIGIN_SECS: i64 = 946_684_800;
 
-/// A read's snapshot of the store: one `REPEATABLE READ` transaction, and the time
-/// budget of each statement.
-pub struct Snapshot {
-    transaction: Transaction<'static, Postgres>,
-    budget: Option<Duration>,
+/// The store's read side: the database, and the Bloom filters of the chunks read lately.
+#[derive(Clone)]
+pub struct Shelf {
+    db: PgPool,
+    blooms: BloomCache,
 }
 
-impl Snapshot {
-    /// A snapshot of `db`; with `budget`, each statement past it is stopped (and the read
-    /// answered `search_too_broad`).
-    pub async fn begin(db: &PgPool, budget: Option<Duration>) -> Result<Self, Error> {
-        let mut transaction = db.begin().await.map_err(Error::DatabaseUnavailable)?;
+impl Shelf {
+    /// Reads `db`, keeping about `bloom_cache_bytes` of chunks' Bloom filters in memory.
+    pub fn new(db: PgPool, bloom_cache_bytes: u64) -> Self {
+        Self {
+            db,
+            blooms: chunks::bloom_cache(bloom_cache_bytes),
+        }
+    }
+
+    /// A snapshot of the store; with `budget`, each statement past it is stopped (and the
+    /// read answered `search_too_broad`).
+    pub async fn snapshot(&self, budget: Option<Duration>) -> Result<Snapshot, Error> {
+        let mut transaction = self.db.begin().await.map_err(Error::DatabaseUnavailable)?;
         sqlx::query("set transaction isolation level repeatable read, read only")
             .execute(&mut *transaction)
             .await
@@ -51,22 +67,35 @@ impl Snapshot {
                 .await
                 .map_err(Error::DatabaseUnavailable)?;
         }
-        Ok(Self {
+        Ok(Snapshot {
             transaction,
+            blooms: self.blooms.clone(),
             budget,
         })
     }
+}
 
+/// A read's snapshot of the store: one `REPEATABLE READ` transaction, and the time
+/// budget of each statement.
+pub struct Snapshot {
+    transaction: Transaction<'static, Postgres>,
+    blooms: BloomCache,
+    budget: Option<Duration>,
+}
+
+/// A log on its way to a page: a row, or a log of an opened chunk.
+enum Hit {
+    Row(StoredLog),
+    Chunk(usize, usize),
+}
+
+impl Snapshot {
     /// Ends the snapshot.
     pub async fn end(self) -> Result<(), Error> {
         self.transaction
             .commit()
             .await
             .map_err(Error::DatabaseUnavailable)
-    }
-
-    fn connection(&mut self) -> &mut PgConnection {
-        &mut self.transaction
     }
 
     /// `error` of a statement, as the answer says it.
@@ -106,54 +135,121 @@ impl Snapshot {
         cursor: Option<Cursor>,
         limit: usize,
     ) -> Result<Vec<StoredLog>, ReadError> {
-        let connection = self.connection();
-        let mut logs = rows_page(connection, filter, order, cursor, limit).await?;
+        let connection: &mut PgConnection = &mut self.transaction;
+        let mut hits: Vec<(Score, Hit)> = rows_page(connection, filter, order, cursor, limit)
+            .await?
+            .into_iter()
+            .map(|log| (score(order, log.key()), Hit::Row(log)))
+            .collect();
         let after_cursor = move |key: (i64, i64)| {
-            cursor.is_none_or(|cursor| {
-                let at = (cursor.micros, cursor.id);
-                match order {
-                    Order::NewestFirst => key < at,
-                    Order::OldestFirst => key > at,
-                }
-            })
+            cursor.is_none_or(|cursor| score(order, key) < score(order, (cursor.micros, cursor.id)))
         };
+        let mut waiting: VecDeque<Candidate> = VecDeque::new();
         let mut after: Option<Candidate> = None;
-        let mut opened_together = 1;
-        'candidates: loop {
-            let batch = chunks::candidates(
-                connection,
-                filter,
-                order,
-                cursor,
-                after.as_ref(),
-                CANDIDATES_PER_QUERY,
-            )
-            .await?;
-            let mut next = 0;
-            while next < batch.len() {
-                let mut group: Vec<&Candidate> = Vec::new();
-                while next < batch.len() && group.len() < opened_together {
-                    if logs.len() >= limit && !beats(batch[next].best(order), &logs, order) {
-                        break;
-                    }
-                    group.push(&batch[next]);
-                    next += 1;
-                }
-                if group.is_empty() {
-                    // Full, and no chunk left can hold a log that belongs on the page.
-                    break 'candidates;
-                }
-                logs.extend(chunks::logs(connection, &group, filter, after_cursor).await?);
-                sort(&mut logs, order);
-                logs.truncate(limit);
-                opened_together = (opened_together * 2).min(MOST_OPENED);
+        let mut more_candidates = true;
+        let mut opened: Vec<Opened> = Vec::new();
+        // The next unchecked picked log of each opened chunk, best first.
+        let mut frontier: BinaryHeap<(Score, usize, usize)> = BinaryHeap::new();
+        let mut batch_size = FIRST_BATCH.max(limit * 2);
+        loop {
+            // The worst log a full page keeps: nothing at or below it matters.
+            let bar: Option<Score> = (hits.len() >= limit).then(|| hits[limit - 1].0);
+            if waiting.is_empty() && more_candidates {
+                let page = chunks::candidates(
+                    connection,
+                    &self.blooms,
+                    filter,
+                    order,
+                    cursor,
+                    after.as_ref(),
+                    CANDIDATES_PER_QUERY,
+                )
+                .await?;
+                more_candidates = page.after.is_some();
+                after = page.after;
+                waiting.extend(page.kept);
+                continue;
             }
-            if (batch.len() as i64) < CANDIDATES_PER_QUERY {
+            let next_best = waiting.front().map(|next| next.best(order));
+            if let (Some(bar), Some(best)) = (bar, next_best)
+                && best <= bar
+            {
+                // Candidates come best first: none left can make the page.
+                waiting.clear();
+                more_candidates = false;
+                continue;
+            }
+            // A chunk not opened yet may hold a better log than every unchecked one: open
+            // it, with the others that may too.
+            let unchecked = frontier.peek().map(|(score, ..)| *score);
+            if let Some(best) = next_best
+                && unchecked.is_none_or(|unchecked| best >= unchecked)
+            {
+                let mut group = Vec::new();
+                while let Some(next) = waiting.front()
+                    && group.len() < MOST_OPENED
+                    && unchecked.is_none_or(|unchecked| next.best(order) >= unchecked)
+                    && bar.is_none_or(|bar| next.best(order) > bar)
+                {
+                    group.extend(waiting.pop_front());
+                }
+                let first = opened.len();
+                opened.extend(chunks::open(connection, group, filter, after_cursor).await?);
+                for (index, chunk) in opened.iter_mut().enumerate().skip(first) {
+                    if order == Order::NewestFirst {
+                        chunk.picked.reverse();
+                    }
+                    if let Some(&log) = chunk.picked.first() {
+                        frontier.push((score(order, chunk.keys[log]), index, 0));
+                    }
+                }
+                continue;
+            }
+            // Check the best unchecked logs, a batch at a time: each is better than any
+            // log of a chunk not opened yet.
+            let mut batch: Vec<(usize, usize)> = Vec::new();
+            while batch.len() < batch_size
+                && let Some(&(best, chunk, position)) = frontier.peek()
+                && bar.is_none_or(|bar| best > bar)
+                && next_best.is_none_or(|next| best >= next)
+            {
+                frontier.pop();
+                batch.push((chunk, opened[chunk].picked[position]));
+                if let Some(&next) = opened[chunk].picked.get(position + 1) {
+                    frontier.push((score(order, opened[chunk].keys[next]), chunk, position + 1));
+                }
+            }
+            if batch.is_empty() {
                 break;
             }
-            after = batch.last().cloned();
+            let pass = chunks::decide_content(connection, filter, &mut opened, &batch).await?;
+            for ((chunk, log), passed) in batch.into_iter().zip(pass) {
+                if passed {
+                    hits.push((
+                        score(order, opened[chunk].keys[log]),
+                        Hit::Chunk(chunk, log),
+                    ));
+                }
+            }
+            hits.sort_unstable_by_key(|(score, _)| Reverse(*score));
+            hits.truncate(limit);
+            batch_size = (batch_size * 2).min(MOST_BATCH);
         }
-        Ok(logs)
+        let wanted: Vec<(usize, usize)> = hits
+            .iter()
+            .filter_map(|(_, hit)| match hit {
+                Hit::Chunk(chunk, log) => Some((*chunk, *log)),
+                Hit::Row(_) => None,
+            })
+            .collect();
+        let mut from_chunks = chunks::logs(&mut opened, &wanted)?.into_iter();
+        Ok(hits
+            .into_iter()
+            .filter_map(|(_, hit)| match hit {
+                Hit::Row(log) => Some(log),
+                Hit::Chunk(..) => from_chunks.next(),
+            })
+            .collect())
     }
 
     /// How many logs `filter` picks per bucket of `stride_secs` seconds, by the start of
@@ -174,7 +270,7 @@ impl Snapshot {
         filter: &Filter,
         stride_secs: i64,
     ) -> Result<Vec<(OffsetDateTime, i64)>, ReadError> {
-        let connection = self.connection();
+        let connection: &mut PgConnection = &mut self.transaction;
         let stride = stride_secs * 1_000_000;
         let bin = |micros: i64| {
             let origin = BIN_ORIGIN_SECS * 1_000_000;
@@ -211,8 +307,9 @@ impl Snapshot {
         let mut after: Option<Candidate> = None;
         let mut pending: Vec<Candidate> = Vec::new();
         loop {
-            let batch = chunks::candidates(
+            let page = chunks::candidates(
                 connection,
+                &self.blooms,
                 filter,
                 Order::OldestFirst,
                 None,
@@ -220,27 +317,35 @@ impl Snapshot {
                 CANDIDATES_PER_QUERY,
             )
             .await?;
-            for chunk in &batch {
+            for chunk in page.kept {
                 let first = bin(unix_micros(chunk.first_at));
-                if counted_whole && within(chunk) && first == bin(unix_micros(chunk.last_at)) {
-                    *buckets.entry(first).or_default() += level_count(chunk, filter);
+                if counted_whole && within(&chunk) && first == bin(unix_micros(chunk.last_at)) {
+                    *buckets.entry(first).or_default() += level_count(&chunk, filter);
                 } else {
-                    pending.push(chunk.clone());
+                    pending.push(chunk);
                 }
             }
-            let last_batch = (batch.len() as i64) < CANDIDATES_PER_QUERY;
-            while pending.len() >= MOST_OPENED || (last_batch && !pending.is_empty()) {
+            let last_page = page.after.is_none();
+            while pending.len() >= MOST_OPENED || (last_page && !pending.is_empty()) {
                 let group: Vec<Candidate> =
                     pending.drain(..pending.len().min(MOST_OPENED)).collect();
-                let refs: Vec<&Candidate> = group.iter().collect();
-                for micros in chunks::times(connection, &refs, filter).await? {
-                    *buckets.entry(bin(micros)).or_default() += 1;
+                let mut opened = chunks::open(connection, group, filter, |_| true).await?;
+                let logs: Vec<(usize, usize)> = opened
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(chunk, opened)| opened.picked.iter().map(move |&log| (chunk, log)))
+                    .collect();
+                let pass = chunks::decide_content(connection, filter, &mut opened, &logs).await?;
+                for ((chunk, log), passed) in logs.into_iter().zip(pass) {
+                    if passed {
+                        *buckets.entry(bin(opened[chunk].keys[log].0)).or_default() += 1;
+                    }
                 }
             }
-            if last_batch {
+            if last_page {
                 break;
             }
-            after = batch.last().cloned();
+            after = page.after;
         }
         Ok(buckets
             .into_iter()
@@ -284,21 +389,6 @@ async fn rows_page(
     ))
     .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
     sql.build_query_as().fetch_all(connection).await
-}
-
-/// Whether a log at `key` would come before the last of `logs` in `order`.
-fn beats(key: (i64, i64), logs: &[StoredLog], order: Order) -> bool {
-    logs.last().is_none_or(|last| match order {
-        Order::NewestFirst => key > last.key(),
-        Order::OldestFirst => key < last.key(),
-    })
-}
-
-fn sort(logs: &mut [StoredLog], order: Order) {
-    match order {
-        Order::NewestFirst => logs.sort_unstable_by_key(|log| std::cmp::Reverse(log.key())),
-        Order::OldestFirst => logs.sort_unstable_by_key(StoredLog::key),
-    }
 }
 
 /// Logs of `chunk` at the levels `filter` asks for (all of them when it asks for none).

@@ -12,7 +12,7 @@ use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use logpipeline_api::{
     AppState, Auth, BodyLimits, Cache, FrontInfo, Metrics, Queue, QueueSettings, RateLimits,
-    Shared, Tail, app,
+    Shared, Shelf, Tail, app,
 };
 use logpipeline_core::codec;
 use logpipeline_core::config::RedisArgs;
@@ -116,6 +116,7 @@ impl TestApi {
                 GenerationKeys::new("cache"),
                 metrics.clone(),
             ),
+            shelf: Shelf::new(db.clone(), 1024 * 1024),
             db: db.clone(),
             metrics,
             auth: options.auth,

@@ -127,21 +127,34 @@ impl<'a> Block<'a> {
 
     /// `message_id` of each log, given their `ids`.
     pub fn message_ids(&self, ids: &[i64]) -> Result<Vec<Option<String>>, ChunkError> {
+        let column = self.message_id_column()?;
+        (0..self.rows)
+            .map(|index| column.get(index, ids.get(index).copied().unwrap_or_default()))
+            .collect()
+    }
+
+    /// The `message_id` column, decompressed once; each log's id is made from it and the
+    /// log's `id` on demand.
+    pub fn message_id_column(&self) -> Result<MessageIds, ChunkError> {
         let bytes = self.column(Column::MessageId)?;
         let mut reader = Reader::new(&bytes);
-        let kinds = reader.take(self.rows)?.to_vec();
-        let mut values = Vec::with_capacity(self.rows);
-        for (kind, &id) in kinds.into_iter().zip(ids) {
-            values.push(match kind {
-                ID_ENTRY => Some(entry_id(id)),
-                ID_ENTRY_INDEX => Some(format!("{}.{}", entry_id(id), id & 0x3ff)),
-                ID_NULL => None,
-                ID_LITERAL => Some(reader.text()?.to_owned()),
+        reader.take(self.rows)?;
+        let mut literals = Vec::new();
+        for &kind in &bytes[..self.rows] {
+            literals.push(match kind {
+                ID_ENTRY | ID_ENTRY_INDEX | ID_NULL => None,
+                ID_LITERAL => {
+                    let length = usize::try_from(reader.varint()?)
+                        .map_err(|_| ChunkError::Corrupt("a text too long"))?;
+                    let start = bytes.len() - reader.rest().len();
+                    utf8(reader.take(length)?)?;
+                    Some((start, start + length))
+                }
                 _ => return Err(ChunkError::Corrupt("an unknown message_id kind")),
             });
         }
         reader.finish()?;
-        Ok(values)
+        Ok(MessageIds { bytes, literals })
     }
 
     /// `log_level` of each log.
@@ -161,8 +174,9 @@ impl<'a> Block<'a> {
         Ok(values)
     }
 
-    /// Text column `column` (message, log_data, service, trace or span) of each log.
-    pub fn texts(&self, column: Column) -> Result<Vec<Option<String>>, ChunkError> {
+    /// Text column `column` (message, log_data, service, trace or span), decompressed
+    /// once; each log's value is read from it without a copy.
+    pub fn texts(&self, column: Column) -> Result<Texts, ChunkError> {
         if !matches!(
             column,
             Column::Message
@@ -179,19 +193,23 @@ impl<'a> Block<'a> {
         for _ in 0..self.rows {
             lengths.push(reader.varint()?);
         }
-        let mut values = Vec::with_capacity(self.rows);
+        let mut start = bytes.len() - reader.rest().len();
+        let mut spans = Vec::with_capacity(self.rows);
         for length in lengths {
-            values.push(match length {
+            spans.push(match length {
                 0 => None,
                 length => {
                     let length = usize::try_from(length - 1)
                         .map_err(|_| ChunkError::Corrupt("a text too long"))?;
-                    Some(utf8(reader.take(length)?)?.to_owned())
+                    reader.take(length)?;
+                    let span = (start, start + length);
+                    start += length;
+                    Some(span)
                 }
             });
         }
         reader.finish()?;
-        Ok(values)
+        Ok(Texts { bytes, spans })
     }
 
     /// Every column of every log.
@@ -211,6 +229,9 @@ impl<'a> Block<'a> {
         let [messages, log_data, services, traces, spans] = columns;
         let (messages, log_data, services, traces, spans) =
             (messages?, log_data?, services?, traces?, spans?);
+        let owned = |texts: &Texts, index: usize| -> Result<Option<String>, ChunkError> {
+            Ok(texts.get(index)?.map(str::to_owned))
+        };
         let mut rows = Vec::with_capacity(self.rows);
         for (index, ((at, id), (message_id, level))) in created_at
             .into_iter()
@@ -222,15 +243,58 @@ impl<'a> Block<'a> {
                 id,
                 message_id,
                 log_level: level.into_string(),
-                message: messages[index].clone(),
-                log_data: log_data[index].clone(),
+                message: owned(&messages, index)?,
+                log_data: owned(&log_data, index)?,
                 created_at: at,
-                service_name: services[index].clone(),
-                trace_id: traces[index].clone(),
-                span_id: spans[index].clone(),
+                service_name: owned(&services, index)?,
+                trace_id: owned(&traces, index)?,
+                span_id: owned(&spans, index)?,
             });
         }
         Ok(rows)
+    }
+}
+
+/// The `message_id` column of a block, decompressed.
+#[derive(Debug, Clone, Default)]
+pub struct MessageIds {
+    /// Each log's kind, then the literals.
+    bytes: Vec<u8>,
+    /// Where each log's literal is in `bytes`, for those that have one.
+    literals: Vec<Option<(usize, usize)>>,
+}
+
+impl MessageIds {
+    /// The `message_id` of log `index`, whose `id` is `id`.
+    pub fn get(&self, index: usize, id: i64) -> Result<Option<String>, ChunkError> {
+        match self.bytes.get(index) {
+            Some(&ID_ENTRY) => Ok(Some(entry_id(id))),
+            Some(&ID_ENTRY_INDEX) => Ok(Some(format!("{}.{}", entry_id(id), id & 0x3ff))),
+            Some(&ID_NULL) => Ok(None),
+            Some(&ID_LITERAL) => match self.literals.get(index).copied().flatten() {
+                Some((start, end)) => Ok(Some(utf8(&self.bytes[start..end])?.to_owned())),
+                None => Err(ChunkError::Corrupt("a literal message_id that is missing")),
+            },
+            _ => Err(ChunkError::Corrupt("no such log")),
+        }
+    }
+}
+
+/// A text column of a block, decompressed: each log's value, read without a copy.
+#[derive(Debug, Clone, Default)]
+pub struct Texts {
+    bytes: Vec<u8>,
+    /// Where each log's value is in `bytes`; None for a null.
+    spans: Vec<Option<(usize, usize)>>,
+}
+
+impl Texts {
+    /// Log `index`'s value: None for a null (or past the last log).
+    pub fn get(&self, index: usize) -> Result<Option<&str>, ChunkError> {
+        match self.spans.get(index).copied().flatten() {
+            Some((start, end)) => utf8(&self.bytes[start..end]).map(Some),
+            None => Ok(None),
+        }
     }
 }
 

@@ -1,7 +1,6 @@
 //! A chunk's Bloom filters (docs/storage.md, "Bloom filters"): `m` bits, 10 per distinct
 //! token rounded up to a multiple of 64, and `k` = 7 bits per token from two halves of
-//! the token's XXH3 hash. PostgreSQL tests them with `logpipeline_bloom_has(filter, h1,
-//! h2)` (migration `0007_chunks.sql`), which must compute the same bits.
+//! the token's XXH3 hash. The workers build them; the api tests them.
 
 use std::collections::HashSet;
 
@@ -43,8 +42,17 @@ pub fn build<'a>(tokens: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
 
 /// Whether `filter` may hold `token`: false means it does not.
 pub fn may_contain(filter: &[u8], token: &[u8]) -> bool {
+    may_hold(filter, hashes(token))
+}
+
+/// Whether `filter` may hold the token of `hashes` ([`hashes`]): false means it does not.
+pub fn may_hold(filter: &[u8], (h1, h2): (i64, i64)) -> bool {
     let bits = filter.len() as u64 * 8;
-    bits > 0 && positions(token, bits).all(|bit| filter[(bit / 8) as usize] & (1 << (bit % 8)) != 0)
+    bits > 0
+        && (0..HASHES).all(|i| {
+            let bit = (h1 as u64 + i * h2 as u64) % bits;
+            filter[(bit / 8) as usize] & (1 << (bit % 8)) != 0
+        })
 }
 
 #[cfg(test)]

@@ -29,6 +29,8 @@ pub use run::{Source, admin, locked, run};
 const UNIT_ROWS: i64 = 100_000;
 /// Chunks of the same size tier merged at once.
 const MERGE_FAN_IN: usize = 4;
+/// Looks, 100 ms apart, for a vacuum of a table to truncate to end.
+const VACUUM_WAITS: usize = 300;
 /// How long after the hot window a period's small chunks are all merged, whatever their
 /// tiers: late logs are rare by then.
 const CLOSE_AFTER: Duration = Duration::from_secs(3600);
@@ -462,6 +464,20 @@ async fn truncate_if_empty(
         .await?;
     if pages == 0 {
         return Ok(false);
+    }
+    // A vacuum of the table (autovacuum cleaning the rows compaction deleted) would hold
+    // off the lock for longer than a moment: let it finish first.
+    for _ in 0..VACUUM_WAITS {
+        let vacuumed: bool = sqlx::query_scalar(
+            "select exists (select 1 from pg_stat_progress_vacuum where relid = to_regclass($1))",
+        )
+        .bind(name)
+        .fetch_one(&mut *connection)
+        .await?;
+        if !vacuumed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
     sqlx::query("set local lock_timeout = '200ms'")
