@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use logpipeline::bench::query::QueryBenchArgs;
+use logpipeline::bench::shelf::ShelfBenchArgs;
 use logpipeline::bench::store::StoreBenchArgs;
 use logpipeline::bench::{self, BenchOptions};
 use logpipeline::cluster::{self, ClusterArgs};
@@ -52,6 +53,9 @@ enum Bench {
     /// The worker's store path alone against a durable PostgreSQL: logs/s, CPU per log
     /// of PostgreSQL and of the worker's code, WAL and disk bytes per log.
     Store(StoreBenchArgs),
+    /// The shelf: bytes per stored log and fleet-wide searches, as rows, as chunks and in
+    /// VictoriaLogs, side by side on the same seed-shaped logs; compaction's CPU per log.
+    Shelf(ShelfBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -102,6 +106,9 @@ fn run(command: Command) -> Result<bool> {
             .map(|()| true),
         Command::Bench(Bench::Store(args)) => runtime(None)?
             .block_on(bench::store::run(args))
+            .map(|()| true),
+        Command::Bench(Bench::Shelf(args)) => runtime(None)?
+            .block_on(bench::shelf::run(args))
             .map(|()| true),
         Command::Cluster(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -8,6 +8,7 @@
 
 mod probe;
 pub mod query;
+pub mod shelf;
 mod stack;
 pub mod store;
 mod table;

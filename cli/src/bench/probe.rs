@@ -187,6 +187,15 @@ async fn cpu_by_part(stack: &mut BenchStack) -> Result<Vec<(&'static str, f64)>>
     Ok(used)
 }
 
+/// CPU seconds of the PostgreSQL server: the postmaster and every child.
+pub(crate) fn postgres_cpu(postmaster: u32) -> Result<f64> {
+    Ok(cpu_secs(postmaster)?
+        + children_of(postmaster)?
+            .into_iter()
+            .map(|child| cpu_secs(child).unwrap_or(0.0))
+            .sum::<f64>())
+}
+
 /// The user and system CPU seconds of process `pid`.
 pub(crate) fn cpu_secs(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))

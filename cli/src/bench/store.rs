@@ -19,7 +19,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use time::OffsetDateTime;
 
-use super::probe::{children_of, cpu_secs, postmaster_pid};
+use super::probe::{cpu_secs, postgres_cpu, postmaster_pid};
 
 /// What to store, how, and for how long.
 #[derive(Debug, Clone, clap::Args)]
@@ -156,15 +156,6 @@ pub async fn run(args: StoreBenchArgs) -> Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
-}
-
-/// CPU seconds of the PostgreSQL server: the postmaster and every child.
-fn postgres_cpu(postmaster: u32) -> Result<f64> {
-    Ok(cpu_secs(postmaster)?
-        + children_of(postmaster)?
-            .into_iter()
-            .map(|child| cpu_secs(child).unwrap_or(0.0))
-            .sum::<f64>())
 }
 
 async fn wal_lsn(pool: &PgPool) -> Result<f64> {
