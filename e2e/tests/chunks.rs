@@ -396,61 +396,85 @@ async fn every_read_answers_the_same_from_rows_from_chunks_and_from_both() {
     }
 }
 
+/// Starts `logpipeline-worker admin compact --older-than 0s` against `stack`.
+fn start_compaction(stack: &Stack) -> std::process::Child {
+    std::process::Command::new(binaries_dir().unwrap().join("logpipeline-worker"))
+        .args(["admin", "compact", "--older-than", "0s"])
+        .env("REDIS_URL", stack.redis_url())
+        .env("DATABASE_URL", stack.database_url())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until `condition` (SQL, one boolean) holds, then SIGKILLs `compactor`.
+async fn kill_when(pool: &PgPool, mut compactor: std::process::Child, condition: &'static str) {
+    eventually(condition, Duration::from_secs(300), || {
+        let pool = pool.clone();
+        async move {
+            Ok(sqlx::query_scalar::<_, bool>(condition)
+                .fetch_one(&pool)
+                .await?)
+        }
+    })
+    .await
+    .unwrap();
+    kill(Pid::from_raw(compactor.id() as i32), Signal::SIGKILL).unwrap();
+    compactor.wait().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compaction_killed_midway_leaves_every_log_stored_once() {
-    let stack = Stack::builder().workers(1).start().unwrap();
+    // No worker: the test's own compactions are the only ones.
+    let stack = Stack::builder().api().start().unwrap();
     let pool = stack.pool().await.unwrap();
     wait_for_schema(&pool).await.unwrap();
     let now = OffsetDateTime::now_utc();
     logpipeline_core::storage::ensure_partitions(
         &pool,
-        &[now],
+        &[now - time::Duration::DAY, now],
         logpipeline_core::storage::PartitionSettings::default(),
     )
     .await
     .unwrap();
-    // 400,000 rows of 200 devices in the hour before now: several transactions' worth.
+    // 200,000 rows of 200 devices in yesterday's period, which has ended (it moves whole,
+    // in one transaction), and 200,000 in today's before now (they move a unit at a time).
     sqlx::query(
         "insert into logs (id, message_id, device_id, log_level, message, log_data, created_at) \
          select g, null, 'device-' || (g % 200), 'INFO', 'reading ' || g, \
-                jsonb_build_object('seq', g), now() - interval '1 hour' + g * interval '5 ms' \
+                jsonb_build_object('seq', g), \
+                case when g <= 200000 \
+                     then date_trunc('day', now()) - interval '1 day' + g * interval '100 ms' \
+                     else date_trunc('day', now()) \
+                          + (g - 200000) * ((now() - date_trunc('day', now())) / 200001) end \
          from generate_series(1, 400000) g",
     )
     .execute(&pool)
     .await
     .unwrap();
-    let mut compactor =
-        std::process::Command::new(binaries_dir().unwrap().join("logpipeline-worker"))
-            .args(["admin", "compact", "--older-than", "0s"])
-            .env("REDIS_URL", stack.redis_url())
-            .env("DATABASE_URL", stack.database_url())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-    // Killed while a transaction that moves rows is open, after others have committed.
-    eventually(
-        "the compactor moves rows, with chunks committed before",
-        Duration::from_secs(120),
-        || {
-            let pool = pool.clone();
-            async move {
-                let chunks: i64 = sqlx::query_scalar("select count(*) from log_chunks")
-                    .fetch_one(&pool)
-                    .await?;
-                let moving: bool = sqlx::query_scalar(
-                    "select exists (select 1 from pg_stat_activity \
-                     where query like 'delete from logs_p%' and state <> 'idle')",
-                )
-                .fetch_one(&pool)
-                .await?;
-                Ok(chunks > 0 && moving)
-            }
-        },
+    // Killed while it moves yesterday's period whole, before anything is committed.
+    kill_when(
+        &pool,
+        start_compaction(&stack),
+        "select (select count(*) from log_chunks) = 0 and exists (select 1 from pg_stat_activity \
+         where xact_start is not null and query like 'insert into log_chunks%')",
     )
-    .await
-    .unwrap();
-    kill(Pid::from_raw(compactor.id() as i32), Signal::SIGKILL).unwrap();
-    compactor.wait().unwrap();
+    .await;
+    let (logs, in_chunks) = every_log(&pool).await.unwrap();
+    assert_eq!(
+        (logs.len(), in_chunks),
+        (400_000, 0),
+        "every log, a row still"
+    );
+    assert_each_once(&logs);
+    // Killed while it moves today's rows, with chunks of other transactions committed.
+    kill_when(
+        &pool,
+        start_compaction(&stack),
+        "select (select count(*) from log_chunks) > 0 and exists (select 1 from pg_stat_activity \
+         where xact_start is not null and query like 'delete from logs_p%')",
+    )
+    .await;
     let (logs, in_chunks) = every_log(&pool).await.unwrap();
     assert_eq!(logs.len(), 400_000, "every log, after the kill");
     assert!(in_chunks > 0 && in_chunks < 400_000, "{in_chunks}");

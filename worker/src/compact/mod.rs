@@ -119,7 +119,22 @@ pub async fn compact(
         if partition.from.is_some_and(|from| from >= cut) {
             break;
         }
-        report += move_partition(connection, &partition, settings, watermark_ms, cut).await?;
+        let ended = partition.to <= cut;
+        match ended {
+            true => match move_ended_partition(connection, &partition, settings, watermark_ms)
+                .await?
+            {
+                Some(moved) => report += moved,
+                None => {
+                    report +=
+                        move_partition(connection, &partition, settings, watermark_ms, cut).await?;
+                }
+            },
+            false => {
+                report +=
+                    move_partition(connection, &partition, settings, watermark_ms, cut).await?;
+            }
+        }
         report += merge_partition(connection, &partition, settings, partition.to <= close).await?;
         if partition.to <= cut {
             report.truncated += u64::from(truncate_if_empty(connection, &partition).await?);
@@ -137,30 +152,130 @@ pub async fn compact(
     Ok(report)
 }
 
-/// A unit of work: devices whose rows go together, or one device's rows in slices.
-enum Unit {
-    Devices(Vec<(String, String)>),
-    Slice(String, String),
-}
-
-/// Moves the rows of `partition` that may move.
-async fn move_partition(
+/// Moves every row of `partition`, a period that ended before the hot window, in one
+/// transaction that ends by truncating its table: no row is deleted one by one, no dead
+/// row is left for a vacuum, and the table's space comes back at once. The table is held
+/// against writes meanwhile (an ended period gets none but a late log, which waits);
+/// reads go on, and wait a moment at most for the truncation, or the rows are deleted
+/// instead. None, and nothing done, when one of its rows may not move yet (its entry is
+/// not acknowledged) or a writer holds the table: its rows then move a unit at a time.
+async fn move_ended_partition(
     connection: &mut PgConnection,
     partition: &Partition,
     settings: CompactSettings,
     watermark_ms: i64,
-    cut: OffsetDateTime,
-) -> Result<Report, CompactError> {
+) -> Result<Option<Report>, CompactError> {
     let name = &partition.name;
-    let counts: Vec<(String, String, i64)> = sqlx::query_as(ddl(format!(
-        "select tenant, device_id::text, count(*) from {name} \
-         where created_at < $1 and {} group by 1, 2 order by 1, 2",
-        ACKED.replace("$W", "$2")
+    let any: bool = sqlx::query_scalar(ddl(format!("select exists (select 1 from {name})")))
+        .fetch_one(&mut *connection)
+        .await?;
+    if !any {
+        return Ok(Some(Report::default()));
+    }
+    let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
+    // An autovacuum of the table gives way to the lock after `deadlock_timeout` (1 s).
+    sqlx::query("set local lock_timeout = '5s'")
+        .execute(&mut *transaction)
+        .await?;
+    match sqlx::query(ddl(format!("lock table {name} in exclusive mode")))
+        .execute(&mut *transaction)
+        .await
+    {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("55P03") => {
+            return Ok(None);
+        }
+        Err(error) => return Err(error.into()),
+    }
+    let unacknowledged: bool = sqlx::query_scalar(ddl(format!(
+        "select exists (select 1 from {name} where not {})",
+        ACKED.replace("$W", "$1")
     )))
-    .bind(cut)
     .bind(watermark_ms)
-    .fetch_all(&mut *connection)
+    .fetch_one(&mut *transaction)
     .await?;
+    if unacknowledged {
+        return Ok(None);
+    }
+    let mut report = Report::default();
+    for unit in units(&mut transaction, name, None).await? {
+        let mut after: Option<(OffsetDateTime, i64)> = None;
+        loop {
+            let rows = select_unit(&mut transaction, name, &unit, settings, after).await?;
+            let count = rows.len() as u64;
+            after = rows.last().map(|(_, _, row)| (at(row.created_at), row.id));
+            let mut by_device: BTreeMap<(String, String), Vec<ChunkRow>> = BTreeMap::new();
+            for (tenant, device, row) in rows {
+                by_device.entry((tenant, device)).or_default().push(row);
+            }
+            for ((tenant, device), rows) in by_device {
+                let chunks = chunks_of(rows, settings.chunk_rows)?;
+                report.chunks += chunks.len() as u64;
+                insert_chunks(&mut transaction, &tenant, &device, &chunks).await?;
+            }
+            report.rows += count;
+            if !matches!(unit, Unit::Slice(..)) || count < slice_rows(settings) as u64 {
+                break;
+            }
+        }
+    }
+    // Readers wait behind the truncation's lock: a moment at most, or the rows go by a
+    // delete, which lets them be.
+    sqlx::query("savepoint truncation")
+        .execute(&mut *transaction)
+        .await?;
+    sqlx::query("set local lock_timeout = '200ms'")
+        .execute(&mut *transaction)
+        .await?;
+    match sqlx::query(ddl(format!("truncate {name}")))
+        .execute(&mut *transaction)
+        .await
+    {
+        Ok(_) => report.truncated = 1,
+        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("55P03") => {
+            sqlx::query("rollback to savepoint truncation")
+                .execute(&mut *transaction)
+                .await?;
+            sqlx::query(ddl(format!("delete from {name}")))
+                .execute(&mut *transaction)
+                .await?;
+        }
+        Err(error) => return Err(error.into()),
+    }
+    transaction.commit().await?;
+    info!(partition = %name, rows = report.rows, chunks = report.chunks, "an ended period moved into chunks whole");
+    Ok(Some(report))
+}
+
+/// The units of work of `partition`: its devices with rows to move (those received before
+/// `cut` whose entries are below the watermark, when given), grouped about [`UNIT_ROWS`]
+/// rows a unit, and a device with more alone, in slices.
+async fn units(
+    connection: &mut PgConnection,
+    partition: &str,
+    movable: Option<(OffsetDateTime, i64)>,
+) -> Result<Vec<Unit>, sqlx::Error> {
+    let counts: Vec<(String, String, i64)> = match movable {
+        Some((cut, watermark_ms)) => {
+            sqlx::query_as(ddl(format!(
+                "select tenant, device_id::text, count(*) from {partition} \
+                 where created_at < $1 and {} group by 1, 2 order by 1, 2",
+                ACKED.replace("$W", "$2")
+            )))
+            .bind(cut)
+            .bind(watermark_ms)
+            .fetch_all(&mut *connection)
+            .await?
+        }
+        None => {
+            sqlx::query_as(ddl(format!(
+                "select tenant, device_id::text, count(*) from {partition} \
+                 group by 1, 2 order by 1, 2"
+            )))
+            .fetch_all(&mut *connection)
+            .await?
+        }
+    };
     let mut units = Vec::new();
     let mut batch: Vec<(String, String)> = Vec::new();
     let mut batched = 0;
@@ -179,6 +294,77 @@ async fn move_partition(
     if !batch.is_empty() {
         units.push(Unit::Devices(batch));
     }
+    Ok(units)
+}
+
+/// The rows of `unit` of `partition`, every one (a slice: the next after `after`), with
+/// their tenants and devices.
+async fn select_unit(
+    connection: &mut PgConnection,
+    partition: &str,
+    unit: &Unit,
+    settings: CompactSettings,
+    after: Option<(OffsetDateTime, i64)>,
+) -> Result<Vec<(String, String, ChunkRow)>, sqlx::Error> {
+    let columns = RETURNING.trim_start_matches("returning ");
+    let rows = match unit {
+        Unit::Devices(devices) => {
+            let (tenants, names): (Vec<&str>, Vec<&str>) = devices
+                .iter()
+                .map(|(tenant, device)| (tenant.as_str(), device.as_str()))
+                .unzip();
+            sqlx::query(ddl(format!(
+                "select {columns} from {partition} \
+                 where (tenant, device_id) in (select * from unnest($1::text[], $2::text[]))"
+            )))
+            .bind(tenants)
+            .bind(names)
+            .fetch_all(&mut *connection)
+            .await?
+        }
+        Unit::Slice(tenant, device) => {
+            let mut select = QueryBuilder::<Postgres>::new(format!(
+                "select {columns} from {partition} where tenant = "
+            ));
+            select
+                .push_bind(tenant)
+                .push(" and device_id = ")
+                .push_bind(device);
+            if let Some((at, id)) = after {
+                select
+                    .push(" and (created_at, id) > (")
+                    .push_bind(at)
+                    .push(", ")
+                    .push_bind(id)
+                    .push(")");
+            }
+            select
+                .push(" order by created_at, id limit ")
+                .push_bind(slice_rows(settings));
+            select.build().fetch_all(&mut *connection).await?
+        }
+    };
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, chunk_row(row)?)))
+        .collect()
+}
+
+/// A unit of work: devices whose rows go together, or one device's rows in slices.
+enum Unit {
+    Devices(Vec<(String, String)>),
+    Slice(String, String),
+}
+
+/// Moves the rows of `partition` that may move.
+async fn move_partition(
+    connection: &mut PgConnection,
+    partition: &Partition,
+    settings: CompactSettings,
+    watermark_ms: i64,
+    cut: OffsetDateTime,
+) -> Result<Report, CompactError> {
+    let name = &partition.name;
+    let units = units(&mut *connection, name, Some((cut, watermark_ms))).await?;
     let mut report = Report::default();
     for unit in units {
         loop {
