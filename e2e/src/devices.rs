@@ -266,15 +266,11 @@ impl Stored {
     }
 }
 
-/// Compares the rows of run `run` (`log_data.run`) with the `accepted` ids.
+/// Compares the stored logs of run `run` (`log_data.run`), rows and chunks, with the
+/// `accepted` ids.
 pub async fn stored(pool: &sqlx::PgPool, run: &str, accepted: &[String]) -> Result<Stored> {
     use std::collections::HashSet;
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "select message_id, message from logs where log_data @> jsonb_build_object('run', $1::text)",
-    )
-    .bind(run)
-    .fetch_all(pool)
-    .await?;
+    let rows = crate::stored::of_run(pool, run).await?;
     let ids: HashSet<&str> = rows.iter().map(|(id, _)| id.as_str()).collect();
     let messages: HashSet<&str> = rows.iter().map(|(_, message)| message.as_str()).collect();
     let accepted_ids: HashSet<&str> = accepted.iter().map(String::as_str).collect();

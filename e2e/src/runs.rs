@@ -40,17 +40,37 @@ pub async fn assert_exactly_once(pool: &PgPool, run: &str, accepted: &[String]) 
     Ok(())
 }
 
-/// Waits up to `timeout` until `run` has as many rows as `accepted` logs, then checks
-/// that each was stored once ([`assert_exactly_once`]).
+/// Waits up to `timeout` until `run` has as many logs stored, rows and chunks, as
+/// `accepted`, then checks that each was stored once ([`assert_exactly_once`]).
 pub async fn assert_stored_exactly_once(
     pool: &PgPool,
     run: &str,
     accepted: &[String],
     timeout: std::time::Duration,
 ) -> Result<()> {
-    let count = i64::try_from(accepted.len())?;
-    crate::stack::wait_for_count(pool, &count_query(run), count, timeout).await?;
+    wait_for_run(pool, run, accepted.len(), timeout).await?;
     assert_exactly_once(pool, run, accepted).await
+}
+
+/// Waits up to `timeout` until at least `count` logs of `run` are stored, rows and
+/// chunks; returns how long it waited.
+pub async fn wait_for_run(
+    pool: &PgPool,
+    run: &str,
+    count: usize,
+    timeout: std::time::Duration,
+) -> Result<std::time::Duration> {
+    let started = std::time::Instant::now();
+    crate::stack::eventually(
+        &format!("{count} logs of {run} are stored"),
+        timeout,
+        || {
+            let pool = pool.clone();
+            async move { Ok(crate::stored::of_run(&pool, run).await?.len() >= count) }
+        },
+    )
+    .await?;
+    Ok(started.elapsed())
 }
 
 /// Checks that each device's logs of `run` (`log_data.device`, `log_data.seq`), in the

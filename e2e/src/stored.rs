@@ -109,3 +109,30 @@ pub fn assert_each_once(logs: &[StoredLog]) {
     keys.dedup();
     assert_eq!(keys.len(), total, "a log is stored twice");
 }
+
+/// The `message_id` and message of every stored log of run `run` (`log_data.run`), rows
+/// and chunks.
+pub async fn of_run(pool: &PgPool, run: &str) -> Result<Vec<(String, String)>> {
+    let mut logs: Vec<(String, String)> = sqlx::query_as(
+        "select message_id, message from logs where log_data @> jsonb_build_object('run', $1::text)",
+    )
+    .bind(run)
+    .fetch_all(pool)
+    .await?;
+    let blocks: Vec<Vec<u8>> = sqlx::query_scalar("select block from log_chunks")
+        .fetch_all(pool)
+        .await?;
+    for block in blocks {
+        for row in Block::parse(&block)?.rows_all()? {
+            let of_run = row
+                .log_data
+                .as_deref()
+                .and_then(|data| serde_json::from_str::<serde_json::Value>(data).ok())
+                .is_some_and(|data| data["run"] == run);
+            if let (true, Some(id), Some(message)) = (of_run, row.message_id, row.message) {
+                logs.push((id, message));
+            }
+        }
+    }
+    Ok(logs)
+}

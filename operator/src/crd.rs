@@ -290,8 +290,10 @@ pub struct WorkerSpec {
     pub shutdown_timeout_secs: i64,
 }
 
-/// How logs are kept: the `logs` table is partitioned by the time the API received each
-/// log, and the workers drop whole partitions past the retention (see docs/operations.md).
+/// How logs are kept: rows of the `logs` table, partitioned by the time the API received
+/// each log, that the workers move into compressed chunks once they are older than the
+/// hot window, and drop whole periods of past the retention (docs/operations.md,
+/// docs/storage.md).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
@@ -318,6 +320,18 @@ pub struct StorageSpec {
     /// the extension and build or drop the index concurrently when this changes.
     #[serde(default)]
     pub message_index: bool,
+    /// How long a stored log stays a row before the workers move it into a compressed
+    /// chunk (once its stream entry can never be delivered again), in seconds, minutes or
+    /// hours (`30s`, `2m`, `1h`). Rows cost about 300 bytes a log on disk, chunks about 15;
+    /// a search reads the rows of its range whole (docs/storage.md).
+    #[serde(default = "default_hot_window")]
+    #[schemars(regex(pattern = r"^[1-9][0-9]{0,4}[smh]$"))]
+    pub hot_window: String,
+    /// Most logs per chunk: larger chunks compress a little better and give searches
+    /// fewer chunks to look at, smaller ones cost a device's page less to open.
+    #[serde(default = "default_chunk_rows")]
+    #[schemars(range(min = 64, max = 65536))]
+    pub chunk_rows: i32,
 }
 
 impl Default for StorageSpec {
@@ -327,6 +341,8 @@ impl Default for StorageSpec {
             partition_interval: default_partition_interval(),
             log_data_index: false,
             message_index: false,
+            hot_window: default_hot_window(),
+            chunk_rows: default_chunk_rows(),
         }
     }
 }
@@ -467,6 +483,12 @@ impl Default for StreamSpec {
 
 fn default_partition_interval() -> String {
     "1d".into()
+}
+fn default_hot_window() -> String {
+    "2m".into()
+}
+fn default_chunk_rows() -> i32 {
+    2048
 }
 fn default_log_level() -> String {
     "info".into()

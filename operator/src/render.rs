@@ -186,6 +186,8 @@ pub fn settings(lp: &LogPipeline) -> BTreeMap<String, String> {
             "LOGPIPELINE_MESSAGE_INDEX",
             s.storage.message_index.to_string(),
         ),
+        ("LOGPIPELINE_HOT_WINDOW", s.storage.hot_window.clone()),
+        ("LOGPIPELINE_CHUNK_ROWS", s.storage.chunk_rows.to_string()),
     ]
     .into_iter()
     .chain(
@@ -756,6 +758,8 @@ mod tests {
         assert_eq!(data["LOGPIPELINE_PARTITION_INTERVAL"], "1d");
         assert_eq!(data["LOGPIPELINE_LOG_DATA_INDEX"], "false");
         assert_eq!(data["LOGPIPELINE_MESSAGE_INDEX"], "false");
+        assert_eq!(data["LOGPIPELINE_HOT_WINDOW"], "2m");
+        assert_eq!(data["LOGPIPELINE_CHUNK_ROWS"], "2048");
         assert!(!data.contains_key("LOGPIPELINE_RETENTION"), "kept forever");
         assert_eq!(data["RUST_LOG"], "info");
         let mut lp = LogPipeline::test();

@@ -26,8 +26,11 @@ use crate::error::Error;
 /// The columns of a [`StoredLog`], as a read selects them from `logs`.
 const STORED_LOG_COLUMNS: &str = "select id, message_id, device_id, service_name, \
      trace_id, span_id, log_level, message, log_data::text as log_data, created_at";
-/// Candidates fetched per statement.
-const CANDIDATES_PER_QUERY: i64 = 512;
+/// Candidates fetched by a read's first statement, and the most by one: each statement
+/// fetches four times as many as the one before (a page often needs few; a search that
+/// skips most chunks by their filters reads them all).
+const FIRST_CANDIDATES: i64 = 256;
+const MOST_CANDIDATES: i64 = 16_384;
 /// Most chunks opened together.
 const MOST_OPENED: usize = 64;
 /// Logs whose content is checked in the first batch, and the most in one.
@@ -147,6 +150,7 @@ impl Snapshot {
         let mut waiting: VecDeque<Candidate> = VecDeque::new();
         let mut after: Option<Candidate> = None;
         let mut more_candidates = true;
+        let mut candidates_wanted = FIRST_CANDIDATES;
         let mut opened: Vec<Opened> = Vec::new();
         // The next unchecked picked log of each opened chunk, best first.
         let mut frontier: BinaryHeap<(Score, usize, usize)> = BinaryHeap::new();
@@ -162,9 +166,10 @@ impl Snapshot {
                     order,
                     cursor,
                     after.as_ref(),
-                    CANDIDATES_PER_QUERY,
+                    candidates_wanted,
                 )
                 .await?;
+                candidates_wanted = (candidates_wanted * 4).min(MOST_CANDIDATES);
                 more_candidates = page.after.is_some();
                 after = page.after;
                 waiting.extend(page.kept);
@@ -306,6 +311,7 @@ impl Snapshot {
         };
         let mut after: Option<Candidate> = None;
         let mut pending: Vec<Candidate> = Vec::new();
+        let mut candidates_wanted = FIRST_CANDIDATES;
         loop {
             let page = chunks::candidates(
                 connection,
@@ -314,9 +320,10 @@ impl Snapshot {
                 Order::OldestFirst,
                 None,
                 after.as_ref(),
-                CANDIDATES_PER_QUERY,
+                candidates_wanted,
             )
             .await?;
+            candidates_wanted = (candidates_wanted * 4).min(MOST_CANDIDATES);
             for chunk in page.kept {
                 let first = bin(unix_micros(chunk.first_at));
                 if counted_whole && within(&chunk) && first == bin(unix_micros(chunk.last_at)) {

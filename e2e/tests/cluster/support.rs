@@ -11,8 +11,7 @@ use anyhow::{Context, Result, bail};
 use logpipeline_core::codec;
 use logpipeline_core::tenant::Tenant;
 use logpipeline_e2e::devices::{self, Flow};
-use logpipeline_e2e::runs::count_query;
-use logpipeline_e2e::stack::wait_for_count;
+use logpipeline_e2e::runs::wait_for_run;
 use logpipeline_local::auth::{ApiKey, keys_file};
 use logpipeline_local::kube::repo_root;
 use logpipeline_local::node::{self, INGRESS_HTTPS_PORT, NodeCluster};
@@ -446,15 +445,16 @@ pub async fn consumers(redis: &mut redis::aio::MultiplexedConnection) -> Result<
         .collect())
 }
 
-/// Waits up to `timeout` until `run` has as many rows as logs were accepted, then checks
-/// that they are exactly the accepted logs, and says so. Returns how long it waited.
+/// Waits up to `timeout` until `run` has as many logs stored (rows and, once the workers
+/// compacted them, chunks) as were accepted, then checks that they are exactly the
+/// accepted logs, and says so. Returns how long it waited.
 pub async fn assert_stored_exactly_once(
     run: &str,
     accepted: &[String],
     timeout: Duration,
 ) -> Duration {
     let pool = pipeline().pool().await.unwrap();
-    let waited = wait_for_count(&pool, &count_query(run), accepted.len() as i64, timeout)
+    let waited = wait_for_run(&pool, run, accepted.len(), timeout)
         .await
         .unwrap();
     let stored = devices::stored(&pool, run, accepted).await.unwrap();
