@@ -63,6 +63,22 @@ async fn expected(pool: &PgPool, condition: &'static str) -> BTreeSet<i64> {
     .collect()
 }
 
+/// How many of acme's rows `condition` selects, per level, read by PostgreSQL itself.
+async fn levels_of(
+    pool: &PgPool,
+    condition: &'static str,
+) -> std::collections::BTreeMap<String, i64> {
+    sqlx::query_as::<_, (String, i64)>(sqlx::AssertSqlSafe(format!(
+        "select log_level::text, count(*) from logs where tenant = 'acme' and ({condition}) \
+         group by 1"
+    )))
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect()
+}
+
 struct Api {
     client: reqwest::Client,
     base: String,
@@ -222,6 +238,20 @@ async fn searches_find_exactly_the_rows_postgresql_holds_for_the_tenant() {
             .map(|bucket| bucket["count"].as_i64().unwrap())
             .sum();
         assert_eq!(counted, want.len() as i64, "{query}: {histogram}");
+        // Per level, as PostgreSQL counts the same rows.
+        let mut by_level: std::collections::BTreeMap<String, i64> = Default::default();
+        for bucket in histogram["buckets"].as_array().unwrap() {
+            let levels = bucket["levels"].as_object().unwrap();
+            assert_eq!(
+                levels.values().map(|n| n.as_i64().unwrap()).sum::<i64>(),
+                bucket["count"].as_i64().unwrap(),
+                "{bucket}"
+            );
+            for (level, count) in levels {
+                *by_level.entry(level.clone()).or_default() += count.as_i64().unwrap();
+            }
+        }
+        assert_eq!(by_level, levels_of(pool, condition).await, "{query}");
         println!("{query}: {} logs", want.len());
     }
 

@@ -51,8 +51,6 @@ pub struct Candidate {
     /// (`created_at`, `id`) of its last log.
     pub last_at: OffsetDateTime,
     pub last_key: i64,
-    /// Logs in it.
-    pub rows: i32,
     /// Logs per level: DEBUG, INFO, WARNING, ERROR, CRITICAL, any other.
     pub levels: Vec<i32>,
 }
@@ -122,7 +120,7 @@ pub async fn candidates(
 ) -> Result<Candidates, sqlx::Error> {
     let mut sql = QueryBuilder::<Postgres>::new(
         "select c.id, c.device_id::text as device_id, c.first_at, c.first_key, c.last_at, \
-         c.last_key, c.rows, c.levels from log_chunks c where true",
+         c.last_key, c.levels from log_chunks c where true",
     );
     filter.push_chunk_conditions(&mut sql);
     if let Some((cursor, at)) = cursor.and_then(|cursor| Some((cursor, cursor.at()?))) {
@@ -229,6 +227,11 @@ pub struct Opened {
 }
 
 impl Opened {
+    /// Log `index`'s level.
+    pub fn level(&self, index: usize) -> &str {
+        self.levels[index].as_str()
+    }
+
     /// Text column `column`, decoded on first use.
     fn texts(&mut self, column: Column) -> Result<&Texts, ChunkError> {
         let slot = column as usize;

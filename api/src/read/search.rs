@@ -26,6 +26,7 @@
 //! query can hold the database. Searches are not cached: a fleet-wide result has no generation to keep it
 //! fresh by, and the rule that a read is never stale comes first.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use axum::Extension;
@@ -307,6 +308,8 @@ pub struct Bucket {
     pub at: OffsetDateTime,
     /// Logs in it.
     pub count: i64,
+    /// Logs in it per level, for the levels it has (`{"ERROR": 2, "INFO": 17}`).
+    pub levels: BTreeMap<String, i64>,
 }
 
 /// How many logs a search finds per time bucket, to draw over its results: `interval`
@@ -361,7 +364,11 @@ pub async fn histogram(
     state.metrics.postgres_query("histogram", started.elapsed());
     let buckets: Vec<Bucket> = counts
         .into_iter()
-        .map(|(at, count)| Bucket { at, count })
+        .map(|(at, levels)| Bucket {
+            at,
+            count: levels.values().sum(),
+            levels,
+        })
         .collect();
     Ok(Json(Histogram {
         interval: name.to_owned(),

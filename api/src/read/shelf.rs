@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::time::Duration;
 
 use logpipeline_core::codec::unix_micros;
+use logpipeline_core::record::LogLevel;
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Transaction};
 use time::OffsetDateTime;
 
@@ -257,13 +258,13 @@ impl Snapshot {
             .collect())
     }
 
-    /// How many logs `filter` picks per bucket of `stride_secs` seconds, by the start of
-    /// each bucket that holds any, oldest first.
+    /// How many logs `filter` picks per bucket of `stride_secs` seconds and per level, by
+    /// the start of each bucket that holds any, oldest first.
     pub async fn histogram(
         &mut self,
         filter: &Filter,
         stride_secs: i64,
-    ) -> Result<Vec<(OffsetDateTime, i64)>, Error> {
+    ) -> Result<Vec<(OffsetDateTime, BTreeMap<String, i64>)>, Error> {
         match self.read_histogram(filter, stride_secs).await {
             Ok(buckets) => Ok(buckets),
             Err(error) => Err(self.failed(error)),
@@ -274,7 +275,7 @@ impl Snapshot {
         &mut self,
         filter: &Filter,
         stride_secs: i64,
-    ) -> Result<Vec<(OffsetDateTime, i64)>, ReadError> {
+    ) -> Result<Vec<(OffsetDateTime, BTreeMap<String, i64>)>, ReadError> {
         let connection: &mut PgConnection = &mut self.transaction;
         let stride = stride_secs * 1_000_000;
         let bin = |micros: i64| {
@@ -283,18 +284,23 @@ impl Snapshot {
         };
         let mut sql = QueryBuilder::<Postgres>::new(format!(
             "select date_bin('{stride_secs} seconds', created_at, timestamptz '2000-01-01') as at, \
-             count(*) as count from logs"
+             log_level::text, count(*) as count from logs"
         ));
         filter.push_rows_where(&mut sql);
-        sql.push(" group by 1");
-        let rows: Vec<(OffsetDateTime, i64)> =
+        sql.push(" group by 1, 2");
+        let rows: Vec<(OffsetDateTime, String, i64)> =
             sql.build_query_as().fetch_all(&mut *connection).await?;
-        let mut buckets: BTreeMap<i64, i64> = rows
-            .into_iter()
-            .map(|(at, count)| (unix_micros(at), count))
-            .collect();
+        let mut buckets: BTreeMap<i64, BTreeMap<String, i64>> = BTreeMap::new();
+        for (at, level, count) in rows {
+            *buckets
+                .entry(unix_micros(at))
+                .or_default()
+                .entry(level)
+                .or_default() += count;
+        }
         // A chunk's level counts answer for it when it lies in one bucket, within the
-        // range, and nothing but its levels is asked of its logs.
+        // range, all its levels are of the five, and nothing but its levels is asked of
+        // its logs.
         let counted_whole = !filter.has_content()
             && filter
                 .subjects
@@ -326,8 +332,19 @@ impl Snapshot {
             candidates_wanted = (candidates_wanted * 4).min(MOST_CANDIDATES);
             for chunk in page.kept {
                 let first = bin(unix_micros(chunk.first_at));
-                if counted_whole && within(&chunk) && first == bin(unix_micros(chunk.last_at)) {
-                    *buckets.entry(first).or_default() += level_count(&chunk, filter);
+                let known_levels = chunk
+                    .levels
+                    .get(LogLevel::ALL.len())
+                    .is_none_or(|&n| n == 0);
+                if counted_whole
+                    && known_levels
+                    && within(&chunk)
+                    && first == bin(unix_micros(chunk.last_at))
+                {
+                    let bucket = buckets.entry(first).or_default();
+                    for (level, count) in level_counts(&chunk, filter) {
+                        *bucket.entry(level.as_str().to_owned()).or_default() += count;
+                    }
                 } else {
                     pending.push(chunk);
                 }
@@ -345,7 +362,12 @@ impl Snapshot {
                 let pass = chunks::decide_content(connection, filter, &mut opened, &logs).await?;
                 for ((chunk, log), passed) in logs.into_iter().zip(pass) {
                     if passed {
-                        *buckets.entry(bin(opened[chunk].keys[log].0)).or_default() += 1;
+                        let opened = &opened[chunk];
+                        *buckets
+                            .entry(bin(opened.keys[log].0))
+                            .or_default()
+                            .entry(opened.level(log).to_owned())
+                            .or_default() += 1;
                     }
                 }
             }
@@ -356,12 +378,13 @@ impl Snapshot {
         }
         Ok(buckets
             .into_iter()
-            .filter(|(_, count)| *count > 0)
-            .map(|(micros, count)| {
+            .map(|(micros, mut levels)| {
+                levels.retain(|_, count| *count > 0);
                 let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
                     .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-                (at, count)
+                (at, levels)
             })
+            .filter(|(_, levels)| !levels.is_empty())
             .collect())
     }
 }
@@ -398,15 +421,15 @@ async fn rows_page(
     sql.build_query_as().fetch_all(connection).await
 }
 
-/// Logs of `chunk` at the levels `filter` asks for (all of them when it asks for none).
-fn level_count(chunk: &Candidate, filter: &Filter) -> i64 {
-    if filter.levels.is_empty() {
-        return i64::from(chunk.rows);
-    }
-    filter
-        .levels
-        .iter()
-        .filter_map(|level| chunk.levels.get(*level as usize))
-        .map(|&count| i64::from(count))
-        .sum()
+/// Logs of `chunk` per level of the five that `filter` asks for (all of them when it
+/// asks for none).
+fn level_counts(chunk: &Candidate, filter: &Filter) -> Vec<(LogLevel, i64)> {
+    LogLevel::ALL
+        .into_iter()
+        .filter(|level| filter.levels.is_empty() || filter.levels.contains(level))
+        .map(|level| {
+            let count = chunk.levels.get(level as usize).copied().unwrap_or(0);
+            (level, i64::from(count))
+        })
+        .collect()
 }
