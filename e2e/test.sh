@@ -9,8 +9,9 @@
 #
 # Set-up, each step skipped when its result is already there (a second run does none):
 #   1. Debian packages: Redis, PostgreSQL, the container tools of the node cluster
-#      (containerd, runc, CNI plugins, buildah, podman, debootstrap, iptables) and
-#      Prometheus, with apt-get (as root, or through sudo).
+#      (containerd, runc, CNI plugins, buildah, podman, debootstrap, iptables),
+#      Prometheus, and Chromium with its chromedriver (the explorer's tests), with
+#      apt-get (as root, or through sudo).
 #   2. Python test tools (openapi-spec-validator, schemathesis, and OpenTelemetry's SDK
 #      with its OTLP exporters over HTTP and gRPC), with pip.
 #   3. The Kubernetes tools, built from the Go module proxy into ~/.cache/logpipeline
@@ -43,6 +44,8 @@ declare -A packages=(
     [nsenter]=util-linux
     [ip]=iproute2
     [promtool]=prometheus
+    [chromium]=chromium
+    [chromedriver]=chromium-driver
 )
 missing=()
 for need in "${!packages[@]}"; do

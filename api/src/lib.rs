@@ -14,6 +14,7 @@ mod concurrent_test;
 pub mod config;
 pub mod docs;
 mod error;
+mod explorer;
 mod extract;
 pub mod grpc;
 mod health;
@@ -130,6 +131,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::endpoint))
         .merge(docs::router())
+        .merge(explorer::router())
         .fallback(|| async { Error::NotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.max_body_bytes))

@@ -6,6 +6,7 @@
 //! `logpipeline-local`; every one stops when its handle is dropped or the test process
 //! exits.
 
+pub mod browser;
 pub mod client;
 pub mod devices;
 pub mod monitoring;
