@@ -154,6 +154,12 @@ pub async fn run(config: Config) -> Result<()> {
             shutdown.cancel();
         }
     });
+    run_until(config, shutdown).await
+}
+
+/// Like [`run`], until `shutdown` is cancelled (`logpipeline dev` runs the api in its own
+/// process this way).
+pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()> {
     let target =
         RedisTarget::from_args(&config.redis).map_err(|error| Error::Config(error.to_string()))?;
     let redis_timeout = Duration::from_secs(config.redis_timeout_secs);

@@ -7,11 +7,14 @@
 //! and the tools `e2e/test.sh` installs.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Result;
-use logpipeline_local::node::{INGRESS_HTTP_PORT, INGRESS_HTTPS_PORT, Node, NodeOptions};
+use anyhow::{Context, Result};
+use logpipeline_local::kube::repo_root;
+use logpipeline_local::node::{
+    INGRESS_HTTP_PORT, INGRESS_HTTPS_PORT, NEXT_STEPS, Node, NodeInfo, NodeOptions,
+};
 use logpipeline_local::process::signal_descendants;
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
@@ -54,10 +57,13 @@ pub async fn run(args: ClusterArgs) -> Result<()> {
         _ = hangup.recv() => return interrupted(starting).await,
     };
     let info = node.info();
+    let steps: String = next_steps(info)?
+        .iter()
+        .map(|line| format!("  {line}\n"))
+        .collect();
     println!(
-        "\nThe cluster is ready ({:.0?}). In another shell:\n\n  export KUBECONFIG={}\n  kubectl get nodes\n  helm install logpipeline charts/logpipeline -n logpipeline-system --create-namespace\n\nIngress: http://{}:{INGRESS_HTTP_PORT} and https://{}:{INGRESS_HTTPS_PORT} (Traefik, the default IngressClass).\nImages on the node: {}\nLogs of every component: {}/logs\nCtrl-C tears it all down.",
+        "\nThe cluster is ready ({:.0?}). {NEXT_STEPS}\n\n{steps}\nIngress: http://{}:{INGRESS_HTTP_PORT} and https://{}:{INGRESS_HTTPS_PORT} (Traefik, the default IngressClass).\nImages on the node: {}\nLogs of every component: {}/logs\nCtrl-C tears it all down.",
         started.elapsed(),
-        info.kubeconfig.display(),
         info.node_ip,
         info.node_ip,
         info.images.join(", "),
@@ -78,6 +84,27 @@ pub async fn run(args: ClusterArgs) -> Result<()> {
     tokio::task::spawn_blocking(move || node.stop()).await??;
     eprintln!("done");
     Ok(())
+}
+
+/// The shell lines a user runs next, working as they stand from any directory: the
+/// kubeconfig, the helm built for this cluster put on `PATH`, and the chart by its
+/// full path.
+fn next_steps(info: &NodeInfo) -> Result<Vec<String>> {
+    let quote = |path: &Path| -> Result<String> {
+        let path = path.to_str().context("a path that is not UTF-8")?;
+        Ok(shlex::try_quote(path)?.into_owned())
+    };
+    let tools = info.helm.parent().context("helm has no directory")?;
+    let chart = repo_root().join("charts/logpipeline");
+    Ok(vec![
+        format!("export KUBECONFIG={}", quote(&info.kubeconfig)?),
+        format!("export PATH={}:\"$PATH\"", quote(tools)?),
+        "kubectl get nodes".to_owned(),
+        format!(
+            "helm install logpipeline {} -n logpipeline-system --create-namespace",
+            quote(&chart)?
+        ),
+    ])
 }
 
 /// Stops the start in progress: every process it started gets SIGTERM, so builds and

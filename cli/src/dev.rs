@@ -1,12 +1,19 @@
 //! `logpipeline dev`: a whole LogPipeline on this machine. Redis and PostgreSQL run as
-//! child processes in a temporary directory, then the api and a worker. Ctrl-C stops
-//! everything.
+//! child processes in a temporary directory; the api and a worker run in this process
+//! (the same code as their binaries), so the one build of this command is all it takes.
+//! Ctrl-C stops everything.
 
-use anyhow::Result;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
 use logpipeline_local::packages;
 use logpipeline_local::postgres::{PostgresOptions, PostgresServer};
+use logpipeline_local::process::{free_port, scratch_dir, wait_until};
 use logpipeline_local::redis::{RedisOptions, RedisServer};
-use logpipeline_local::services::{ApiProcess, Env, WorkerProcess};
+use logpipeline_local::services::http_status;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
 
 /// Runs Redis, PostgreSQL, the LogPipeline api and a worker on this machine until Ctrl-C.
 #[derive(Debug, clap::Args)]
@@ -45,79 +52,82 @@ pub fn run(args: DevArgs) -> Result<()> {
     })?;
     postgres.psql("postgres", "create database logs")?;
     let database_url = postgres.url("logs");
-    println!("building and starting the api and a worker…");
-    let worker = WorkerProcess::start(
-        &redis.url(),
-        &database_url,
-        &Env::from([(
-            "LOGPIPELINE_CONCURRENCY".into(),
-            args.concurrency.to_string(),
-        )]),
-    )?;
-    let api = ApiProcess::start_on(
-        args.port,
-        &redis.url(),
-        &database_url,
-        &Env::from([
-            (
-                "LOGPIPELINE_STREAM_CAPACITY".into(),
-                args.stream_capacity.to_string(),
-            ),
-            (
-                "LOGPIPELINE_GRPC_LISTEN".into(),
-                format!("127.0.0.1:{}", args.grpc_port),
-            ),
-        ]),
-    )?;
-    let url = api.url();
+    let dir = scratch_dir("logpipeline-dev-")?;
+    let log = dir.path().join("logpipeline.log");
+    let (writer, _flush) = tracing_appender::non_blocking(
+        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?,
+    );
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(writer)
+        .with_ansi(false)
+        .try_init()
+        .ok();
+    let metrics_port = free_port()?;
+    let url = format!("http://127.0.0.1:{}", args.port);
+    let api = logpipeline_api::config::Config::try_parse_from([
+        "logpipeline-api".to_owned(),
+        format!("--redis-url={}", redis.url()),
+        format!("--database-url={database_url}"),
+        format!("--listen=127.0.0.1:{}", args.port),
+        format!("--grpc-listen=127.0.0.1:{}", args.grpc_port),
+        // A local stack: anyone on this machine reads and writes, as tenant `default`.
+        "--auth=off".to_owned(),
+        format!("--stream-capacity={}", args.stream_capacity),
+    ])?;
+    let worker = logpipeline_worker::config::Config::try_parse_from([
+        "logpipeline-worker".to_owned(),
+        format!("--redis-url={}", redis.url()),
+        format!("--database-url={database_url}"),
+        format!("--concurrency={}", args.concurrency),
+        format!("--metrics-listen=127.0.0.1:{metrics_port}"),
+    ])?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let shutdown = CancellationToken::new();
+    let api = runtime.spawn(logpipeline_api::run_until(api, shutdown.clone()));
+    let worker = runtime.spawn(logpipeline_worker::run_until(worker, shutdown.clone()));
+    wait_until("the api serves", Duration::from_secs(60), || {
+        anyhow::ensure!(!api.is_finished(), "the api stopped; see {}", log.display());
+        Ok(http_status(args.port, "/livez").is_ok_and(|status| status == 200))
+    })?;
     println!(
-        "\nLogPipeline is running.\n\
-         \n  api        {url}\
-         \n  gRPC       {}\
-         \n  metrics    {url}/metrics (api), {}/metrics (worker)\
-         \n  redis      {}\
+        "\nLogPipeline is running.\
+         \n\n  explorer   {url}/ui     (search, graph and follow logs in the browser)\
+         \n\n  api        {url}         (docs: {url}/docs)\
+         \n  gRPC       http://127.0.0.1:{grpc}\
+         \n  metrics    {url}/metrics (api), http://127.0.0.1:{metrics_port}/metrics (worker)\
+         \n  redis      {redis}\
          \n  postgres   {database_url}\
-         \n  logs       {} and {}\
+         \n  logs       {log}\
          \n\nSend a log:\
          \n  curl -s -X POST {url}/api/log -H 'Content-Type: application/json' \\\
          \n       -d '{{\"device_id\": \"device-001\", \"log_level\": \"INFO\", \"message\": \"hello\", \"log_data\": {{\"v\": 1}}}}'\
-         \n\nSee it stored:\
-         \n  psql {database_url} -c 'select id, device_id, log_level, message, created_at from logs order by id desc limit 5'\
+         \n\nFind it:\
+         \n  curl -s '{url}/api/logs?q=hello'\
          \n\nPress Ctrl-C to stop everything.",
-        api.grpc_url(),
-        worker.metrics_url(),
-        redis.url(),
-        api_log(&api),
-        worker_log(&worker),
+        grpc = args.grpc_port,
+        redis = redis.url(),
+        log = log.display(),
     );
-    wait_for_ctrl_c()?;
-    println!("\nstopping…");
-    drop(api);
-    drop(worker);
-    drop(postgres);
-    drop(redis);
-    Ok(())
-}
-
-fn api_log(api: &ApiProcess) -> String {
-    api.log_path().display().to_string()
-}
-
-fn worker_log(worker: &WorkerProcess) -> String {
-    worker.log_path().display().to_string()
-}
-
-fn wait_for_ctrl_c() -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     runtime.block_on(async {
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            result = tokio::signal::ctrl_c() => result,
-            _ = terminate.recv() => Ok(()),
+            result = tokio::signal::ctrl_c() => result?,
+            _ = terminate.recv() => {}
         }
+        println!("\nstopping…");
+        shutdown.cancel();
+        let (api, worker) = tokio::join!(api, worker);
+        api??;
+        worker??;
+        Ok::<_, anyhow::Error>(())
     })?;
+    drop(postgres);
+    drop(redis);
     Ok(())
 }

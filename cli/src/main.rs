@@ -92,6 +92,15 @@ fn main() -> ExitCode {
 }
 
 fn run(command: Command) -> Result<bool> {
+    if matches!(command, Command::Bench(_)) {
+        let profile = logpipeline_local::services::build_profile()?;
+        if profile != "release" {
+            eprintln!(
+                "logpipeline: note: built with the `{profile}` profile; figures to compare are \
+                 of release builds (`cargo logpipeline-release bench …`)"
+            );
+        }
+    }
     match command {
         Command::Logs(command) => tokio::runtime::Builder::new_current_thread()
             .enable_all()

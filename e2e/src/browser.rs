@@ -30,7 +30,10 @@ impl Browser {
         let profile = scratch_dir("logpipeline-chromium-")?;
         let port = free_port()?;
         let mut command = std::process::Command::new(driver_binary);
-        command.arg(format!("--port={port}"));
+        // Chromium's own temporary files go with the profile.
+        command
+            .arg(format!("--port={port}"))
+            .env("TMPDIR", profile.path());
         let mut driver = ChildProcess::spawn(
             "chromedriver",
             command,

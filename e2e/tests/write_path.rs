@@ -322,10 +322,14 @@ async fn a_worker_dying_between_commit_and_acknowledgement_causes_no_duplicate()
     // schema run, its connections) on a busy machine may take longer than any wait
     // for the batch should.
     let mut redis = stack.redis().await.unwrap();
-    eventually("the worker reads the stream", Duration::from_secs(60), || {
-        let mut redis = redis.clone();
-        async move { Ok(consumer_count(&mut redis).await > 0) }
-    })
+    eventually(
+        "the worker reads the stream",
+        Duration::from_secs(60),
+        || {
+            let mut redis = redis.clone();
+            async move { Ok(consumer_count(&mut redis).await > 0) }
+        },
+    )
     .await
     .unwrap();
     // Hold the insert until Redis refuses writes, so the commit lands and the XACK cannot.

@@ -40,11 +40,11 @@ pub fn running_as_test() -> bool {
         .unwrap_or(false)
 }
 
-fn build_binaries() -> Result<PathBuf> {
+/// The directory of the running program's build (`target/<profile>`), and the profile.
+fn build_dir() -> Result<(PathBuf, String)> {
     let exe = std::env::current_exe()?;
     let mut dir = exe.parent().context("no directory")?.to_path_buf();
-    let is_test = running_as_test();
-    if is_test {
+    if running_as_test() {
         dir.pop();
     }
     let profile = dir
@@ -52,6 +52,17 @@ fn build_binaries() -> Result<PathBuf> {
         .and_then(|name| name.to_str())
         .context("cannot tell the build profile")?
         .to_owned();
+    Ok((dir, profile))
+}
+
+/// The cargo profile the running program was built with (`release`, `local`, `debug`…).
+pub fn build_profile() -> Result<String> {
+    build_dir().map(|(_, profile)| profile)
+}
+
+fn build_binaries() -> Result<PathBuf> {
+    let (dir, profile) = build_dir()?;
+    let is_test = running_as_test();
     let target = dir.parent().context("no target directory")?;
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -75,6 +75,41 @@ pub struct Pipeline {
     pub anonymous: reqwest::Client,
 }
 
+/// Runs the lines `logpipeline cluster` printed for a user to run next, as printed, in
+/// a login shell of their own somewhere else than the repository, with the system's
+/// `PATH`: they check the node and install the chart, as the README's user does.
+fn run_next_steps(cluster: &NodeCluster) -> Result<()> {
+    let steps = cluster.next_steps()?;
+    anyhow::ensure!(
+        steps.iter().any(|line| line.starts_with("helm install")),
+        "the printed lines install the chart: {steps:?}"
+    );
+    let elsewhere = tempfile::tempdir()?;
+    let output = std::process::Command::new("/bin/bash")
+        .arg("-euc")
+        .arg(steps.join("\n"))
+        .current_dir(elsewhere.path())
+        .env_clear()
+        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .output()?;
+    let printed = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success(),
+        "the printed lines {steps:?} failed: {printed}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let node = &cluster.info().node_name;
+    anyhow::ensure!(
+        printed.contains(node.as_str()) && printed.contains("STATUS: deployed"),
+        "`kubectl get nodes` shows the node and helm deploys the chart: {printed}"
+    );
+    Ok(())
+}
+
 /// The pipeline, installed on first use.
 pub fn pipeline() -> &'static Pipeline {
     static PIPELINE: OnceLock<std::result::Result<Pipeline, String>> = OnceLock::new();
@@ -86,16 +121,20 @@ pub fn pipeline() -> &'static Pipeline {
 
 impl Pipeline {
     fn install(cluster: &NodeCluster) -> Result<Self> {
-        let chart = repo_root().join("charts/logpipeline");
-        cluster.helm(&[
-            "install",
-            "logpipeline",
-            &chart.to_string_lossy(),
-            "--namespace",
+        run_next_steps(cluster)?;
+        cluster.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/logpipelines.logpipeline.io",
+        ])?;
+        cluster.kubectl(&[
+            "rollout",
+            "status",
+            "-n",
             OPERATOR_NS,
-            "--create-namespace",
-            "--wait",
-            "--timeout=5m",
+            "deployment/logpipeline-operator",
+            "--timeout=300s",
         ])?;
 
         cluster.create_namespace(NS)?;

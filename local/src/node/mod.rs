@@ -89,6 +89,10 @@ pub struct NodeInfo {
     pub cgroup: String,
 }
 
+/// What introduces the lines to run next in `logpipeline cluster`'s output, each of
+/// them indented by two spaces, up to a blank line.
+pub const NEXT_STEPS: &str = "In another shell:";
+
 /// How to start a [`Node`].
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
@@ -686,6 +690,7 @@ fn check_prerequisites() -> Result<()> {
 #[derive(Debug)]
 pub struct NodeCluster {
     process: ChildProcess,
+    log: PathBuf,
     info: NodeInfo,
     kubectl: Kubectl,
     _handle_dir: TempDir,
@@ -742,6 +747,7 @@ impl NodeCluster {
         );
         Ok(Self {
             process,
+            log,
             info,
             kubectl,
             _handle_dir: handle_dir,
@@ -751,6 +757,20 @@ impl NodeCluster {
     /// What the cluster offers.
     pub fn info(&self) -> &NodeInfo {
         &self.info
+    }
+
+    /// The lines `logpipeline cluster` printed for a user to run next, as printed.
+    pub fn next_steps(&self) -> Result<Vec<String>> {
+        let output = std::fs::read_to_string(&self.log)?;
+        let (_, after) = output
+            .split_once(NEXT_STEPS)
+            .with_context(|| format!("no {NEXT_STEPS:?} in {}", self.log.display()))?;
+        Ok(after
+            .lines()
+            .skip_while(|line| line.trim().is_empty())
+            .take_while(|line| !line.trim().is_empty())
+            .map(|line| line.trim().to_owned())
+            .collect())
     }
 
     /// The `logpipeline cluster` process that owns the cluster.
