@@ -165,9 +165,20 @@ pub enum Error {
     /// Redis did not confirm in time, or the connection broke after the entry was sent:
     /// the logs may or may not have been accepted.
     #[error(
-        "the log queue did not confirm in time: the logs may or may not have been accepted; a retry may store them twice"
+        "the log queue did not confirm in time: the logs may or may not have been accepted; {}",
+        if *keyed {
+            "a retry with the same Idempotency-Key is safe: they are stored once"
+        } else {
+            "a retry may store them twice (a retry under an Idempotency-Key would not)"
+        }
     )]
-    OutcomeUnknown(#[source] redis::RedisError),
+    OutcomeUnknown {
+        /// Why Redis did not confirm.
+        #[source]
+        source: redis::RedisError,
+        /// Whether the request carried an Idempotency-Key, which makes a retry safe.
+        keyed: bool,
+    },
 
     /// Start-up: the settings cannot work.
     #[error("{0}")]
@@ -241,7 +252,7 @@ impl Error {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden { .. } => "forbidden",
             Self::RateLimited { .. } => "rate_limited",
-            Self::OutcomeUnknown(_) => "outcome_unknown",
+            Self::OutcomeUnknown { .. } => "outcome_unknown",
             Self::InvalidLog(_) => "invalid_log",
             Self::InvalidQuery(_) => "invalid_query",
             Self::SearchTooBroad { .. } => "search_too_broad",
@@ -315,7 +326,7 @@ impl IntoResponse for Error {
         let status = self.status();
         match &self {
             Self::QueueUnavailable(source) => warn!(error = %source, "Redis call failed"),
-            Self::OutcomeUnknown(source) => {
+            Self::OutcomeUnknown { source, .. } => {
                 warn!(error = %source, "Redis did not confirm an entry; its outcome is unknown")
             }
             Self::DatabaseUnavailable(source) => warn!(error = %source, "PostgreSQL query failed"),

@@ -245,7 +245,7 @@ impl Queue {
         let outcome = answer
             .await
             .map_err(|_| Error::Internal("the queue's writer went away".into()))?;
-        match outcome.map_err(failed)? {
+        match outcome.map_err(|error| failed(error, key.is_some()))? {
             Outcome::Added(entry_id) => Ok(Admission {
                 entry_id,
                 received_at,
@@ -476,11 +476,15 @@ async fn wait_on_master_of(
 
 /// What a failed `publish` means for the entry: refused when Redis answered with an error
 /// or the connection was refused, unknown when the command may have reached Redis.
-fn failed(error: redis::RedisError) -> Error {
+/// `keyed`: the request carried an Idempotency-Key.
+fn failed(error: redis::RedisError, keyed: bool) -> Error {
     let may_have_arrived =
         error.is_timeout() || error.is_connection_dropped() || error.is_io_error();
     if may_have_arrived && !error.is_connection_refusal() {
-        Error::OutcomeUnknown(error)
+        Error::OutcomeUnknown {
+            source: error,
+            keyed,
+        }
     } else {
         Error::QueueUnavailable(error)
     }

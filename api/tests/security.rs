@@ -309,20 +309,35 @@ async fn an_unconfirmed_entry_is_an_unknown_outcome_not_a_refusal() {
     api.redis.signal(Signal::SIGSTOP).unwrap();
     let answer = api.post_json("/api/log", &a_log("pump-1")).await;
     api.redis.signal(Signal::SIGCONT).unwrap();
-    assert_eq!(
-        answer.status,
-        StatusCode::GATEWAY_TIMEOUT,
+    for answer in [&answer, &keyed_answer] {
+        assert_eq!(
+            answer.status,
+            StatusCode::GATEWAY_TIMEOUT,
+            "{}",
+            answer.text
+        );
+        assert_eq!(answer.body["error"], "outcome_unknown");
+        assert!(answer.headers.contains_key(header::RETRY_AFTER));
+    }
+    // Each is told whether a retry is safe: only under its Idempotency-Key.
+    let detail = |answer: &Answer| answer.body["detail"].as_str().unwrap().to_owned();
+    assert!(
+        detail(&answer).contains("a retry may store them twice"),
         "{}",
         answer.text
     );
-    assert_eq!(answer.body["error"], "outcome_unknown");
-    assert!(answer.headers.contains_key(header::RETRY_AFTER));
-    // What the answer warned of: Redis ran the command once it could.
+    assert!(
+        detail(&keyed_answer).contains("a retry with the same Idempotency-Key is safe")
+            && !detail(&keyed_answer).contains("twice"),
+        "{}",
+        keyed_answer.text
+    );
+    // What the answers warned of: Redis ran the commands once it could.
     let api = &api;
     eventually(
-        "the unconfirmed entry lands",
+        "the unconfirmed entries land",
         Duration::from_secs(10),
-        || async move { Ok(api.stream_tenants().await.len() == 2) },
+        || async move { Ok(api.stream_tenants().await.len() == 3) },
     )
     .await
     .unwrap();
@@ -398,8 +413,16 @@ async fn hostile_requests_get_clear_errors_and_bounded_metrics() {
     assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.text);
     let answer = api
         .post(
+    let keyed = || {
+        Request::post("/api/log")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", "unconfirmed-1")
+            .body(Body::from(a_log("pump-2").to_string()))
+            .unwrap()
+    };
             "/api/log",
             Some("application/json; charset=iso-8859-1"),
+    let keyed_answer = api.send(keyed()).await;
             a_log("pump-1").to_string(),
         )
         .await;
@@ -418,6 +441,10 @@ async fn hostile_requests_get_clear_errors_and_bounded_metrics() {
 
     // A path that is not UTF-8 gets the JSON error shape.
     let answer = api.get("/api/logs/%FF").await;
+    // And what the keyed one promised: its retry adds nothing.
+    let retried = api.send(keyed()).await;
+    assert_eq!(retried.body["status"], "duplicate", "{}", retried.text);
+    assert_eq!(api.stream_tenants().await.len(), 3);
     assert_eq!(
         (answer.status, answer.body["error"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_path")),
