@@ -49,6 +49,10 @@ pub enum Error {
     #[error("the request body's Content-Encoding must be gzip or identity, got {0:?}")]
     UnsupportedEncoding(String),
 
+    /// The query string is not valid UTF-8 after percent-decoding.
+    #[error("the query string is invalid: it does not percent-decode to UTF-8")]
+    MalformedQuery,
+
     /// The path is not valid UTF-8 after percent-decoding.
     #[error("the path is invalid: {0}")]
     InvalidPath(String),
@@ -216,7 +220,9 @@ impl Error {
             Self::UnsupportedMediaType
             | Self::UnsupportedOtlpMediaType
             | Self::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::InvalidPath(_) | Self::LimitExceeded(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidPath(_) | Self::MalformedQuery | Self::LimitExceeded(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } | Self::TailFull { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -276,6 +282,7 @@ impl Error {
 }
 
 /// The `error` code of an error answer, kept in the response's extensions for metrics.
+            Self::MalformedQuery => "malformed_query",
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorCode(pub &'static str);
 
@@ -309,7 +316,7 @@ pub async fn reshape_errors(
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Machine-readable name: `malformed_json`, `malformed_body`, `unreadable_body`, `payload_too_large`,
-    /// `unsupported_media_type`, `unsupported_encoding`, `invalid_path`, `invalid_log`,
+    /// `unsupported_media_type`, `unsupported_encoding`, `invalid_path`, `malformed_query`, `invalid_log`,
     /// `invalid_query`, `idempotency_key_reused`, `unauthorized`, `forbidden`,
     /// `rate_limited`, `not_found`, `disabled`, `limit_exceeded`, `method_not_allowed`,
     /// `request_timeout`, `bodies_in_flight`, `backpressure`, `queue_unavailable`,

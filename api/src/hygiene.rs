@@ -1,6 +1,6 @@
 //! What happens around every request, in one middleware (one future and no box per
 //! layer, which a stack of layers would cost each request): its request id, a span,
-//! its metrics, and the check of its body's encoding.
+//! its metrics, and the checks of its query string and its body's encoding.
 
 use std::time::Instant;
 
@@ -27,6 +27,7 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 ///   time taken) at debug level, so that a busy api does not format them per request
 ///   unless asked (`RUST_LOG=info,logpipeline_api=debug`);
 /// - the request's metrics: in flight, duration and answers by route, method and status;
+/// - its query string: 400 unless it percent-decodes to UTF-8, as for a path;
 /// - its body's encoding: 415 unless gzip (decoded further in) or none.
 pub async fn around(State(metrics): State<Metrics>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -46,7 +47,8 @@ pub async fn around(State(metrics): State<Metrics>, mut request: Request, next: 
     let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let span = tracing::debug_span!("request", method = %request.method(), route, request_id = id.to_str().unwrap_or_default());
     let tracked = metrics.request_started(route, request.method());
-    let mut response = match content_encoding(&mut request) {
+    let checked = query_string(&request).and_then(|()| content_encoding(&mut request));
+    let mut response = match checked {
         Ok(()) => next.run(request).instrument(span.clone()).await,
         Err(error) => error.into_response(),
     };
@@ -80,6 +82,23 @@ fn gzip_length(request: &Request) -> Option<u64> {
         .ok()?
         .parse()
         .ok()
+}
+
+/// Refuses (400) a query string that does not percent-decode to UTF-8, rather than let
+/// the parameters' parser replace its bytes and search for something nobody sent. The
+/// separators are ASCII, so no character spans two parameters and the whole string can
+/// be decoded at once.
+fn query_string(request: &Request) -> Result<(), Error> {
+    match request.uri().query() {
+        Some(query)
+            if percent_encoding::percent_decode_str(query)
+                .decode_utf8()
+                .is_err() =>
+        {
+            Err(Error::MalformedQuery)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Refuses (415) a body encoded otherwise than with gzip (decoded further in) or not at

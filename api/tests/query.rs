@@ -260,6 +260,36 @@ async fn invalid_parameters_answer_422_naming_them() {
     assert_eq!(long.status, StatusCode::UNPROCESSABLE_ENTITY);
 }
 
+/// A query string that does not percent-decode to UTF-8 is refused 400, as such a path
+/// is, on every read: the parameters' parser would otherwise replace the bytes and
+/// answer 200 for a search nobody sent.
+#[tokio::test]
+async fn a_query_string_that_is_not_utf8_answers_400() {
+    let api = TestApi::start().await;
+    for uri in [
+        "/api/logs?q=valve%FF",
+        "/api/logs?q=%C3",
+        "/api/logs/histogram?q=ok&device_id=%C3%28",
+        "/api/logs/tail?q=%FE",
+        "/api/logs/pump-7?level=ERROR&%80=1",
+        "/api/stats?x=%ED%A0%80",
+    ] {
+        let answer = api.get(uri).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{uri}: {}",
+            answer.text
+        );
+        assert_eq!(answer.body["error"], "malformed_query", "{uri}");
+    }
+    // UTF-8, whole or percent-encoded, is searched as sent.
+    for uri in ["/api/logs?q=caf%C3%A9", "/api/logs?q=%E2%9C%93+ok"] {
+        let answer = api.get(uri).await;
+        assert_eq!(answer.status, StatusCode::OK, "{uri}: {}", answer.text);
+    }
+}
+
 #[tokio::test]
 async fn health_reports_each_dependency_and_probes_tell_liveness_from_readiness() {
     let mut api = TestApi::start_with(Options {
