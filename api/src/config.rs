@@ -142,11 +142,25 @@ pub struct Config {
     #[arg(long, env = "LOGPIPELINE_QUERY_CACHE_TTL_SECS", default_value_t = 300)]
     pub query_cache_ttl_secs: u64,
 
-    /// Milliseconds a search (`GET /api/logs`, its histogram) may run in PostgreSQL; one
-    /// that needs longer is stopped there and answered 422 `search_too_broad`.
+    /// Milliseconds a search (`GET /api/logs`, its histogram) may run in PostgreSQL, all
+    /// its statements together; one that needs longer is stopped there at that time and
+    /// answered 422 `search_too_broad`.
     #[arg(long, env = "LOGPIPELINE_SEARCH_TIMEOUT_MS", default_value_t = 5000,
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub search_timeout_ms: u64,
+
+    /// Most searches and histograms this process runs at once, each on a connection of
+    /// a PostgreSQL pool of their own of this size (beside the `LOGPIPELINE_DB_MAX_CONNECTIONS`
+    /// of device pages and the rest); more are answered 429 `search_busy`.
+    #[arg(long, env = "LOGPIPELINE_SEARCH_CONCURRENCY", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub search_concurrency: u32,
+
+    /// Most searches and histograms of one tenant this process runs at once; more are
+    /// answered 429 `search_busy`.
+    #[arg(long, env = "LOGPIPELINE_SEARCH_CONCURRENCY_PER_TENANT", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub search_concurrency_per_tenant: u32,
 
     /// Megabytes of chunks' Bloom filters this process keeps in memory, so that a search
     /// tests the chunks it read before without reading their filters again

@@ -112,9 +112,29 @@ pub enum Error {
     )]
     IdempotencyKeyReused,
 
+    /// As many searches run as may at once, in this api process or for this tenant.
+    #[error(
+        "{limit} searches run for this {scope}, as many as may at once; retry after {SEARCH_RETRY_AFTER_SECS} s"
+    )]
+    SearchBusy {
+        /// `tenant` or `api process`.
+        scope: &'static str,
+        /// How many may run at once.
+        limit: usize,
+    },
+
     /// PostgreSQL failed or did not answer.
     #[error("the log database is unavailable; retry later")]
     DatabaseUnavailable(#[source] sqlx::Error),
+
+    /// PostgreSQL answered its last check, and a read found none of the connections it
+    /// may use free in time: busy, not down.
+    #[error("every connection to the log database this read may use is busy; retry later")]
+    DatabaseBusy,
+
+    /// PostgreSQL did not answer its last check: a read fails at once rather than wait.
+    #[error("the log database does not answer; retry later")]
+    DatabaseDown,
 
     /// A bug: something that cannot fail did.
     #[error("internal error")]
@@ -206,6 +226,9 @@ pub enum Error {
     Serve(#[from] std::io::Error),
 }
 
+/// Seconds a client should wait before retrying a search refused as busy.
+const SEARCH_RETRY_AFTER_SECS: u64 = 1;
+
 /// Seconds a client should wait before retrying after a 503 or 504.
 const RETRY_AFTER_SECS: &str = "1";
 
@@ -225,8 +248,10 @@ impl Error {
             }
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Self::RateLimited { .. } | Self::TailFull { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::RateLimited { .. } | Self::TailFull { .. } | Self::SearchBusy { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::OutcomeUnknown { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::InvalidLog(_)
             | Self::InvalidQuery(_)
             | Self::SearchTooBroad { .. }
@@ -237,7 +262,9 @@ impl Error {
             Self::Backpressure { .. }
             | Self::BodiesInFlight { .. }
             | Self::QueueUnavailable(_)
-            | Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::DatabaseUnavailable(_)
+            | Self::DatabaseBusy
+            | Self::DatabaseDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Config(_) | Self::RedisSetup(_) | Self::Bind { .. } | Self::Serve(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -255,6 +282,7 @@ impl Error {
             Self::UnsupportedMediaType | Self::UnsupportedOtlpMediaType => "unsupported_media_type",
             Self::UnsupportedEncoding(_) => "unsupported_encoding",
             Self::InvalidPath(_) => "invalid_path",
+            Self::MalformedQuery => "malformed_query",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden { .. } => "forbidden",
             Self::RateLimited { .. } => "rate_limited",
@@ -264,7 +292,9 @@ impl Error {
             Self::SearchTooBroad { .. } => "search_too_broad",
             Self::TailFull { .. } => "tail_full",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
-            Self::DatabaseUnavailable(_) => "database_unavailable",
+            Self::SearchBusy { .. } => "search_busy",
+            Self::DatabaseUnavailable(_) | Self::DatabaseDown => "database_unavailable",
+            Self::DatabaseBusy => "database_busy",
             Self::Internal(_) => "internal",
             Self::NotFound => "not_found",
             Self::Disabled(_) => "disabled",
@@ -282,7 +312,6 @@ impl Error {
 }
 
 /// The `error` code of an error answer, kept in the response's extensions for metrics.
-            Self::MalformedQuery => "malformed_query",
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorCode(pub &'static str);
 
@@ -320,7 +349,7 @@ pub struct ErrorBody {
     /// `invalid_query`, `idempotency_key_reused`, `unauthorized`, `forbidden`,
     /// `rate_limited`, `not_found`, `disabled`, `limit_exceeded`, `method_not_allowed`,
     /// `request_timeout`, `bodies_in_flight`, `backpressure`, `queue_unavailable`,
-    /// `outcome_unknown`, `database_unavailable`, `internal`.
+    /// `outcome_unknown`, `search_busy`, `database_unavailable`, `database_busy`, `internal`.
     #[schema(example = "invalid_log")]
     pub error: &'static str,
     /// What went wrong, for people.
@@ -356,6 +385,12 @@ impl IntoResponse for Error {
                 retry_after_secs, ..
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            Self::SearchBusy { .. } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(SEARCH_RETRY_AFTER_SECS),
+                );
             }
             _ if matches!(
                 status,

@@ -42,6 +42,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use logpipeline_core::connection::RedisTarget;
+use logpipeline_core::db::Reachability;
 use logpipeline_core::retry::until_done;
 use logpipeline_core::{shutdown, stream};
 use tokio_util::sync::CancellationToken;
@@ -57,6 +58,7 @@ pub use crate::ingest::{BatchAccepted, LogAccepted};
 pub use crate::limits::{RateLimit, RateLimits};
 pub use crate::metrics::Metrics;
 pub use crate::queue::{Queue, Replication, Settings as QueueSettings};
+pub use crate::read::admission::SearchGate;
 pub use crate::read::shelf::Shelf;
 use crate::server::{ConnectionLimits, Protocol, Server};
 pub use crate::state::{AppState, Shared};
@@ -232,6 +234,15 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
             }
         }
     });
+    let search_db = logpipeline_core::db::lazy_pool_of(&config.database, config.search_concurrency)
+        .map_err(|error| Error::Config(error.to_string()))?;
+    let reachability = Reachability::watch(&config.database, shutdown.clone())
+        .map_err(|error| Error::Config(error.to_string()))?;
+    let shelf = Shelf::new(
+        db.clone(),
+        config.chunk_index_cache_mb * 1024 * 1024,
+        reachability,
+    );
     let state = AppState::new(Shared {
         queue: Queue::new(
             redis.clone(),
@@ -250,7 +261,12 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
             config.cache.generation_keys(),
             metrics.clone(),
         ),
-        shelf: Shelf::new(db.clone(), config.chunk_index_cache_mb * 1024 * 1024),
+        search_shelf: shelf.through(search_db),
+        search_gate: SearchGate::new(
+            config.search_concurrency as usize,
+            config.search_concurrency_per_tenant as usize,
+        ),
+        shelf,
         db,
         metrics: metrics.clone(),
         auth,

@@ -15,6 +15,7 @@ use crate::cache::Cache;
 use crate::limits::RateLimits;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
+use crate::read::admission::SearchGate;
 use crate::read::shelf::Shelf;
 
 /// The api's shared state: one allocation, so that the clone every request and
@@ -51,6 +52,10 @@ pub struct Shared {
     pub db: PgPool,
     /// The stored logs, rows and chunks, as reads see them.
     pub shelf: Shelf,
+    /// The same, through the searches' own connections.
+    pub search_shelf: Shelf,
+    /// Which searches run.
+    pub search_gate: SearchGate,
     /// The query cache.
     pub cache: Cache,
     /// The api's metrics.
@@ -65,7 +70,7 @@ pub struct Shared {
     pub body: BodyLimits,
     /// How long a page of logs stays cached when no commit retires it.
     pub query_cache_ttl: Duration,
-    /// How long a search may run in PostgreSQL.
+    /// How long a search may run in PostgreSQL, all its statements together.
     pub search_timeout: Duration,
     /// The live tail.
     pub tail: crate::tail::Tail,

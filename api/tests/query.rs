@@ -347,6 +347,114 @@ async fn health_reports_each_dependency_and_probes_tell_liveness_from_readiness(
     assert_eq!(stats.body["error"], "database_unavailable");
 }
 
+/// With PostgreSQL down, reads fail at once, from the api's own check of it, rather
+/// than after the pool has waited out its acquire timeout for a connection that cannot
+/// be opened.
+#[tokio::test]
+async fn reads_fail_at_once_while_postgresql_does_not_answer() {
+    let mut api = TestApi::start_with(Options {
+        own_postgres: true,
+        ..Options::default()
+    })
+    .await;
+    let ok = api.get("/api/logs?q=valve").await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+    api.postgres.as_mut().unwrap().stop().unwrap();
+    let fixture = &api;
+    eventually(
+        "searches and pages are refused as the check says, not as the pool times out",
+        Duration::from_secs(30),
+        || async move {
+            let mut refused_at_once = true;
+            for uri in [
+                "/api/logs?q=valve",
+                "/api/logs/pump-7",
+                "/api/logs/histogram",
+            ] {
+                let answer = fixture.get(uri).await;
+                assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{uri}");
+                assert_eq!(answer.body["error"], "database_unavailable", "{uri}");
+                refused_at_once &=
+                    answer.body["detail"] == "the log database does not answer; retry later";
+            }
+            Ok(refused_at_once)
+        },
+    )
+    .await
+    .unwrap();
+    api.postgres.as_mut().unwrap().start_again().unwrap();
+    let fixture = &api;
+    eventually(
+        "reads answer again",
+        Duration::from_secs(30),
+        || async move { Ok(fixture.get("/api/logs?q=valve").await.status == StatusCode::OK) },
+    )
+    .await
+    .unwrap();
+}
+
+/// A read that finds every connection of its pool in use is told the database is busy,
+/// not unavailable: PostgreSQL answers all along.
+#[tokio::test]
+async fn a_pool_with_no_connection_free_is_busy_not_unavailable() {
+    let api = TestApi::start().await;
+    let mut held = Vec::new();
+    while let Ok(Ok(connection)) =
+        tokio::time::timeout(Duration::from_millis(500), api.db.acquire()).await
+    {
+        held.push(connection);
+    }
+    let page = api.get("/api/logs/pump-7").await;
+    assert_eq!(
+        page.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        page.text
+    );
+    assert_eq!(page.body["error"], "database_busy", "{}", page.text);
+    assert!(page.headers.contains_key(axum::http::header::RETRY_AFTER));
+    // Searches have connections of their own, which the device pages' pool cannot take.
+    let search = api.get("/api/logs?q=valve").await;
+    assert_eq!(search.status, StatusCode::OK, "{}", search.text);
+    drop(held);
+    assert_eq!(api.get("/api/logs/pump-7").await.status, StatusCode::OK);
+}
+
+/// A search held in PostgreSQL past its budget is stopped at the budget, while still
+/// held, and the answer names the budget (not the longer backstop of each statement).
+#[tokio::test]
+async fn a_search_is_stopped_at_its_budget() {
+    let api = TestApi::start_with(Options {
+        search_timeout: Duration::from_secs(1),
+        ..Options::default()
+    })
+    .await;
+    let mut lock = api.db.begin().await.unwrap();
+    sqlx::query("lock table logs in access exclusive mode")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(60), api.get("/api/logs?q=valve"))
+        .await
+        .expect("the search was not stopped while the lock was held");
+    lock.rollback().await.unwrap();
+    assert_eq!(
+        answer.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        answer.text
+    );
+    assert_eq!(answer.body["error"], "search_too_broad");
+    assert!(
+        answer.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("within 1s"),
+        "{}",
+        answer.text
+    );
+}
+
 #[tokio::test]
 async fn stats_sum_the_counters_and_are_cached() {
     let api = TestApi::start().await;

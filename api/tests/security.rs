@@ -297,6 +297,98 @@ async fn a_key_over_its_rate_gets_429_with_retry_after_and_adds_nothing() {
     .unwrap();
 }
 
+/// Searches run at most so many at once in the process and of one tenant: one more is
+/// refused at once with 429 `search_busy` and `Retry-After`, naming the bound, and the
+/// places come back as searches end.
+#[tokio::test]
+async fn searches_past_their_limits_are_refused_at_once() {
+    let acme = ApiKey::new("acme", "reader", &["read"]);
+    let globex = ApiKey::new("globex", "reader", &["read"]);
+    let initech = ApiKey::new("initech", "reader", &["read"]);
+    let file = keys_file(&[&acme, &globex, &initech]);
+    let api = TestApi::start_with(Options {
+        auth: Auth::with_keys(Keys::parse(&file).unwrap()),
+        search_concurrency: 2,
+        search_concurrency_per_tenant: 1,
+        search_timeout: Duration::from_secs(600),
+        ..Options::default()
+    })
+    .await;
+    // Every search waits behind a lock on `logs` for as long as the test holds it.
+    let mut lock = api.db.begin().await.unwrap();
+    sqlx::query("lock table logs in access exclusive mode")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let search = |key| api.with_key(Method::GET, "/api/logs?q=valve", Some(key), None);
+    let histogram = api.with_key(
+        Method::GET,
+        "/api/logs/histogram?q=valve",
+        Some(&globex),
+        None,
+    );
+    let checks = async {
+        let waiting = || async {
+            let count: i64 = sqlx::query_scalar(
+                "select count(*) from pg_stat_activity \
+                 where wait_event_type = 'Lock' and datname = current_database()",
+            )
+            .fetch_one(&api.db)
+            .await?;
+            Ok(count == 2)
+        };
+        eventually(
+            "two searches wait on the lock",
+            Duration::from_secs(60),
+            waiting,
+        )
+        .await
+        .unwrap();
+        // Refused at once: without a bound they would wait on the lock with the others.
+        let refused = |key| async move {
+            tokio::time::timeout(Duration::from_secs(60), search(key))
+                .await
+                .expect("a search past the limits was not refused at once")
+        };
+        let of_tenant = refused(&acme).await;
+        let of_process = refused(&initech).await;
+        lock.rollback().await.unwrap();
+        (of_tenant, of_process)
+    };
+    let (held, held_histogram, (of_tenant, of_process)) =
+        tokio::join!(search(&acme), histogram, checks);
+    for (refused, bound) in [(&of_tenant, "tenant"), (&of_process, "api process")] {
+        assert_eq!(
+            refused.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{}",
+            refused.text
+        );
+        assert_eq!(refused.body["error"], "search_busy");
+        assert!(
+            refused.body["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("for this {bound}")),
+            "{}",
+            refused.text
+        );
+        assert_eq!(refused.headers[header::RETRY_AFTER], "1");
+    }
+    assert_eq!(held.status, StatusCode::OK, "{}", held.text);
+    assert_eq!(
+        held_histogram.status,
+        StatusCode::OK,
+        "{}",
+        held_histogram.text
+    );
+    // The places are back.
+    for key in [&acme, &initech] {
+        let answer = search(key).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    }
+}
+
 #[tokio::test]
 async fn an_unconfirmed_entry_is_an_unknown_outcome_not_a_refusal() {
     let api = TestApi::start().await;
@@ -306,8 +398,16 @@ async fn an_unconfirmed_entry_is_an_unknown_outcome_not_a_refusal() {
         api.post_json("/api/log", &a_log("pump-1")).await.status,
         StatusCode::OK
     );
+    let keyed = || {
+        Request::post("/api/log")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", "unconfirmed-1")
+            .body(Body::from(a_log("pump-2").to_string()))
+            .unwrap()
+    };
     api.redis.signal(Signal::SIGSTOP).unwrap();
     let answer = api.post_json("/api/log", &a_log("pump-1")).await;
+    let keyed_answer = api.send(keyed()).await;
     api.redis.signal(Signal::SIGCONT).unwrap();
     for answer in [&answer, &keyed_answer] {
         assert_eq!(
@@ -341,6 +441,10 @@ async fn an_unconfirmed_entry_is_an_unknown_outcome_not_a_refusal() {
     )
     .await
     .unwrap();
+    // And what the keyed one promised: its retry adds nothing.
+    let retried = api.send(keyed()).await;
+    assert_eq!(retried.body["status"], "duplicate", "{}", retried.text);
+    assert_eq!(api.stream_tenants().await.len(), 3);
 }
 
 #[tokio::test]
@@ -413,16 +517,8 @@ async fn hostile_requests_get_clear_errors_and_bounded_metrics() {
     assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.text);
     let answer = api
         .post(
-    let keyed = || {
-        Request::post("/api/log")
-            .header(header::CONTENT_TYPE, "application/json")
-            .header("Idempotency-Key", "unconfirmed-1")
-            .body(Body::from(a_log("pump-2").to_string()))
-            .unwrap()
-    };
             "/api/log",
             Some("application/json; charset=iso-8859-1"),
-    let keyed_answer = api.send(keyed()).await;
             a_log("pump-1").to_string(),
         )
         .await;
@@ -441,10 +537,6 @@ async fn hostile_requests_get_clear_errors_and_bounded_metrics() {
 
     // A path that is not UTF-8 gets the JSON error shape.
     let answer = api.get("/api/logs/%FF").await;
-    // And what the keyed one promised: its retry adds nothing.
-    let retried = api.send(keyed()).await;
-    assert_eq!(retried.body["status"], "duplicate", "{}", retried.text);
-    assert_eq!(api.stream_tenants().await.len(), 3);
     assert_eq!(
         (answer.status, answer.body["error"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_path")),

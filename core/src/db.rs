@@ -1,5 +1,6 @@
 //! The PostgreSQL schema and connection pool.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,9 +34,15 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// opened before the move are closed instead of used, so nothing writes to, or reads
 /// stale rows from, a server that has become a standby.
 pub fn lazy_pool(args: &DatabaseArgs) -> Result<PgPool, ConfigError> {
+    lazy_pool_of(args, args.db_max_connections)
+}
+
+/// [`lazy_pool`] of at most `max_connections` connections, as a pool kept for one kind
+/// of work has.
+pub fn lazy_pool_of(args: &DatabaseArgs, max_connections: u32) -> Result<PgPool, ConfigError> {
     let targets = args.targets()?;
     let options = PgPoolOptions::new()
-        .max_connections(args.db_max_connections)
+        .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5));
     if !targets.follows_primary() {
         return Ok(options.connect_lazy_with(targets.hosts[0].clone()));
@@ -64,6 +71,92 @@ pub fn lazy_pool(args: &DatabaseArgs) -> Result<PgPool, ConfigError> {
         .connect_lazy_with(targets.hosts[0].clone());
     tokio::spawn(follow_primary(pool.clone(), targets.hosts, moved));
     Ok(pool)
+}
+
+/// Whether PostgreSQL answered its last check, made every [`CHECK_REACHABLE_EVERY`] on a
+/// connection of its own: a pool whose connections are all in use is not an outage, and
+/// a request need not wait out a pool's acquire timeout to learn of one.
+#[derive(Debug, Clone)]
+pub struct Reachability {
+    up: Arc<AtomicBool>,
+}
+
+/// How often [`Reachability`] checks.
+pub const CHECK_REACHABLE_EVERY: Duration = Duration::from_secs(1);
+
+impl Reachability {
+    /// Checks the servers of `args` until `shutdown`: reachable when one answers (and
+    /// takes writes, where the settings ask for a writable server). Reachable until a
+    /// check says otherwise.
+    pub fn watch(args: &DatabaseArgs, shutdown: CancellationToken) -> Result<Self, ConfigError> {
+        let targets = args.targets()?;
+        let up = Arc::new(AtomicBool::new(true));
+        tokio::spawn({
+            let up = up.clone();
+            async move {
+                let mut kept: Option<PgConnection> = None;
+                let mut ticks = tokio::time::interval(CHECK_REACHABLE_EVERY);
+                ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
+                    let answered = match kept.as_mut() {
+                        Some(connection) => matches!(
+                            tokio::time::timeout(CHECK_TIMEOUT, answers(connection, &targets))
+                                .await,
+                            Ok(Ok(true))
+                        ),
+                        None => false,
+                    };
+                    if !answered {
+                        kept = connect_any(&targets).await;
+                    }
+                    up.store(answered || kept.is_some(), Ordering::Relaxed);
+                }
+            }
+        });
+        Ok(Self { up })
+    }
+
+    /// Reachability that is always up: for tools and tests that check nothing.
+    pub fn assumed() -> Self {
+        Self {
+            up: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// Whether PostgreSQL answered its last check.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether the server of `connection` answers as `targets` want.
+async fn answers(
+    connection: &mut PgConnection,
+    targets: &crate::config::DatabaseTargets,
+) -> Result<bool, sqlx::Error> {
+    if targets.follows_primary() {
+        takes_writes(connection).await
+    } else {
+        sqlx::query("select 1")
+            .execute(connection)
+            .await
+            .map(|_| true)
+    }
+}
+
+/// A connection to the first of `targets`' servers that answers as they want.
+async fn connect_any(targets: &crate::config::DatabaseTargets) -> Option<PgConnection> {
+    for host in &targets.hosts {
+        let attempt = async {
+            let mut connection = PgConnection::connect_with(host).await?;
+            let wanted = answers(&mut connection, targets).await?;
+            Ok::<_, sqlx::Error>(wanted.then_some(connection))
+        };
+        if let Ok(Ok(Some(connection))) = tokio::time::timeout(CHECK_TIMEOUT, attempt).await {
+            return Some(connection);
+        }
+    }
+    None
 }
 
 /// Whether the server of `connection` takes writes, as libpq's `read-write` check asks.

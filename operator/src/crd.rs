@@ -182,6 +182,50 @@ pub struct ApiSpec {
     /// NetworkPolicies for the API and worker pods; on by default.
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
+    /// Bounds of fleet-wide searches and histograms in each API pod.
+    #[serde(default)]
+    pub search: SearchSpec,
+}
+
+/// How much searching each API pod does at once, and for how long (docs/search.md).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchSpec {
+    /// Most searches and histograms an API pod runs at once, each on a PostgreSQL
+    /// connection of a pool of their own of this size; more are answered 429
+    /// `search_busy`.
+    #[serde(default = "default_search_concurrency")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub concurrency: i32,
+    /// Most searches and histograms of one tenant an API pod runs at once.
+    #[serde(default = "default_search_concurrency_per_tenant")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub concurrency_per_tenant: i32,
+    /// Milliseconds a search may run in PostgreSQL, all its statements together; one
+    /// that needs longer is stopped then and answered 422 `search_too_broad`.
+    #[serde(default = "default_search_timeout_ms")]
+    #[schemars(range(min = 1, max = 600_000))]
+    pub timeout_ms: i64,
+}
+
+impl Default for SearchSpec {
+    fn default() -> Self {
+        Self {
+            concurrency: default_search_concurrency(),
+            concurrency_per_tenant: default_search_concurrency_per_tenant(),
+            timeout_ms: default_search_timeout_ms(),
+        }
+    }
+}
+
+fn default_search_concurrency() -> i32 {
+    4
+}
+fn default_search_concurrency_per_tenant() -> i32 {
+    2
+}
+fn default_search_timeout_ms() -> i64 {
+    5000
 }
 
 /// CPU-based autoscaling of the API (an autoscaling/v2 HorizontalPodAutoscaler).

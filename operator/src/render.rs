@@ -444,11 +444,26 @@ fn api_deployment(lp: &LogPipeline, ctx: &RenderContext, checksum: &str) -> Depl
             resources: &api.resources,
             port_name: "http",
             port: API_PORT,
-            extra_env: [plain_env(
-                "LOGPIPELINE_SHUTDOWN_TIMEOUT_SECS",
-                api.shutdown_timeout_secs.to_string(),
-            )]
+            extra_env: [
+                (
+                    "LOGPIPELINE_SHUTDOWN_TIMEOUT_SECS",
+                    api.shutdown_timeout_secs.to_string(),
+                ),
+                (
+                    "LOGPIPELINE_SEARCH_CONCURRENCY",
+                    api.search.concurrency.to_string(),
+                ),
+                (
+                    "LOGPIPELINE_SEARCH_CONCURRENCY_PER_TENANT",
+                    api.search.concurrency_per_tenant.to_string(),
+                ),
+                (
+                    "LOGPIPELINE_SEARCH_TIMEOUT_MS",
+                    api.search.timeout_ms.to_string(),
+                ),
+            ]
             .into_iter()
+            .map(|(name, value)| plain_env(name, value))
             .chain(security::api_env(lp))
             .collect(),
         },
@@ -790,12 +805,14 @@ mod tests {
             "logs-settings"
         );
         let api = container_of(&children.api_deployment);
-        assert_eq!(
-            env_of(api, "LOGPIPELINE_SHUTDOWN_TIMEOUT_SECS")
-                .value
-                .as_deref(),
-            Some("20")
-        );
+        for (name, value) in [
+            ("LOGPIPELINE_SHUTDOWN_TIMEOUT_SECS", "20"),
+            ("LOGPIPELINE_SEARCH_CONCURRENCY", "4"),
+            ("LOGPIPELINE_SEARCH_CONCURRENCY_PER_TENANT", "2"),
+            ("LOGPIPELINE_SEARCH_TIMEOUT_MS", "5000"),
+        ] {
+            assert_eq!(env_of(api, name).value.as_deref(), Some(value), "{name}");
+        }
     }
 
     #[test]

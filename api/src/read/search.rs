@@ -21,9 +21,12 @@
 //!   is the hour before `until`. A search not bounded by a device, service or trace may
 //!   span at most [`MAX_FLEET_RANGE_DAYS`] days.
 //!
-//! Every search runs within a budget (`LOGPIPELINE_SEARCH_TIMEOUT_MS`, 5 s); one that
-//! would read more is stopped by PostgreSQL and answered 422 `search_too_broad`, so no
-//! query can hold the database. Searches are not cached: a fleet-wide result has no generation to keep it
+//! Every search runs within a budget (`LOGPIPELINE_SEARCH_TIMEOUT_MS`, 5 s, all its
+//! statements together); one that would read more is stopped in PostgreSQL at the budget
+//! and answered 422 `search_too_broad`, so no query can hold the database. At most
+//! `LOGPIPELINE_SEARCH_CONCURRENCY` searches run at once in an api process, and
+//! `LOGPIPELINE_SEARCH_CONCURRENCY_PER_TENANT` of one tenant, on connections of their own;
+//! more are answered 429 `search_busy` ([`super::admission`]). Searches are not cached: a fleet-wide result has no generation to keep it
 //! fresh by, and the rule that a read is never stale comes first.
 
 use std::collections::BTreeMap;
@@ -252,9 +255,9 @@ fn is_parameter(name: &str) -> bool {
         (status = 401, description = "No valid API key", body = ErrorBody),
         (status = 403, description = "The key lacks the `read` scope", body = ErrorBody),
         (status = 422, description = "An invalid parameter, or a search too broad for its time budget (`search_too_broad`)", body = ErrorBody),
-        (status = 429, description = "A rate limit is reached; retry after `Retry-After` seconds", body = ErrorBody,
+        (status = 429, description = "A rate limit is reached, or as many searches run as may (`search_busy`); retry after `Retry-After` seconds", body = ErrorBody,
          headers(("Retry-After" = u32, description = "Seconds to wait"))),
-        (status = 503, description = "PostgreSQL is unavailable", body = ErrorBody),
+        (status = 503, description = "PostgreSQL is unavailable (`database_unavailable`), or its connections for searches are all busy (`database_busy`)", body = ErrorBody),
     )
 )]
 pub async fn search(
@@ -267,8 +270,12 @@ pub async fn search(
         query.as_deref(),
         OffsetDateTime::now_utc(),
     )?;
+    let _running = state.search_gate.admit(principal.tenant.as_str())?;
     let started = Instant::now();
-    let mut snapshot = state.shelf.snapshot(Some(state.search_timeout)).await?;
+    let mut snapshot = state
+        .search_shelf
+        .snapshot(Some(state.search_timeout))
+        .await?;
     // One more than asked tells whether there is a next page.
     let logs = snapshot
         .page(
@@ -327,9 +334,9 @@ pub struct Bucket {
         (status = 401, description = "No valid API key", body = ErrorBody),
         (status = 403, description = "The key lacks the `read` scope", body = ErrorBody),
         (status = 422, description = "An invalid parameter, too many buckets, or a search too broad for its time budget", body = ErrorBody),
-        (status = 429, description = "A rate limit is reached; retry after `Retry-After` seconds", body = ErrorBody,
+        (status = 429, description = "A rate limit is reached, or as many searches run as may (`search_busy`); retry after `Retry-After` seconds", body = ErrorBody,
          headers(("Retry-After" = u32, description = "Seconds to wait"))),
-        (status = 503, description = "PostgreSQL is unavailable", body = ErrorBody),
+        (status = 503, description = "PostgreSQL is unavailable (`database_unavailable`), or its connections for searches are all busy (`database_busy`)", body = ErrorBody),
     )
 )]
 pub async fn histogram(
@@ -357,8 +364,12 @@ pub async fn histogram(
                 ))
             })?,
     };
+    let _running = state.search_gate.admit(principal.tenant.as_str())?;
     let started = Instant::now();
-    let mut snapshot = state.shelf.snapshot(Some(state.search_timeout)).await?;
+    let mut snapshot = state
+        .search_shelf
+        .snapshot(Some(state.search_timeout))
+        .await?;
     let counts = snapshot.histogram(&search.filter, seconds).await?;
     snapshot.end().await?;
     state.metrics.postgres_query("histogram", started.elapsed());

@@ -12,12 +12,16 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use logpipeline_core::codec::unix_micros;
+use logpipeline_core::db::Reachability;
 use logpipeline_core::record::LogLevel;
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, Transaction};
 use time::OffsetDateTime;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::chunks::{self, BloomCache, Candidate, Opened, ReadError, Score, score};
 use super::filter::{Filter, Subject};
@@ -37,6 +41,10 @@ const MOST_OPENED: usize = 64;
 /// Logs whose content is checked in the first batch, and the most in one.
 const FIRST_BATCH: usize = 256;
 const MOST_BATCH: usize = 8192;
+/// How often a read past its budget is told again to stop.
+const STOP_AGAIN_EVERY: Duration = Duration::from_millis(100);
+/// The least a statement's backstop adds to its read's budget.
+const BACKSTOP_MARGIN: Duration = Duration::from_secs(5);
 /// Where `date_bin` counts buckets from: 2000-01-01T00:00:00Z.
 const BIN_ORIGIN_SECS: i64 = 946_684_800;
 
@@ -44,34 +52,67 @@ const BIN_ORIGIN_SECS: i64 = 946_684_800;
 #[derive(Clone)]
 pub struct Shelf {
     db: PgPool,
+    /// Where a read past its budget is stopped from: not `db`, whose connections may
+    /// all be in reads.
+    control: PgPool,
     blooms: BloomCache,
+    reachability: Reachability,
 }
 
 impl Shelf {
-    /// Reads `db`, keeping about `bloom_cache_bytes` of chunks' Bloom filters in memory.
-    pub fn new(db: PgPool, bloom_cache_bytes: u64) -> Self {
+    /// Reads `db`, keeping about `bloom_cache_bytes` of chunks' Bloom filters in memory;
+    /// fails at once while `reachability` says PostgreSQL does not answer.
+    pub fn new(db: PgPool, bloom_cache_bytes: u64, reachability: Reachability) -> Self {
         Self {
+            control: db.clone(),
             db,
             blooms: chunks::bloom_cache(bloom_cache_bytes),
+            reachability,
         }
     }
 
-    /// A snapshot of the store; with `budget`, each statement past it is stopped (and the
-    /// read answered `search_too_broad`).
+    /// The same shelf read through the connections of `db` (a pool kept for one kind of
+    /// read), sharing its Bloom filters.
+    pub fn through(&self, db: PgPool) -> Self {
+        Self { db, ..self.clone() }
+    }
+
+    /// A snapshot of the store; with `budget`, the read is stopped once it has run that
+    /// long (and answered `search_too_broad`).
     pub async fn snapshot(&self, budget: Option<Duration>) -> Result<Snapshot, Error> {
-        let mut transaction = self.db.begin().await.map_err(Error::DatabaseUnavailable)?;
+        if !self.reachability.is_up() {
+            return Err(Error::DatabaseDown);
+        }
+        let mut transaction = self.db.begin().await.map_err(|error| match error {
+            // The pool waited its whole acquire timeout: busy while PostgreSQL answers.
+            sqlx::Error::PoolTimedOut if self.reachability.is_up() => Error::DatabaseBusy,
+            sqlx::Error::PoolTimedOut => Error::DatabaseDown,
+            error => Error::DatabaseUnavailable(error),
+        })?;
         sqlx::query("set transaction isolation level repeatable read, read only")
             .execute(&mut *transaction)
             .await
             .map_err(Error::DatabaseUnavailable)?;
+        let mut stopper = None;
+        let stopped = Arc::new(AtomicBool::new(false));
         if let Some(budget) = budget {
-            sqlx::query("select set_config('statement_timeout', $1, true)")
-                .bind(budget.as_millis().to_string())
-                .execute(&mut *transaction)
-                .await
-                .map_err(Error::DatabaseUnavailable)?;
+            let backend: i32 = sqlx::query_scalar(
+                "select pg_backend_pid() from set_config('statement_timeout', $1, true)",
+            )
+            .bind(backstop(budget).as_millis().to_string())
+            .fetch_one(&mut *transaction)
+            .await
+            .map_err(Error::DatabaseUnavailable)?;
+            stopper = Some(AbortOnDropHandle::new(tokio::spawn(stop_at(
+                self.control.clone(),
+                backend,
+                budget,
+                stopped.clone(),
+            ))));
         }
         Ok(Snapshot {
+            _stopper: stopper,
+            stopped,
             transaction,
             blooms: self.blooms.clone(),
             budget,
@@ -79,9 +120,38 @@ impl Shelf {
     }
 }
 
+/// How long one statement of a read with `budget` may run if the stop at the budget
+/// cannot be sent (PostgreSQL's `statement_timeout`, a backstop).
+fn backstop(budget: Duration) -> Duration {
+    budget + budget.max(BACKSTOP_MARGIN)
+}
+
+/// Stops the statements of `backend` once `budget` has passed, as long as it runs (the
+/// snapshot aborts it when it ends): a read of many statements, each within the budget,
+/// still ends at it. A cancel finds the backend between statements now and then, where
+/// it does nothing, so it is sent again every [`STOP_AGAIN_EVERY`].
+async fn stop_at(control: PgPool, backend: i32, budget: Duration, stopped: Arc<AtomicBool>) {
+    tokio::time::sleep(budget).await;
+    stopped.store(true, Ordering::Relaxed);
+    let mut ticks = tokio::time::interval(STOP_AGAIN_EVERY);
+    loop {
+        ticks.tick().await;
+        if let Err(error) = sqlx::query("select pg_cancel_backend($1)")
+            .bind(backend)
+            .execute(&control)
+            .await
+        {
+            tracing::warn!(%error, backend, "cannot stop a read past its budget");
+        }
+    }
+}
+
 /// A read's snapshot of the store: one `REPEATABLE READ` transaction, and the time
-/// budget of each statement.
+/// budget of the whole read.
 pub struct Snapshot {
+    _stopper: Option<AbortOnDropHandle<()>>,
+    /// Whether the read was told to stop at its budget.
+    stopped: Arc<AtomicBool>,
     transaction: Transaction<'static, Postgres>,
     blooms: BloomCache,
     budget: Option<Duration>,
@@ -96,7 +166,13 @@ enum Hit {
 impl Snapshot {
     /// Ends the snapshot.
     pub async fn end(self) -> Result<(), Error> {
-        self.transaction
+        let Self {
+            _stopper: stopper,
+            transaction,
+            ..
+        } = self;
+        drop(stopper);
+        transaction
             .commit()
             .await
             .map_err(Error::DatabaseUnavailable)
@@ -109,7 +185,12 @@ impl Snapshot {
                 if database.code().as_deref() == Some("57014") =>
             {
                 match self.budget {
-                    Some(budget) => Error::SearchTooBroad { budget },
+                    Some(budget) if self.stopped.load(Ordering::Relaxed) => {
+                        Error::SearchTooBroad { budget }
+                    }
+                    Some(budget) => Error::SearchTooBroad {
+                        budget: backstop(budget),
+                    },
                     None => Error::DatabaseUnavailable(sqlx::Error::Database(database)),
                 }
             }

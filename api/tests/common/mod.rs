@@ -12,11 +12,12 @@ use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
 use logpipeline_api::{
     AppState, Auth, BodyLimits, Cache, FrontInfo, Metrics, Queue, QueueSettings, RateLimits,
-    Shared, Shelf, Tail, app,
+    SearchGate, Shared, Shelf, Tail, app,
 };
 use logpipeline_core::codec;
-use logpipeline_core::config::RedisArgs;
+use logpipeline_core::config::{DatabaseArgs, RedisArgs};
 use logpipeline_core::connection::{Redis, RedisTarget};
+use logpipeline_core::db::Reachability;
 use logpipeline_core::generations::GenerationKeys;
 use logpipeline_core::stream::Shards;
 use logpipeline_local::postgres::{self, PostgresServer};
@@ -25,6 +26,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::Value;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 /// A stream entry's field/value pairs.
@@ -54,6 +56,10 @@ pub struct Options {
     pub own_postgres: bool,
     pub auth: Auth,
     pub rate_limits: RateLimits,
+    /// Searches at once: in all, and of one tenant.
+    pub search_concurrency: usize,
+    pub search_concurrency_per_tenant: usize,
+    pub search_timeout: Duration,
 }
 
 impl Default for Options {
@@ -64,6 +70,9 @@ impl Default for Options {
             own_postgres: false,
             auth: Auth::Off,
             rate_limits: RateLimits::default(),
+            search_concurrency: 4,
+            search_concurrency_per_tenant: 4,
+            search_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -89,6 +98,26 @@ impl TestApi {
             .await
             .unwrap();
         logpipeline_core::db::migrate(&db).await.unwrap();
+        let search_db = PgPoolOptions::new()
+            .max_connections(options.search_concurrency as u32)
+            .acquire_timeout(Duration::from_secs(2))
+            .connect(&url)
+            .await
+            .unwrap();
+        let reachability = Reachability::watch(
+            &DatabaseArgs {
+                database_url: Some(url.clone()),
+                postgres_host: None,
+                postgres_port: None,
+                postgres_user: None,
+                postgres_password: None,
+                postgres_db: None,
+                db_max_connections: 1,
+            },
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let shelf = Shelf::new(db.clone(), 1024 * 1024, reachability);
         let client = redis::Client::open(redis.url()).unwrap();
         let config = ConnectionManagerConfig::new()
             .set_number_of_retries(1)
@@ -116,7 +145,12 @@ impl TestApi {
                 GenerationKeys::new("cache"),
                 metrics.clone(),
             ),
-            shelf: Shelf::new(db.clone(), 1024 * 1024),
+            search_shelf: shelf.through(search_db),
+            search_gate: SearchGate::new(
+                options.search_concurrency,
+                options.search_concurrency_per_tenant,
+            ),
+            shelf,
             db: db.clone(),
             metrics,
             auth: options.auth,
@@ -130,7 +164,7 @@ impl TestApi {
                 64 * 1024 * 1024,
             ),
             query_cache_ttl: Duration::from_secs(300),
-            search_timeout: Duration::from_secs(5),
+            search_timeout: options.search_timeout,
             tail: Tail::start(
                 &RedisTarget::from_args(&RedisArgs {
                     redis_url: Some(redis.url()),
