@@ -10,7 +10,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::ErrorBody;
-use crate::{concurrent_test, health, ingest, metrics, read, stats, tail, v1};
+use crate::{concurrent_test, health, ingest, metrics, routes, stats, v1};
 
 /// The api's OpenAPI document.
 #[derive(OpenApi)]
@@ -24,13 +24,13 @@ use crate::{concurrent_test, health, ingest, metrics, read, stats, tail, v1};
     paths(
         ingest::create_log,
         ingest::create_batch,
-        read::search::search,
-        read::search::histogram,
-        tail::tail,
-        read::logs::get_logs,
-        read::logs::get_batch_device_logs,
-        read::logs::get_service_logs,
-        read::logs::get_trace_logs,
+        routes::search::search,
+        routes::search::histogram,
+        routes::tail::tail,
+        routes::logs::get_logs,
+        routes::logs::get_batch_device_logs,
+        routes::logs::get_service_logs,
+        routes::logs::get_trace_logs,
         stats::get_stats,
         v1::write,
         v1::batch,

@@ -26,6 +26,7 @@ mod metrics;
 pub mod otlp;
 mod queue;
 mod read;
+mod routes;
 mod scope;
 pub mod server;
 mod state;
@@ -104,18 +105,18 @@ pub fn app(state: AppState) -> Router {
         ))
         .route_layer(axum::middleware::from_fn(otlp::status_shape));
     let read = Router::new()
-        .route("/api/logs", get(read::search::search))
-        .route("/api/logs/histogram", get(read::search::histogram))
-        .route("/api/logs/tail", get(tail::tail))
-        .route("/api/logs/{device_id}", get(read::logs::get_logs))
-        .route("/api/logs/batch", get(read::logs::get_batch_device_logs))
+        .route("/api/logs", get(routes::search::search))
+        .route("/api/logs/histogram", get(routes::search::histogram))
+        .route("/api/logs/tail", get(routes::tail::tail))
+        .route("/api/logs/{device_id}", get(routes::logs::get_logs))
+        .route("/api/logs/batch", get(routes::logs::get_batch_device_logs))
         .route(
             "/api/services/{service_name}/logs",
-            get(read::logs::get_service_logs),
+            get(routes::logs::get_service_logs),
         )
         .route(
             "/api/traces/{trace_id}/logs",
-            get(read::logs::get_trace_logs),
+            get(routes::logs::get_trace_logs),
         )
         .route("/api/stats", get(stats::get_stats))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -1,5 +1,6 @@
-//! `GET /api/logs/tail`: the logs the pipeline accepts, live, as Server-Sent Events,
-//! read from the Redis Stream the api writes and never from PostgreSQL.
+//! The live tail: the logs the pipeline accepts, live, read from the Redis Stream the
+//! api writes and never from PostgreSQL, for `GET /api/logs/tail` (its handler is in
+//! the routes, which depend on this module and not the other way round).
 //!
 //! One reader per api process and shard follows the stream with `XREAD` (not the
 //! workers' consumer group, which it leaves alone) while anyone subscribes, on a thread
@@ -23,14 +24,11 @@
 //! `trace_id`, `level` and `q` (words and "quoted phrases", as in a search).
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
-use axum::Extension;
-use axum::extract::{RawQuery, State};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::Event;
 use futures::Stream;
 use logpipeline_core::codec;
 use logpipeline_core::connection::{Redis, RedisTarget};
@@ -44,10 +42,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 use utoipa::IntoParams;
 
-use crate::auth::Principal;
-use crate::error::{Error, ErrorBody, Result};
+use crate::error::{Error, Result};
 use crate::read::filter::{Subject, parse_levels, terms};
-use crate::state::AppState;
 
 /// Logs a subscriber's queue holds: how far it may fall behind before it misses logs.
 pub const QUEUE: usize = 4096;
@@ -152,6 +148,37 @@ impl Tail {
             positioned,
             shutdown,
         }
+    }
+
+    /// The logs of `tenant` that `query` (a tail's query string) asks for, from now on,
+    /// as Server-Sent Events: [`Error::TailFull`] past the subscriber limit, and
+    /// [`Error::InvalidQuery`] for a query it does not take. The events end with the
+    /// process, or after `dropped`.
+    pub async fn open(
+        &self,
+        tenant: &str,
+        query: Option<&str>,
+    ) -> Result<impl Stream<Item = Event> + use<>> {
+        let filter = Filter::parse(tenant, query)?;
+        let permit = self
+            .subscribers
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::TailFull {
+                limit: self.max_subscribers,
+            })?;
+        let subscription = self.subscribe(filter).await;
+        let events = futures::stream::unfold(
+            (subscription, permit),
+            |(mut subscription, permit)| async move {
+                let delivery = subscription.next().await?;
+                Some((delivery.event(), (subscription, permit)))
+            },
+        );
+        Ok(futures::StreamExt::take_until(
+            events,
+            self.shutdown.clone().cancelled_owned(),
+        ))
     }
 
     /// Subscribes `filter`, and returns once every reader holds a position it keeps
@@ -638,55 +665,6 @@ impl Filter {
                     .all(|term| message.contains(term.as_str()))
             })
     }
-}
-
-/// The key's tenant's logs as the pipeline accepts them, live, as Server-Sent Events:
-/// an event `log` per log (JSON, as the queries return it, with its `message_id`), and
-/// an event `missed` with how many logs went by while the subscriber read too slowly,
-/// and an event `dropped` saying why before the end of a subscriber that stopped reading.
-/// Read from the Redis Stream, never from PostgreSQL.
-#[utoipa::path(
-    get,
-    path = "/api/logs/tail",
-    tag = "query",
-    params(TailParams),
-    security(("bearer" = ["read"]), ("api_key" = ["read"])),
-    responses(
-        (status = 200, description = "A stream of events `log`, `missed` and, before the end of a subscriber that stopped reading, `dropped`", content_type = "text/event-stream", body = String),
-        (status = 401, description = "No valid API key", body = ErrorBody),
-        (status = 403, description = "The key lacks the `read` scope", body = ErrorBody),
-        (status = 422, description = "An invalid parameter", body = ErrorBody),
-        (status = 429, description = "The api has as many tail subscribers as it takes", body = ErrorBody),
-    )
-)]
-pub async fn tail(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    RawQuery(query): RawQuery,
-) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
-    let filter = Filter::parse(principal.tenant.as_str(), query.as_deref())?;
-    let tail = &state.tail;
-    let permit = tail
-        .subscribers
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| Error::TailFull {
-            limit: tail.max_subscribers,
-        })?;
-    let subscription = tail.subscribe(filter).await;
-    let events = futures::stream::unfold(
-        (subscription, permit),
-        |(mut subscription, permit)| async move {
-            let delivery = subscription.next().await?;
-            Some((Ok(delivery.event()), (subscription, permit)))
-        },
-    );
-    let shutdown = tail.shutdown.clone();
-    Ok(Sse::new(futures::StreamExt::take_until(
-        events,
-        shutdown.cancelled_owned(),
-    ))
-    .keep_alive(KeepAlive::default()))
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@
 //! and answered 422 `search_too_broad`, so no query can hold the database. At most
 //! `LOGPIPELINE_SEARCH_CONCURRENCY` searches run at once in an api process, and
 //! `LOGPIPELINE_SEARCH_CONCURRENCY_PER_TENANT` of one tenant, on connections of their own;
-//! more are answered 429 `search_busy` ([`super::admission`]). Searches are not cached: a fleet-wide result has no generation to keep it
+//! more are answered 429 `search_busy` ([`crate::read::admission`]). Searches are not cached: a fleet-wide result has no generation to keep it
 //! fresh by, and the rule that a read is never stale comes first.
 
 use std::collections::BTreeMap;
@@ -39,12 +39,12 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
-use super::filter::{
-    FieldFilter, Filter, MAX_TERMS, Subject, parse_levels, parse_limit, parse_time, terms,
-};
-use super::page::{Cursor, LogPage, Order, Source, page_of, parse_cursor};
 use crate::auth::Principal;
 use crate::error::{Error, ErrorBody, Result};
+use crate::read::filter::{
+    FieldFilter, Filter, MAX_TERMS, Subject, parse_levels, parse_limit, parse_time, terms,
+};
+use crate::read::page::{Cursor, LogPage, Order, Source, page_of, parse_cursor};
 use crate::state::AppState;
 use logpipeline_core::record::LogLevel;
 

@@ -15,11 +15,11 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::IntoParams;
 
-use super::filter::{Filter, Subject, parse_levels, parse_limit, parse_time};
-use super::page::{CachedPage, Cursor, LogPage, Order, Source, page_of, parse_cursor};
 use crate::auth::Principal;
 use crate::error::{Error, ErrorBody, Result};
 use crate::extract::PathParam;
+use crate::read::filter::{Filter, Subject, parse_levels, parse_limit, parse_time};
+use crate::read::page::{CachedPage, Cursor, LogPage, Order, Source, page_of, parse_cursor};
 use crate::state::AppState;
 
 /// The query string of the log queries.
