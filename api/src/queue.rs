@@ -7,6 +7,9 @@
 //! which saves the api and Redis a round trip, a script invocation and two system calls
 //! per request; an idle api still sends each entry at once. Every request is answered
 //! only once Redis has its entry, as before.
+//!
+//! Each shard has writers of its own, so a shard whose Redis master is down or slow
+//! holds up only the requests that go to it: the others' calls never wait behind its.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -146,13 +149,12 @@ pub struct Queue {
     idempotency_window_secs: u64,
     replication: Option<Replication>,
     redis: Redis,
-    waiting: mpsc::Sender<Pending>,
+    /// Each shard's writers take its entries from here.
+    waiting: Arc<[mpsc::Sender<Pending>]>,
 }
 
 /// An entry handed to the writers, and where its outcome goes.
 struct Pending {
-    /// The shard it goes to.
-    shard: usize,
     /// Its fields and values, as [`codec::encode`] makes them.
     fields: Vec<(&'static str, Vec<u8>)>,
     /// Its idempotency record's key and what to write there, when it has one.
@@ -168,34 +170,40 @@ enum Outcome {
 }
 
 impl Queue {
-    /// A queue as `settings` say, which answers through `redis` and starts one writer
-    /// task on each of `writers`. With replication each writer needs a connection of its
-    /// own, since `WAIT` holds up the connection it is sent on.
+    /// A queue as `settings` say, which answers through `redis` and starts, for each
+    /// shard, a writer task on each of `writers`. With replication each writer of a shard
+    /// needs a connection of its own, since `WAIT` holds up the connection it is sent on
+    /// (the writers of different shards take turns with them).
     pub fn new(
         redis: Redis,
         writers: Vec<Redis>,
         settings: Settings<'_>,
         metrics: Metrics,
     ) -> Self {
-        let (waiting, receiver) = mpsc::channel(WAITING);
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..settings.shards.count())
+            .map(|_| mpsc::channel(WAITING))
+            .unzip();
         let queue = Self {
             shards: Arc::new(settings.shards.clone()),
             capacity: settings.capacity,
             idempotency_window_secs: settings.idempotency_window.as_secs().max(1),
             replication: settings.replication,
             redis,
-            waiting,
+            waiting: senders.into(),
         };
-        let receiver = Arc::new(Mutex::new(receiver));
         let script = Arc::new(Script::new(ADMIT));
-        for connection in writers {
-            tokio::spawn(write(
-                queue.clone(),
-                connection,
-                receiver.clone(),
-                script.clone(),
-                metrics.clone(),
-            ));
+        for (shard, receiver) in receivers.into_iter().enumerate() {
+            let receiver = Arc::new(Mutex::new(receiver));
+            for connection in &writers {
+                tokio::spawn(write(
+                    queue.clone(),
+                    shard,
+                    connection.clone(),
+                    receiver.clone(),
+                    script.clone(),
+                    metrics.clone(),
+                ));
+            }
         }
         queue
     }
@@ -234,12 +242,11 @@ impl Queue {
         });
         let (outcome, answer) = oneshot::channel();
         let pending = Pending {
-            shard,
             fields,
             idempotency,
             outcome,
         };
-        if self.waiting.send(pending).await.is_err() {
+        if self.waiting[shard].send(pending).await.is_err() {
             return Err(Error::Internal("the queue's writers stopped".into()));
         }
         let outcome = answer
@@ -280,72 +287,49 @@ impl Queue {
     }
 }
 
-/// A writer: takes every entry waiting (up to [`MAX_ENTRIES_PER_CALL`]), adds them with
-/// one script call per shard on `redis` (the calls of several shards go out together),
-/// waits for the replicas if asked to, answers each, and again, until every sender is
-/// gone.
+/// A writer of `shard`: takes every entry waiting for it (up to
+/// [`MAX_ENTRIES_PER_CALL`]), adds them with one script call on `redis`, waits for the
+/// replicas if asked to, answers each, and again, until every sender is gone.
 async fn write(
     queue: Queue,
+    shard: usize,
     redis: Redis,
     receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
     script: Arc<Script>,
     metrics: Metrics,
 ) {
-    let mut batch = Vec::with_capacity(MAX_ENTRIES_PER_CALL);
+    let mut entries = Vec::with_capacity(MAX_ENTRIES_PER_CALL);
     loop {
         let received = receiver
             .lock()
             .await
-            .recv_many(&mut batch, MAX_ENTRIES_PER_CALL)
+            .recv_many(&mut entries, MAX_ENTRIES_PER_CALL)
             .await;
         if received == 0 {
             return;
         }
-        let mut per_shard: Vec<Vec<Pending>> = Vec::new();
-        per_shard.resize_with(queue.shards.count(), Vec::new);
-        for pending in batch.drain(..) {
-            per_shard[pending.shard].push(pending);
-        }
         let started = Instant::now();
-        let calls = per_shard
-            .iter()
-            .enumerate()
-            .filter(|(_, entries)| !entries.is_empty())
-            .map(|(shard, entries)| {
-                let mut redis = redis.clone();
-                let invocation = admission(&queue, &script, shard, entries);
-                async move {
-                    invocation
-                        .invoke_async::<Vec<(i64, String)>>(&mut redis)
-                        .await
-                }
-            });
-        let replies = futures::future::join_all(calls).await;
+        let reply = admission(&queue, &script, shard, &entries)
+            .invoke_async::<Vec<(i64, String)>>(&mut redis.clone())
+            .await;
         metrics.redis_call("XADD", started.elapsed());
         // An entry added now, or by an earlier request with the same key, counts as
         // accepted only once the replicas hold it.
-        let any_held = replies.iter().any(|reply| {
-            reply
-                .as_ref()
-                .is_ok_and(|results| results.iter().any(|(status, _)| *status >= 0))
-        });
+        let any_held = reply
+            .as_ref()
+            .is_ok_and(|results| results.iter().any(|(status, _)| *status >= 0));
         let unreplicated = match queue.replication {
-            Some(replication) if any_held => {
-                let written = per_shard
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, entries)| !entries.is_empty())
-                    .map(|(shard, _)| queue.shards.keys()[shard].as_str());
-                wait_for_replicas(&redis, written, replication, &metrics)
-                    .await
-                    .err()
-            }
+            Some(replication) if any_held => wait_on_master_of(
+                &mut redis.clone(),
+                &queue.shards.keys()[shard],
+                replication,
+                &metrics,
+            )
+            .await
+            .err(),
             _ => None,
         };
-        let shards = per_shard.into_iter().filter(|entries| !entries.is_empty());
-        for (entries, reply) in shards.zip(replies) {
-            answer(entries, reply, unreplicated.as_ref());
-        }
+        answer(entries.drain(..), reply, unreplicated.as_ref());
     }
 }
 
@@ -386,7 +370,7 @@ fn admission<'a>(
 /// Tells each of `entries` what became of it, from the `reply` of its shard's call and
 /// whether the replicas failed to confirm.
 fn answer(
-    entries: Vec<Pending>,
+    entries: impl ExactSizeIterator<Item = Pending>,
     reply: redis::RedisResult<Vec<(i64, String)>>,
     unreplicated: Option<&redis::RedisError>,
 ) {
@@ -410,7 +394,7 @@ fn answer(
             return;
         }
     };
-    for (pending, (status, value)) in entries.into_iter().zip(results) {
+    for (pending, (status, value)) in entries.zip(results) {
         let outcome = match (status, unreplicated) {
             (0 | 1, Some(error)) => Err(error.clone()),
             (1, None) => Ok(Outcome::Added(value)),
@@ -422,31 +406,9 @@ fn answer(
 }
 
 /// Waits until `replication.replicas` replicas hold every write made on `redis` so far
-/// to the shards `written` (`WAIT`: a replica acknowledges a replication offset, and
-/// holds all that came before it). On one server one `WAIT` covers them all; on a Redis
-/// Cluster each shard's master is asked at once, on the connection the writes went on.
-/// Fails with an error of unknown outcome when they do not in time, or when `WAIT`
-/// fails: the masters hold the entries either way.
-async fn wait_for_replicas<'a>(
-    redis: &Redis,
-    written: impl Iterator<Item = &'a str>,
-    replication: Replication,
-    metrics: &Metrics,
-) -> Result<(), redis::RedisError> {
-    let mut written: Vec<&str> = written.collect();
-    if !redis.is_cluster() {
-        written.truncate(1);
-    }
-    // The masters wait for their replicas side by side.
-    let waits = written.into_iter().map(|shard| {
-        let mut redis = redis.clone();
-        async move { wait_on_master_of(&mut redis, shard, replication, metrics).await }
-    });
-    futures::future::try_join_all(waits).await?;
-    Ok(())
-}
-
-/// [`wait_for_replicas`] for the master of `shard`.
+/// to `shard` (`WAIT` on its master: a replica acknowledges a replication offset, and
+/// holds all that came before it). Fails with an error of unknown outcome when they do
+/// not in time, or when `WAIT` fails: the master holds the entries either way.
 async fn wait_on_master_of(
     redis: &mut Redis,
     shard: &str,

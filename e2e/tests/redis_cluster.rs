@@ -262,3 +262,84 @@ async fn with_the_default_acceptance_a_killed_master_loses_at_most_its_last_mome
         stored.duplicate_messages
     );
 }
+
+/// A shard whose master stops answering holds up only the requests that go to it: with
+/// more of them in flight than the api has writers, the other shards' devices are still
+/// answered at once, while the frozen shard's requests wait; once the master thaws,
+/// they are answered too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_master_holds_up_only_its_own_shard() {
+    let cluster = RedisCluster::start(3, 0).unwrap();
+    let postgres = PostgresServer::start().unwrap();
+    let database = postgres.create_database().unwrap();
+    // A long Redis timeout: the frozen shard's requests wait as long as the test looks.
+    let env = on_cluster(&[("LOGPIPELINE_REDIS_TIMEOUT_SECS", "120")]);
+    let api = ApiProcess::start(&cluster.url(), &database, &env).unwrap();
+    let shards = Shards::on_cluster("logs:stream", 3);
+    let masters: Vec<usize> = shards
+        .keys()
+        .iter()
+        .map(|key| cluster.master_of(key).unwrap())
+        .collect();
+    // Freeze a master that holds some shard and not all of them.
+    let frozen = *masters
+        .iter()
+        .find(|master| masters.iter().any(|other| other != *master))
+        .expect("the shards' keys are on more than one master");
+    let device_of = |on_frozen: bool| {
+        (0..1000)
+            .find(|device| {
+                let shard = shards.of("default", &format!("device-{device:03}"));
+                (masters[shard] == frozen) == on_frozen
+            })
+            .unwrap()
+    };
+    let (held_device, healthy_device) = (device_of(true), device_of(false));
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
+    let post = |device: usize, seq: usize| {
+        client
+            .post(format!("{}/api/log", api.url()))
+            .json(&devices::log("frozen-shard", device, seq))
+            .send()
+    };
+    assert_eq!(post(healthy_device, 0).await.unwrap().status(), 200);
+
+    cluster.nodes()[frozen]
+        .signal(nix::sys::signal::Signal::SIGSTOP)
+        .unwrap();
+    // More requests of the frozen shard than the api has writers, all in flight.
+    let held: Vec<_> = (1..=8)
+        .map(|seq| tokio::spawn(post(held_device, seq)))
+        .collect();
+    let metrics = format!("{}/metrics", api.url());
+    eventually(
+        "the frozen shard's requests are in flight",
+        Duration::from_secs(60),
+        || async {
+            let text = client.get(&metrics).send().await?.text().await?;
+            let in_flight = logpipeline_local::services::metric_value(
+                &text,
+                "logpipeline_api_http_requests_in_flight{route=\"/api/log\"}",
+            );
+            Ok(in_flight.is_some_and(|count| count >= 8.0))
+        },
+    )
+    .await
+    .unwrap();
+    for seq in 1..=5 {
+        let answer = post(healthy_device, seq).await.unwrap();
+        assert_eq!(answer.status(), 200, "a healthy shard's device");
+    }
+    assert!(
+        held.iter().all(|request| !request.is_finished()),
+        "the healthy shard's requests were answered only once the frozen ones were"
+    );
+
+    cluster.nodes()[frozen]
+        .signal(nix::sys::signal::Signal::SIGCONT)
+        .unwrap();
+    for request in held {
+        let status = request.await.unwrap().unwrap().status();
+        assert_eq!(status, 200, "the frozen shard's requests, once it thaws");
+    }
+}
