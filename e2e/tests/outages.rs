@@ -1,7 +1,9 @@
 //! The write path through outages of what it stands on, on the real binaries: logs
 //! accepted while PostgreSQL is down, or while it refuses every write, are stored once it
 //! is back, and nothing is dead-lettered for it; a Redis that restarts empty gets its
-//! consumer group back; a Redis that may evict the stream is refused at start.
+//! consumer group back; a worker that could not acknowledge for a Redis outage finishes
+//! its entries once Redis is back, without waiting for the claim timeout; a Redis that
+//! may evict the stream is refused at start.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
 
@@ -10,7 +12,8 @@ use std::time::Duration;
 use logpipeline_e2e::devices::{self, Plan};
 use logpipeline_e2e::runs::{assert_exactly_once, count_query};
 use logpipeline_e2e::stack::{Stack, eventually, wait_for_count, wait_for_schema};
-use logpipeline_e2e::stream::consumer_count;
+use logpipeline_e2e::stream::{consumer_count, pending_count};
+use logpipeline_local::redis::RedisOptions;
 use logpipeline_local::services::Env;
 use redis::AsyncCommands;
 
@@ -127,6 +130,90 @@ async fn a_redis_that_restarts_empty_gets_its_group_back_and_storage_goes_on() {
         .await
         .unwrap();
     stack.workers[0].process().ensure_running().unwrap();
+}
+
+/// A worker stores a batch while Redis is down, so its acknowledgement fails; once Redis
+/// is back (with the entry and its delivery, from its append-only file), the worker
+/// reads its own unacknowledged entries again and acknowledges them, long before another
+/// consumer could claim them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_finishes_its_unacknowledged_entries_once_redis_is_back() {
+    let mut stack = Stack::builder()
+        .api()
+        .redis(RedisOptions {
+            append_only: true,
+            ..RedisOptions::default()
+        })
+        .worker_env("LOGPIPELINE_CLAIM_IDLE_MS", 3_600_000)
+        .start()
+        .unwrap();
+    stack.start_worker(&Env::new()).unwrap();
+    let pool = stack.pool().await.unwrap();
+    wait_for_schema(&pool).await.unwrap();
+    let redis = stack.redis().await.unwrap();
+    eventually(
+        "the worker reads the stream",
+        Duration::from_secs(60),
+        || {
+            let mut redis = redis.clone();
+            async move { Ok(consumer_count(&mut redis).await > 0) }
+        },
+    )
+    .await
+    .unwrap();
+    // The worker's insert waits on this lock while Redis goes away.
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("lock table logs in exclusive mode")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
+    let batch = serde_json::json!({"logs": (0..10).map(|seq| devices::log("ack-after-outage", 0, seq)).collect::<Vec<_>>()});
+    let answer = client
+        .post(format!("{}/api/logs/batch", stack.api_url().unwrap()))
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    eventually(
+        "the worker holds the batch",
+        Duration::from_secs(60),
+        || {
+            let mut redis = redis.clone();
+            async move { Ok(pending_count(&mut redis).await? == 1) }
+        },
+    )
+    .await
+    .unwrap();
+    stack.redis.stop().unwrap();
+    lock.rollback().await.unwrap();
+    let count = count_query("ack-after-outage");
+    wait_for_count(&pool, &count, 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    stack.redis.start_again().unwrap();
+    let redis = stack.redis().await.unwrap();
+    assert_eq!(
+        pending_count(&mut redis.clone()).await.unwrap(),
+        1,
+        "Redis kept the delivery"
+    );
+    eventually(
+        "the worker acknowledges its entry",
+        Duration::from_secs(60),
+        || {
+            let mut redis = redis.clone();
+            async move { Ok(pending_count(&mut redis).await? == 0) }
+        },
+    )
+    .await
+    .unwrap();
+    let stored: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -51,6 +51,8 @@ pub struct Consumer {
     pub settings: Settings,
     /// Cancelled when the worker is asked to stop.
     pub shutdown: CancellationToken,
+    /// Set when a Redis call failed: it then reads its own unacknowledged entries again.
+    pub(crate) recovering: bool,
 }
 
 impl Consumer {
@@ -80,6 +82,16 @@ impl Consumer {
         };
         let mut next_claim = Instant::now();
         while !self.shutdown.is_cancelled() {
+            // Redis failed under an earlier call: what this consumer read and could not
+            // acknowledge is its own to finish now Redis answers again, not another's to
+            // claim once the claim timeout has passed.
+            // Entries being retried for a rejection are pending too: they are read again
+            // with the rest rather than retried twice.
+            if std::mem::take(&mut self.recovering) {
+                rejected.abort_all();
+                self.resume_own_pending(&mut rejected).await;
+                continue;
+            }
             if Instant::now() >= next_claim {
                 next_claim = Instant::now() + claim_every;
                 self.claim_from_dead_consumers(&mut rejected).await;
@@ -380,6 +392,7 @@ impl Consumer {
     }
 
     async fn redis_failed(&mut self, error: &redis::RedisError, doing: &str) {
+        self.recovering = true;
         self.metrics.redis_errors.inc();
         warn!(%error, consumer = %self.name, doing, "Redis call failed");
         if error.code() == Some("NOGROUP") {

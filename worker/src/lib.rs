@@ -151,6 +151,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
                 metrics: metrics.clone(),
                 settings: settings.clone(),
                 shutdown: shutdown.clone(),
+                recovering: false,
             }
             .run(),
         );
@@ -162,6 +163,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
         metrics: metrics.clone(),
         settings: settings.clone(),
         shutdown: shutdown.clone(),
+        recovering: false,
     };
     let group = config.stream.group.clone();
     let retired_generations = generations.clone();
@@ -294,6 +296,7 @@ async fn drain_retired(
                 metrics: drainer.metrics.clone(),
                 settings: drainer.settings.clone(),
                 shutdown: shutdown.clone(),
+                recovering: false,
             }
             .drain()
             .await;
