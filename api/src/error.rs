@@ -204,6 +204,18 @@ pub enum Error {
         keyed: bool,
     },
 
+    /// Replicated acceptance needs more replicas in sync than the shard's Redis master
+    /// has: nothing was accepted, and nothing can be until a replica is back.
+    #[error(
+        "accepting needs {required} Redis replica(s) in sync with the log queue and {in_sync} are; nothing was accepted; retry later (operators: docs/operations.md, replicated durability)"
+    )]
+    ReplicasMissing {
+        /// Replicas acceptance needs.
+        required: u32,
+        /// Replicas in sync at the last check.
+        in_sync: u32,
+    },
+
     /// Start-up: the settings cannot work.
     #[error("{0}")]
     Config(String),
@@ -262,6 +274,7 @@ impl Error {
             Self::Backpressure { .. }
             | Self::BodiesInFlight { .. }
             | Self::QueueUnavailable(_)
+            | Self::ReplicasMissing { .. }
             | Self::DatabaseUnavailable(_)
             | Self::DatabaseBusy
             | Self::DatabaseDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -304,6 +317,7 @@ impl Error {
             Self::BodiesInFlight { .. } => "bodies_in_flight",
             Self::Backpressure { .. } => "backpressure",
             Self::QueueUnavailable(_) => "queue_unavailable",
+            Self::ReplicasMissing { .. } => "replicas_missing",
             Self::Config(_) | Self::RedisSetup(_) | Self::Bind { .. } | Self::Serve(_) => {
                 "internal"
             }
@@ -349,7 +363,7 @@ pub struct ErrorBody {
     /// `invalid_query`, `idempotency_key_reused`, `unauthorized`, `forbidden`,
     /// `rate_limited`, `not_found`, `disabled`, `limit_exceeded`, `method_not_allowed`,
     /// `request_timeout`, `bodies_in_flight`, `backpressure`, `queue_unavailable`,
-    /// `outcome_unknown`, `search_busy`, `database_unavailable`, `database_busy`, `internal`.
+    /// `outcome_unknown`, `replicas_missing`, `search_busy`, `database_unavailable`, `database_busy`, `internal`.
     #[schema(example = "invalid_log")]
     pub error: &'static str,
     /// What went wrong, for people.

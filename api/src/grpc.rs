@@ -327,6 +327,7 @@ fn status_of(error: &Error) -> Status {
             warn!(error = %source, "Redis call failed");
             retry(Code::Unavailable, RETRY_DELAY)
         }
+        Error::ReplicasMissing { .. } => retry(Code::Unavailable, RETRY_DELAY),
         Error::OutcomeUnknown { source, .. } => {
             warn!(error = %source, "Redis did not confirm an entry; its outcome is unknown");
             retry(Code::DeadlineExceeded, RETRY_DELAY)

@@ -122,17 +122,33 @@ pub async fn livez() -> &'static str {
     path = "/readyz",
     tag = "operations",
     responses(
-        (status = 200, description = "Redis answers", body = String),
-        (status = 503, description = "Redis does not answer", body = String),
+        (status = 200, description = "Redis answers (with its replicas in sync, under replicated acceptance)", body = String),
+        (status = 503, description = "Redis does not answer, or replicated acceptance has fewer replicas in sync than it needs: the reason", body = String),
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if tokio::time::timeout(CHECK_TIMEOUT, state.queue.ping())
+    if !tokio::time::timeout(CHECK_TIMEOUT, state.queue.ping())
         .await
         .unwrap_or(false)
     {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "redis unavailable")
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "redis unavailable".to_owned(),
+        );
     }
+    let short = state.queue.short_of_replicas();
+    if short.is_empty() {
+        return (StatusCode::OK, "ok".to_owned());
+    }
+    let shards: Vec<String> = short
+        .iter()
+        .map(|(shard, in_sync)| format!("shard {shard} has {in_sync}"))
+        .collect();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "redis replicas missing: replicated acceptance needs more replicas in sync ({})",
+            shards.join(", ")
+        ),
+    )
 }

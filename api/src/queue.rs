@@ -12,6 +12,7 @@
 //! holds up only the requests that go to it: the others' calls never wait behind its.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use logpipeline_core::codec;
@@ -151,7 +152,13 @@ pub struct Queue {
     redis: Redis,
     /// Each shard's writers take its entries from here.
     waiting: Arc<[mpsc::Sender<Pending>]>,
+    /// With replication: how many replicas each shard's master had in sync at its last
+    /// check ([`watch_replicas`]).
+    in_sync: Arc<[AtomicU32]>,
 }
+
+/// How often the api asks each shard's master how many replicas it has in sync.
+const CHECK_REPLICAS_EVERY: Duration = Duration::from_secs(1);
 
 /// An entry handed to the writers, and where its outcome goes.
 struct Pending {
@@ -190,7 +197,13 @@ impl Queue {
             replication: settings.replication,
             redis,
             waiting: senders.into(),
+            in_sync: (0..settings.shards.count())
+                .map(|_| AtomicU32::new(u32::MAX))
+                .collect(),
         };
+        if let Some(replication) = settings.replication {
+            tokio::spawn(watch_replicas(queue.clone(), replication));
+        }
         let script = Arc::new(Script::new(ADMIT));
         for (shard, receiver) in receivers.into_iter().enumerate() {
             let receiver = Arc::new(Mutex::new(receiver));
@@ -229,6 +242,15 @@ impl Queue {
         key: Option<&IdempotencyKey>,
     ) -> Result<Admission> {
         let shard = self.shards.of(tenant.as_str(), device);
+        if let Some(replication) = self.replication {
+            let in_sync = self.in_sync[shard].load(Ordering::Relaxed);
+            if in_sync < replication.replicas {
+                return Err(Error::ReplicasMissing {
+                    required: replication.replicas,
+                    in_sync,
+                });
+            }
+        }
         let fields = codec::encode(received_at, tenant, logs_json)
             .into_iter()
             .map(|(name, value)| (name, value.as_bytes().to_vec()))
@@ -276,6 +298,21 @@ impl Queue {
     /// The stream's shards.
     pub fn shards(&self) -> &Shards {
         &self.shards
+    }
+
+    /// With replicated acceptance, the shards whose master has fewer replicas in sync
+    /// than acceptance needs, each with how many it has (none otherwise).
+    pub fn short_of_replicas(&self) -> Vec<(usize, u32)> {
+        match self.replication {
+            Some(replication) => self
+                .in_sync
+                .iter()
+                .map(|count| count.load(Ordering::Relaxed))
+                .enumerate()
+                .filter(|(_, in_sync)| *in_sync < replication.replicas)
+                .collect(),
+            None => Vec::new(),
+        }
     }
 
     /// Whether Redis answers.
@@ -403,6 +440,43 @@ fn answer(
         };
         let _ = pending.outcome.send(outcome);
     }
+}
+
+/// Asks each shard's master every [`CHECK_REPLICAS_EVERY`] how many of its replicas are
+/// in sync (`INFO replication`, `state=online`), so that a request is refused at once,
+/// with the reason, while acceptance cannot succeed, rather than wait for `WAIT` to time
+/// out. A master that does not answer leaves its count as it was: its requests fail on
+/// their own.
+async fn watch_replicas(queue: Queue, replication: Replication) {
+    let mut ticks = tokio::time::interval(CHECK_REPLICAS_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut redis = queue.redis.clone();
+    loop {
+        ticks.tick().await;
+        // Only the queue's own clones keep it: the api has stopped.
+        if queue.waiting[0].is_closed() {
+            return;
+        }
+        for (shard, key) in queue.shards.keys().iter().enumerate() {
+            let info = tokio::time::timeout(
+                CHECK_REPLICAS_EVERY.max(replication.timeout),
+                redis.query_at::<String>(key, redis::cmd("INFO").arg("replication")),
+            )
+            .await;
+            if let Ok(Ok(info)) = info {
+                queue.in_sync[shard].store(replicas_in_sync(&info), Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// How many replicas `INFO replication` of a master lists as in sync.
+fn replicas_in_sync(info: &str) -> u32 {
+    let online = info
+        .lines()
+        .filter(|line| line.starts_with("slave") && line.contains("state=online"))
+        .count();
+    u32::try_from(online).unwrap_or(u32::MAX)
 }
 
 /// Waits until `replication.replicas` replicas hold every write made on `redis` so far

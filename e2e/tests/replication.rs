@@ -1,13 +1,14 @@
 //! Replicated acceptance on the real binaries and a real Redis replica: with
 //! `LOGPIPELINE_REDIS_DURABILITY=replicated` the api answers 200 only once a replica holds
 //! the entry, answers 504 while no replica acknowledges it, and a retry with the same
-//! idempotency key, once the replica is back, is answered as the duplicate it is.
+//! idempotency key, once the replica is back, is answered as the duplicate it is; with
+//! no replica in sync it refuses at once, 503 `replicas_missing`, and is not ready.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
 
 use std::time::Duration;
 
-use logpipeline_e2e::stack::{Stack, wait_for_count};
+use logpipeline_e2e::stack::{Stack, eventually, wait_for_count};
 use logpipeline_local::redis::{RedisOptions, RedisServer};
 use nix::sys::signal::Signal;
 use redis::aio::MultiplexedConnection;
@@ -58,6 +59,82 @@ fn start_replica(stack: &Stack) -> RedisServer {
     .unwrap()
 }
 
+/// Waits until the api is ready: Redis answers and has the replicas acceptance needs.
+async fn wait_until_ready(client: &reqwest::Client, api: &str) {
+    eventually("the api is ready", Duration::from_secs(60), || async {
+        Ok(client.get(format!("{api}/readyz")).send().await?.status() == 200)
+    })
+    .await
+    .unwrap();
+}
+
+/// With no replica in sync, replicated acceptance cannot succeed: the api says so at
+/// once, with an error of its own (nothing was accepted) and a readiness reason, rather
+/// than answer every retry 504 after the replica timeout; with the replica back it
+/// accepts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_replica_replicated_acceptance_says_it_cannot_accept() {
+    let stack = Stack::builder()
+        .redis(RedisOptions {
+            append_only: true,
+            ..RedisOptions::default()
+        })
+        .api_env("LOGPIPELINE_REDIS_DURABILITY", "replicated")
+        .api_env("LOGPIPELINE_REDIS_REPLICA_TIMEOUT_MS", 60_000)
+        .api()
+        .start()
+        .unwrap();
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
+    let api = stack.api_url().unwrap();
+    let mut primary = stack.redis().await.unwrap();
+    // No replica at all: refused (not left waiting out a minute-long replica timeout),
+    // and not ready, each saying why.
+    eventually(
+        "the api knows it has no replica",
+        Duration::from_secs(60),
+        || async {
+            let ready = client.get(format!("{api}/readyz")).send().await?;
+            Ok(ready.status() == 503 && ready.text().await?.contains("redis replicas missing"))
+        },
+    )
+    .await
+    .unwrap();
+    let (status, refused) = post_batch(&client, &api, "pump-1", "first").await;
+    assert_eq!(status, 503, "{refused}");
+    assert_eq!(refused["error"], "replicas_missing", "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was accepted"),
+        "{refused}"
+    );
+    assert_eq!(stream_length(&mut primary).await, 0);
+
+    let mut replica = start_replica(&stack);
+    wait_until_ready(&client, &api).await;
+    let (status, accepted) = post_batch(&client, &api, "pump-1", "first").await;
+    assert_eq!(status, 200, "{accepted}");
+    assert_eq!(accepted["status"], "received", "{accepted}");
+
+    // The replica goes: once the api has seen it go, refused again, adding nothing.
+    replica.stop().unwrap();
+    eventually(
+        "the api sees the replica go",
+        Duration::from_secs(60),
+        || async {
+            let ready = client.get(format!("{api}/readyz")).send().await?;
+            Ok(ready.status() == 503 && ready.text().await?.contains("shard 0 has 0"))
+        },
+    )
+    .await
+    .unwrap();
+    let (status, refused) = post_batch(&client, &api, "pump-2", "second").await;
+    assert_eq!(status, 503, "{refused}");
+    assert_eq!(refused["error"], "replicas_missing", "{refused}");
+    assert_eq!(stream_length(&mut primary).await, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_means_a_replica_holds_the_entry() {
     let stack = Stack::builder()
@@ -75,6 +152,7 @@ async fn a_200_means_a_replica_holds_the_entry() {
     let mut replica_redis = connect(&replica.url()).await;
     let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
     let api = stack.api_url().unwrap();
+    wait_until_ready(&client, &api).await;
 
     // With the replica in sync, a 200 comes once it holds the entry: it does at once.
     let (status, first) = post_batch(&client, &api, "pump-1", "first").await;
@@ -124,6 +202,7 @@ async fn the_worker_stores_only_entries_a_replica_holds() {
     let replica = start_replica(&stack);
     let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
     let api = stack.api_url().unwrap();
+    wait_until_ready(&client, &api).await;
     let pool = stack.pool().await.unwrap();
     let rows = |device: &'static str| {
         let pool = pool.clone();
