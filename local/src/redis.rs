@@ -21,6 +21,9 @@ pub struct RedisServer {
     process: Option<ChildProcess>,
 }
 
+/// How many ports a new [`RedisServer`] tries before it gives up.
+const START_TRIES: u32 = 5;
+
 /// How to configure a [`RedisServer`].
 #[derive(Debug, Clone, Default)]
 pub struct RedisOptions {
@@ -38,15 +41,31 @@ impl RedisServer {
 
     /// Starts a Redis server with `options`.
     pub fn start_with(options: RedisOptions) -> Result<Self> {
-        let dir = scratch_dir("logpipeline-redis-")?;
         let mut server = Self {
             port: free_port()?,
-            dir,
+            dir: scratch_dir("logpipeline-redis-")?,
             options,
             process: None,
         };
-        server.start_again()?;
-        Ok(server)
+        // A port free a moment ago may be taken by the time Redis binds it, and in
+        // cluster mode so may its bus port, 10,000 above, which can fall among the
+        // ports outgoing connections take on a busy machine: then another port, in a
+        // directory of its own.
+        let mut tries = 1;
+        loop {
+            match server.start_again() {
+                Ok(()) => return Ok(server),
+                Err(error)
+                    if tries < START_TRIES
+                        && format!("{error:#}").contains("Address already in use") =>
+                {
+                    tries += 1;
+                    server.port = free_port()?;
+                    server.dir = scratch_dir("logpipeline-redis-")?;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// Starts a replica of the server on `primary_port` with `options`, and waits until it
