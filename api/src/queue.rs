@@ -464,19 +464,27 @@ async fn watch_replicas(queue: Queue, replication: Replication) {
             )
             .await;
             if let Ok(Ok(info)) = info {
-                queue.in_sync[shard].store(replicas_in_sync(&info), Ordering::Relaxed);
+                // A node that is no master (the shard's slot moved in a failover and the
+                // client has not learned it yet) says nothing of the shard: its requests
+                // go on, meet the new master, and the next check asks that one.
+                let in_sync = replicas_in_sync(&info).unwrap_or(u32::MAX);
+                queue.in_sync[shard].store(in_sync, Ordering::Relaxed);
             }
         }
     }
 }
 
-/// How many replicas `INFO replication` of a master lists as in sync.
-fn replicas_in_sync(info: &str) -> u32 {
+/// How many replicas `INFO replication` lists as in sync, None when the node that
+/// answered is not a master.
+fn replicas_in_sync(info: &str) -> Option<u32> {
+    if !info.lines().any(|line| line.trim() == "role:master") {
+        return None;
+    }
     let online = info
         .lines()
         .filter(|line| line.starts_with("slave") && line.contains("state=online"))
         .count();
-    u32::try_from(online).unwrap_or(u32::MAX)
+    Some(u32::try_from(online).unwrap_or(u32::MAX))
 }
 
 /// Waits until `replication.replicas` replicas hold every write made on `redis` so far
@@ -523,5 +531,24 @@ fn failed(error: redis::RedisError, keyed: bool) -> Error {
         }
     } else {
         Error::QueueUnavailable(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_in_sync_are_counted_on_a_master_only() {
+        let master = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\n\
+            slave0:ip=127.0.0.1,port=7001,state=online,offset=10,lag=0\r\n\
+            slave1:ip=127.0.0.1,port=7002,state=wait_bgsave,offset=0,lag=0\r\n";
+        assert_eq!(replicas_in_sync(master), Some(1));
+        let alone = "# Replication\r\nrole:master\r\nconnected_slaves:0\r\n";
+        assert_eq!(replicas_in_sync(alone), Some(0));
+        // A failed-over master come back as a replica knows nothing of the shard.
+        let replica =
+            "# Replication\r\nrole:slave\r\nmaster_host:127.0.0.1\r\nconnected_slaves:0\r\n";
+        assert_eq!(replicas_in_sync(replica), None);
     }
 }
