@@ -60,7 +60,7 @@ impl RedisTarget {
                 let config = ConnectionManagerConfig::new()
                     .set_response_timeout(Some(response_timeout))
                     .set_connection_timeout(Some(connect_within(response_timeout)))
-                    .set_max_delay(Duration::from_secs(2));
+                    .set_max_delay(Duration::from_millis(500));
                 let manager = ConnectionManager::new_with_config(client.clone(), config).await?;
                 Ok(Redis::Single(manager))
             }
