@@ -129,6 +129,15 @@ impl RedisServer {
         Ok(())
     }
 
+    /// Kills the server at once (SIGKILL), as a crashed host: what its append-only file
+    /// holds is what [`start_again`](Self::start_again) finds.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut process) = self.process.take() {
+            process.stop_with(Signal::SIGKILL, Duration::from_secs(20))?;
+        }
+        Ok(())
+    }
+
     /// Sends `signal` to the server: SIGSTOP freezes it with its connections open (a
     /// Redis that stops answering), SIGCONT thaws it.
     pub fn signal(&self, signal: Signal) -> Result<()> {
@@ -319,10 +328,7 @@ impl RedisCluster {
 
     /// Kills node `index` at once (SIGKILL), as a crashed host.
     pub fn kill(&mut self, index: usize) -> Result<()> {
-        if let Some(mut process) = self.nodes[index].process.take() {
-            process.stop_with(Signal::SIGKILL, Duration::from_secs(20))?;
-        }
-        Ok(())
+        self.nodes[index].kill()
     }
 }
 

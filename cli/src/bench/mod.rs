@@ -309,6 +309,10 @@ impl Profile {
             drain_timeout_secs: bench.drain_timeout_secs,
             quiet: bench.quiet,
             api_key,
+            retry: false,
+            retry_for_secs: 120,
+            phase_secs: None,
+            tenant: "default".into(),
         }
     }
 }

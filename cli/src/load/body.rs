@@ -14,6 +14,8 @@ use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
+use super::plan::device_id;
+
 const LEVELS: [&str; 5] = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"];
 /// The OTLP severity numbers of [`LEVELS`]: DEBUG, INFO, WARN, ERROR, FATAL.
 const SEVERITY_NUMBERS: [i32; 5] = [5, 9, 13, 17, 21];
@@ -66,7 +68,7 @@ impl Bodies {
             .map(|seq| WriteLogRequest {
                 message: self.message.clone(),
                 level: LEVELS[(seq % LEVELS.len() as u64) as usize].to_owned(),
-                device_id: format!("device-{device:03}"),
+                device_id: device_id(device),
                 service_name: "load".to_owned(),
                 metadata: [
                     ("run".to_owned(), self.run.clone()),
@@ -122,7 +124,7 @@ impl Bodies {
                 resource: Some(Resource {
                     attributes: vec![
                         text("service.name", "load".to_owned()),
-                        text("device.id", format!("device-{device:03}")),
+                        text("device.id", device_id(device)),
                     ],
                     ..Resource::default()
                 }),

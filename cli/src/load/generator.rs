@@ -6,8 +6,11 @@
 //! from that time, so requests delayed because every connection was busy count the
 //! delay. When the connection was idle and the task slept, latency is measured from the
 //! wake-up instead, so the timer's own granularity is not charged to the server.
-//! Refused requests (503) are not retried: the generator measures, and a retry would
-//! mix two requests into one latency.
+//! By default nothing is retried: the generator measures the api's answers, and a retry
+//! would mix two requests into one latency. With `--retry` it is a careful client
+//! instead: each request carries an `Idempotency-Key` (`<run>-<n>`), and one whose logs
+//! may or may not be stored is sent again with the same key until it is accepted or
+//! refused, its latency running from its intended send time to the last answer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -31,6 +34,7 @@ use tonic::transport::Channel;
 
 use super::body::Bodies;
 use super::ledger::Fate;
+use super::phases::{Finished, Phases};
 use super::plan::{Plan, Protocol, Target};
 use super::schedule::Schedule;
 
@@ -45,7 +49,8 @@ enum Outcome {
     /// Any other status.
     Answered {
         status: StatusCode,
-        retry_after: bool,
+        /// The seconds of its `Retry-After`, when it has one.
+        retry_after: Option<u32>,
     },
     /// No usable answer; the index into [`FAILURE_CAUSES`].
     Failed(usize),
@@ -63,6 +68,7 @@ pub struct Counters {
     accepted: AtomicU64,
     refused: AtomicU64,
     errors: AtomicU64,
+    retries: AtomicU64,
     statuses: Box<[AtomicU64]>,
     failures: [AtomicU64; FAILURE_CAUSES.len()],
     last_accepted_micros: AtomicU64,
@@ -79,7 +85,9 @@ pub struct Tally {
     pub refused_requests: u64,
     /// Requests that failed otherwise.
     pub errors: u64,
-    /// Answers by status code.
+    /// Attempts sent again (with `--retry`), beyond each request's first.
+    pub retries: u64,
+    /// Answers by status code, of every attempt.
     pub statuses: Vec<(u16, u64)>,
     /// Failures by cause, as in [`FAILURE_CAUSES`].
     pub failures: Vec<(&'static str, u64)>,
@@ -94,6 +102,7 @@ impl Counters {
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
             statuses: (0..1000).map(|_| AtomicU64::new(0)).collect(),
             failures: std::array::from_fn(|_| AtomicU64::new(0)),
             last_accepted_micros: AtomicU64::new(0),
@@ -116,10 +125,8 @@ impl Counters {
                 status,
                 retry_after,
             } => {
-                if let Some(count) = self.statuses.get(usize::from(status.as_u16())) {
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-                if status == StatusCode::SERVICE_UNAVAILABLE && retry_after {
+                self.count_answer(status);
+                if status == StatusCode::SERVICE_UNAVAILABLE && retry_after.is_some() {
                     self.refused.fetch_add(1, Ordering::Relaxed);
                 } else {
                     self.errors.fetch_add(1, Ordering::Relaxed);
@@ -138,6 +145,24 @@ impl Counters {
         }
     }
 
+    /// Counts an attempt that is sent again: its answer, and the retry.
+    fn count_retried(&self, outcome: Outcome) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Outcome::Accepted => self.count_answer(StatusCode::OK),
+            Outcome::Answered { status, .. } => self.count_answer(status),
+            Outcome::Failed(cause) => {
+                self.failures[cause].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn count_answer(&self, status: StatusCode) {
+        if let Some(count) = self.statuses.get(usize::from(status.as_u16())) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// The totals now.
     pub fn tally(&self) -> Tally {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
@@ -147,6 +172,7 @@ impl Counters {
             accepted_requests,
             refused_requests: load(&self.refused),
             errors: load(&self.errors),
+            retries: load(&self.retries),
             statuses: (0..self.statuses.len())
                 .filter_map(|code| {
                     let count = load(&self.statuses[code]);
@@ -211,6 +237,7 @@ struct Shared {
     next: AtomicU64,
     counters: Arc<Counters>,
     latencies: Arc<Latencies>,
+    phases: Option<Arc<Phases>>,
 }
 
 /// A run in progress: the connection tasks and what they measure.
@@ -222,6 +249,8 @@ pub struct Generator {
     pub counters: Arc<Counters>,
     /// Their latencies.
     pub latencies: Arc<Latencies>,
+    /// Their figures by phase, when the plan has phases.
+    pub phases: Option<Arc<Phases>>,
     shared: Arc<Shared>,
 }
 
@@ -230,6 +259,10 @@ impl Generator {
     pub fn start(plan: &Plan) -> anyhow::Result<Self> {
         let counters = Arc::new(Counters::new());
         let latencies = Arc::new(Latencies::new()?);
+        let phases = match plan.phase {
+            Some(length) => Some(Arc::new(Phases::new(length, plan.shards())?)),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             plan: plan.clone(),
             schedule: Schedule::new(Instant::now(), plan.stop, plan.requests_per_sec),
@@ -237,6 +270,7 @@ impl Generator {
             next: AtomicU64::new(0),
             counters: counters.clone(),
             latencies: latencies.clone(),
+            phases: phases.clone(),
         });
         let mut tasks = JoinSet::new();
         for _ in 0..plan.connections {
@@ -246,6 +280,7 @@ impl Generator {
             tasks,
             counters,
             latencies,
+            phases,
             shared,
         })
     }
@@ -284,35 +319,46 @@ async fn connection(shared: Arc<Shared>) -> Vec<(u64, Fate)> {
             measured_from = Instant::now();
         }
         let (device, first_seq) = shared.plan.logs_of(n);
-        let expected_ids = shared.plan.logs_per_request as usize;
-        let target = &shared.plan.target;
-        let outcome = match &mut sender {
-            Sender::Http(http) => {
-                let body = match target.protocol {
-                    Protocol::Otlp => shared.bodies.otlp_request(device, first_seq),
-                    _ => shared.bodies.request(device, first_seq),
-                };
-                let exchange = exchange(http, target, body, expected_ids);
-                tokio::time::timeout(shared.plan.timeout, exchange).await
-            }
-            Sender::Grpc(client) => {
-                let request = shared.bodies.grpc_request(device, first_seq);
-                let exchange = grpc_exchange(client, target, request, expected_ids);
-                tokio::time::timeout(shared.plan.timeout, exchange).await
-            }
-        }
-        .unwrap_or(Outcome::Failed(TIMEOUT));
+        let idempotency_key = shared
+            .plan
+            .retry_for
+            .map(|_| format!("{}-{n}", shared.plan.run));
+        let mut retries = 0;
+        let outcome = loop {
+            let outcome = attempt(
+                &shared,
+                &mut sender,
+                device,
+                first_seq,
+                idempotency_key.as_deref(),
+            )
+            .await;
+            let again = shared
+                .plan
+                .retry_for
+                .zip(retry_delay(outcome, retries))
+                .filter(|&(window, delay)| Instant::now() + delay < due + window);
+            let Some((_, delay)) = again else {
+                break outcome;
+            };
+            shared.counters.count_retried(outcome);
+            retries += 1;
+            tokio::time::sleep(delay).await;
+        };
         let answered = Instant::now();
+        let latency = answered.saturating_duration_since(measured_from);
         if due >= shared.schedule.start() + shared.plan.warmup {
-            shared
-                .latencies
-                .record(answered.saturating_duration_since(measured_from));
+            shared.latencies.record(latency);
         }
-        if matches!(outcome, Outcome::Failed(_))
-            && let Sender::Http(http) = &mut sender
-        {
-            // The connection's state is unknown: open a new one for the next request.
-            *http = None;
+        if let Some(phases) = &shared.phases {
+            let finished = Finished {
+                due: due.saturating_duration_since(shared.schedule.start()),
+                latency,
+                retries,
+                accepted: outcome == Outcome::Accepted,
+                shard: shared.plan.device_shards.get(device as usize).copied(),
+            };
+            phases.record(finished);
         }
         let since_start = answered.saturating_duration_since(shared.schedule.start());
         if let Some(fate) = shared.counters.count(outcome, since_start) {
@@ -322,6 +368,63 @@ async fn connection(shared: Arc<Shared>) -> Vec<(u64, Fate)> {
             // Do not spin while the server is unreachable.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// Sends request `n`'s logs once on `sender`, within the plan's timeout.
+async fn attempt(
+    shared: &Shared,
+    sender: &mut Sender,
+    device: u64,
+    first_seq: u64,
+    idempotency_key: Option<&str>,
+) -> Outcome {
+    let expected_ids = shared.plan.logs_per_request as usize;
+    let target = &shared.plan.target;
+    let outcome = match sender {
+        Sender::Http(http) => {
+            let body = match target.protocol {
+                Protocol::Otlp => shared.bodies.otlp_request(device, first_seq),
+                _ => shared.bodies.request(device, first_seq),
+            };
+            let exchange = exchange(http, target, body, idempotency_key, expected_ids);
+            tokio::time::timeout(shared.plan.timeout, exchange).await
+        }
+        Sender::Grpc(client) => {
+            let mut request = shared.bodies.grpc_request(device, first_seq);
+            if let Some(key) = idempotency_key {
+                key.clone_into(&mut request.idempotency_key);
+            }
+            let exchange = grpc_exchange(client, target, request, expected_ids);
+            tokio::time::timeout(shared.plan.timeout, exchange).await
+        }
+    }
+    .unwrap_or(Outcome::Failed(TIMEOUT));
+    if matches!(outcome, Outcome::Failed(_))
+        && let Sender::Http(http) = sender
+    {
+        // The connection's state is unknown: open a new one for the next request.
+        *http = None;
+    }
+    outcome
+}
+
+/// How long a careful client waits before sending again what `outcome` answered, on
+/// its `retries`-th retry: the `Retry-After` of a 5xx or 429 (at most 5 s), else a
+/// backoff from 100 ms to 800 ms; `None` when it must not (accepted, or refused for
+/// good).
+fn retry_delay(outcome: Outcome, retries: u64) -> Option<Duration> {
+    let backoff = Duration::from_millis(100 << retries.min(3));
+    match outcome {
+        Outcome::Accepted => None,
+        Outcome::Answered {
+            status,
+            retry_after: Some(secs),
+        } if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS => {
+            Some(Duration::from_secs(u64::from(secs)).min(Duration::from_secs(5)))
+        }
+        Outcome::Answered { status, .. } if !status.is_server_error() => None,
+        Outcome::Answered { .. } | Outcome::Failed(_) => Some(backoff),
     }
 }
 
@@ -371,13 +474,16 @@ async fn grpc_exchange(
 /// report counts both protocols alike.
 fn grpc_outcome(status: &tonic::Status) -> Outcome {
     use tonic::Code;
-    let retry_after = status.metadata().contains_key("grpc-status-details-bin");
+    let retry_after = status
+        .metadata()
+        .contains_key("grpc-status-details-bin")
+        .then_some(1);
     let status = match status.code() {
         Code::InvalidArgument => StatusCode::UNPROCESSABLE_ENTITY,
         Code::Unauthenticated => StatusCode::UNAUTHORIZED,
         Code::PermissionDenied => StatusCode::FORBIDDEN,
         // Refusals with a delay to retry after, as a 503 with Retry-After is.
-        Code::ResourceExhausted | Code::Unavailable if retry_after => {
+        Code::ResourceExhausted | Code::Unavailable if retry_after.is_some() => {
             StatusCode::SERVICE_UNAVAILABLE
         }
         Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
@@ -397,6 +503,7 @@ async fn exchange(
     sender: &mut Option<SendRequest<Full<Bytes>>>,
     target: &Target,
     body: Bytes,
+    idempotency_key: Option<&str>,
     expected_ids: usize,
 ) -> Outcome {
     if sender.as_ref().is_none_or(SendRequest::is_closed) {
@@ -414,6 +521,9 @@ async fn exchange(
     if let Some(authorization) = &target.authorization {
         request = request.header(AUTHORIZATION, authorization.as_str());
     }
+    if let Some(key) = idempotency_key {
+        request = request.header("idempotency-key", key);
+    }
     let Ok(request) = request.body(Full::new(body)) else {
         return Outcome::Failed(IO);
     };
@@ -424,7 +534,10 @@ async fn exchange(
         return Outcome::Failed(IO);
     };
     let status = response.status();
-    let retry_after = response.headers().contains_key(RETRY_AFTER);
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|value| value.to_str().ok()?.trim().parse().ok());
     let Ok(answer) = response.into_body().collect().await else {
         return Outcome::Failed(IO);
     };
@@ -496,18 +609,51 @@ mod tests {
     }
 
     #[test]
+    fn a_careful_client_retries_only_what_may_not_be_stored() {
+        let answered = |status, retry_after| Outcome::Answered {
+            status,
+            retry_after,
+        };
+        assert_eq!(retry_delay(Outcome::Accepted, 0), None);
+        assert_eq!(
+            retry_delay(answered(StatusCode::UNPROCESSABLE_ENTITY, None), 0),
+            None
+        );
+        assert_eq!(
+            retry_delay(answered(StatusCode::TOO_MANY_REQUESTS, None), 0),
+            None
+        );
+        assert_eq!(
+            retry_delay(answered(StatusCode::TOO_MANY_REQUESTS, Some(1)), 0),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            retry_delay(answered(StatusCode::SERVICE_UNAVAILABLE, Some(2)), 0),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            retry_delay(answered(StatusCode::GATEWAY_TIMEOUT, None), 1),
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(
+            retry_delay(Outcome::Failed(TIMEOUT), 9),
+            Some(Duration::from_millis(800))
+        );
+    }
+
+    #[test]
     fn refusals_errors_and_acceptances_are_counted_apart() {
         let counters = Counters::new();
         let at = Duration::from_millis(1500);
         assert_eq!(counters.count(Outcome::Accepted, at), None);
         let refused = Outcome::Answered {
             status: StatusCode::SERVICE_UNAVAILABLE,
-            retry_after: true,
+            retry_after: Some(1),
         };
         assert_eq!(counters.count(refused, at), Some(Fate::Unconfirmed));
         let invalid = Outcome::Answered {
             status: StatusCode::UNPROCESSABLE_ENTITY,
-            retry_after: false,
+            retry_after: None,
         };
         assert_eq!(counters.count(invalid, at), Some(Fate::Rejected));
         assert_eq!(

@@ -9,6 +9,7 @@
 mod body;
 mod generator;
 mod ledger;
+mod phases;
 mod plan;
 mod report;
 mod schedule;
@@ -21,6 +22,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::load::generator::{Generator, Tally};
 use crate::load::ledger::{Fate, Ledger};
+pub use crate::load::phases::Phase;
 pub use crate::load::plan::{LoadOptions, Plan, Protocol};
 pub use crate::load::report::{EndToEnd, Latency, Report, Sample};
 use crate::load::watch::{Seen, StreamKeys, Watch};
@@ -110,6 +112,7 @@ pub async fn run(options: &LoadOptions) -> Result<Report> {
         accepted_logs,
         refused_requests: tally.refused_requests,
         errors: tally.errors,
+        retries: tally.retries,
         logs_per_sec: accepted_logs as f64 / secs,
         requests_per_sec: tally.accepted_requests as f64 / secs,
         latency_ms: Latency::of(&histogram),
@@ -120,6 +123,11 @@ pub async fn run(options: &LoadOptions) -> Result<Report> {
             .map(|(cause, count)| (cause.to_owned(), count))
             .collect(),
         timeline: progress.timeline,
+        phases: generator
+            .phases
+            .as_ref()
+            .map(|phases| phases.report(plan.logs_per_request))
+            .unwrap_or_default(),
         end_to_end,
     })
 }

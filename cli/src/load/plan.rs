@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use hyper::Uri;
-use logpipeline_core::stream::MAX_SHARDS;
+use logpipeline_core::stream::{MAX_SHARDS, Shards};
 
 /// How to load a LogPipeline api (the load generator's command-line options).
 #[derive(Debug, Clone, clap::Args)]
@@ -116,6 +116,29 @@ pub struct LoadOptions {
     /// API key sent as `Authorization: Bearer <key>` (an api with authentication on).
     #[arg(long, env = "LOGPIPELINE_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+
+    /// Behave as a careful client: every request carries an `Idempotency-Key`, and one
+    /// whose logs may or may not be stored (503, 504, another 5xx, a timeout, a broken
+    /// connection) is sent again with the same key, after its `Retry-After` or a short
+    /// backoff, until it is accepted or refused (4xx) or --retry-for-secs pass. Its
+    /// latency runs from its intended send time to the last answer.
+    #[arg(long)]
+    pub retry: bool,
+
+    /// With --retry: how long after its intended send time a request is still retried.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub retry_for_secs: u64,
+
+    /// Report latencies and answers per phase of this many seconds (by each request's
+    /// intended send time), as `logpipeline bench soak` does around its faults; with
+    /// several --stream-shards, also by the shard each device's logs go to.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub phase_secs: Option<u64>,
+
+    /// The tenant the logs go to (the API key's; `default` without keys), which with
+    /// the device decides their shard.
+    #[arg(long, default_value = "default")]
+    pub tenant: String,
 }
 
 /// Where requests go.
@@ -186,6 +209,12 @@ pub struct Plan {
     pub timeout: Duration,
     /// How long after the start latencies begin to count.
     pub warmup: Duration,
+    /// With retries: how long after its intended send time a request is still retried.
+    pub retry_for: Option<Duration>,
+    /// The length of each phase latencies and answers are reported by.
+    pub phase: Option<Duration>,
+    /// The shard of each device's logs, when there are several.
+    pub device_shards: Vec<usize>,
 }
 
 impl Plan {
@@ -222,7 +251,28 @@ impl Plan {
             message_bytes: options.message_bytes as usize,
             timeout: Duration::from_millis(options.timeout_ms),
             warmup: Duration::from_secs(options.warmup_secs),
+            retry_for: options
+                .retry
+                .then(|| Duration::from_secs(options.retry_for_secs)),
+            phase: options.phase_secs.map(Duration::from_secs),
+            device_shards: if options.stream_shards > 1 {
+                let shards = if options.redis_cluster {
+                    Shards::on_cluster(&options.stream, options.stream_shards)
+                } else {
+                    Shards::new(&options.stream, options.stream_shards)
+                };
+                (0..options.devices)
+                    .map(|device| shards.of(&options.tenant, &device_id(u64::from(device))))
+                    .collect()
+            } else {
+                Vec::new()
+            },
         })
+    }
+
+    /// Shards the plan tells apart (0 when it does not).
+    pub fn shards(&self) -> usize {
+        self.device_shards.iter().max().map_or(0, |&last| last + 1)
     }
 
     /// The device that sends request `n`, and the sequence number of its first log.
@@ -272,6 +322,11 @@ fn parse_run_id(run: &str) -> Result<String, String> {
         ));
     }
     Ok(run.to_owned())
+}
+
+/// The `device_id` of simulated device `device`.
+pub fn device_id(device: u64) -> String {
+    format!("device-{device:03}")
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use super::phases::Phase;
+
 /// The result of a load run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -43,19 +45,25 @@ pub struct Report {
     /// Requests that failed otherwise: any other status, no answer in time, a broken
     /// connection, or a 200 whose answer does not hold the request's message ids.
     pub errors: u64,
+    /// Attempts sent again with `--retry`, beyond each request's first.
+    #[serde(default)]
+    pub retries: u64,
     /// Accepted logs per second of sending.
     pub logs_per_sec: f64,
     /// Accepted requests per second of sending.
     pub requests_per_sec: f64,
     /// Latency of every request, answered or failed.
     pub latency_ms: Latency,
-    /// Answers by HTTP status code.
+    /// Answers by HTTP status code, of every attempt.
     pub statuses: BTreeMap<u16, u64>,
     /// Requests without a usable answer, by cause (`timeout`, `connect`, `io`,
     /// `bad_answer`).
     pub failures: BTreeMap<String, u64>,
     /// One sample per second.
     pub timeline: Vec<Sample>,
+    /// Figures per phase, with `--phase-secs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<Phase>,
     /// What end-to-end mode found in PostgreSQL and the stream.
     pub end_to_end: Option<EndToEnd>,
 }
@@ -213,13 +221,44 @@ impl Report {
                     .map(|(cause, count)| format!("{cause}: {count}")),
             )
             .collect();
+        let retried = if self.retries > 0 {
+            format!(", {} attempts sent again", self.retries)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "  answers    {} (refused {}, errors {})",
+            "  answers    {} (refused {}, errors {}{retried})",
             statuses.join(", "),
             self.refused_requests,
             self.errors
         );
+        for phase in &self.phases {
+            let l = &phase.latency_ms;
+            let shards: Vec<String> = phase
+                .shards
+                .iter()
+                .map(|shard| format!("{:.2}", shard.latency_ms.p99))
+                .collect();
+            let shards = if shards.is_empty() {
+                String::new()
+            } else {
+                format!("; p99 by shard {} ms", shards.join(" / "))
+            };
+            let _ = writeln!(
+                out,
+                "  phase {:>3}  {:>6.0}–{:<6.0} s  {} logs accepted, {} requests failed, {} retries; p50 {:.2}  p99 {:.2}  max {:.2} ms{shards}",
+                phase.index,
+                phase.from_secs,
+                phase.to_secs,
+                phase.accepted_logs,
+                phase.failed,
+                phase.retries,
+                l.p50,
+                l.p99,
+                l.max
+            );
+        }
         if let Some(e2e) = &self.end_to_end {
             let drain = e2e
                 .drain_secs
@@ -375,12 +414,24 @@ mod tests {
             accepted_logs: 45,
             refused_requests: 1,
             errors: 0,
+            retries: 2,
             logs_per_sec: 1.5,
             requests_per_sec: 0.3,
             latency_ms: Latency::default(),
             statuses: BTreeMap::from([(200, 9), (503, 1)]),
             failures: BTreeMap::new(),
             timeline: vec![sample(1.0, 45)],
+            phases: vec![Phase {
+                index: 0,
+                from_secs: 0.0,
+                to_secs: 30.0,
+                requests: 10,
+                accepted_logs: 45,
+                retries: 2,
+                failed: 1,
+                latency_ms: Latency::default(),
+                shards: Vec::new(),
+            }],
             end_to_end: None,
         };
         let json = serde_json::to_string(&report).unwrap();
@@ -388,7 +439,12 @@ mod tests {
         assert!(
             report
                 .render()
-                .contains("200: 9, 503: 1 (refused 1, errors 0)")
+                .contains("200: 9, 503: 1 (refused 1, errors 0, 2 attempts sent again)")
+        );
+        assert!(
+            report
+                .render()
+                .contains("45 logs accepted, 1 requests failed, 2 retries")
         );
     }
 }

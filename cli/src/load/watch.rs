@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures::TryStreamExt;
-use logpipeline_core::config::RedisArgs;
+use logpipeline_core::chunk::block::{Block, Column};
+use logpipeline_core::config::{DatabaseArgs, RedisArgs};
 use logpipeline_core::connection::{Redis, RedisTarget};
 use logpipeline_core::stream::Shards;
 use redis::streams::StreamInfoGroupsReply;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 
 use super::ledger::{Ledger, Verdict};
 
@@ -108,11 +108,21 @@ impl Watch {
         group: &str,
         run: &str,
     ) -> Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .connect(database_url)
-            .await
-            .context("connecting to PostgreSQL")?;
+        // A primary and its standby named together are followed across a promotion, as
+        // the services follow them.
+        let pool = logpipeline_core::db::lazy_pool_of(
+            &DatabaseArgs {
+                database_url: Some(database_url.to_owned()),
+                postgres_host: None,
+                postgres_port: None,
+                postgres_user: None,
+                postgres_password: None,
+                postgres_db: None,
+                db_max_connections: 2,
+            },
+            2,
+        )
+        .context("the database URL")?;
         let target = RedisTarget::from_args(&RedisArgs {
             redis_url: Some(redis_url.to_owned()),
             redis_host: None,
@@ -213,6 +223,30 @@ impl Watch {
         .fetch(&self.pool);
         while let Some((device, seq)) = rows.try_next().await? {
             ledger.row(device, seq);
+        }
+        drop(rows);
+        // Logs compacted during the run are in chunks: every block is read, and each
+        // log of the run in it is counted as a row is.
+        let mut blocks =
+            sqlx::query_scalar::<_, Vec<u8>>("select block from log_chunks").fetch(&self.pool);
+        while let Some(bytes) = blocks.try_next().await? {
+            let block = Block::parse(&bytes)?;
+            let log_data = block.texts(Column::LogData)?;
+            for index in 0..block.rows() {
+                let Some(text) = log_data.get(index)? else {
+                    continue;
+                };
+                let log_data: serde_json::Value = serde_json::from_str(text)?;
+                // Sent over OTLP, the numbers are among the attributes.
+                let numbered = log_data
+                    .get("attributes")
+                    .filter(|attributes| attributes.get("run").is_some())
+                    .unwrap_or(&log_data);
+                if numbered.get("run").and_then(serde_json::Value::as_str) == Some(&self.run) {
+                    let number = |name| numbered.get(name).and_then(serde_json::Value::as_i64);
+                    ledger.row(number("device"), number("seq"));
+                }
+            }
         }
         Ok(ledger.verdict())
     }
