@@ -170,8 +170,8 @@ pub struct Config {
     pub chunk_index_cache_mb: u64,
 
     /// Most live tail subscribers (`GET /api/logs/tail`) of this process at once; more
-    /// are answered 429 `tail_full`. Each costs a connection and the filtering of every
-    /// log accepted, whatever it matches.
+    /// are answered 429 `tail_full`. Each costs a connection and a queue; a log is
+    /// matched only against the subscribers of its tenant that can want it.
     #[arg(long, env = "LOGPIPELINE_TAIL_MAX_SUBSCRIBERS", default_value_t = 1000,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub tail_max_subscribers: usize,

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use logpipeline::bench::query::QueryBenchArgs;
 use logpipeline::bench::shelf::ShelfBenchArgs;
+use logpipeline::bench::soak::SoakArgs;
 use logpipeline::bench::store::StoreBenchArgs;
 use logpipeline::bench::{self, BenchOptions};
 use logpipeline::cluster::{self, ClusterArgs};
@@ -56,6 +57,10 @@ enum Bench {
     /// The shelf: bytes per stored log and fleet-wide searches, as rows, as chunks and in
     /// VictoriaLogs, side by side on the same seed-shaped logs; compaction's CPU per log.
     Shelf(ShelfBenchArgs),
+    /// Faults in turn under an open-loop writer for minutes: a worker and Redis
+    /// SIGKILLed, another tenant's search storm and tail flood, PostgreSQL switched over;
+    /// latency per phase, and every accepted log checked stored exactly once.
+    Soak(SoakArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -119,6 +124,7 @@ fn run(command: Command) -> Result<bool> {
         Command::Bench(Bench::Shelf(args)) => runtime(None)?
             .block_on(bench::shelf::run(args))
             .map(|()| true),
+        Command::Bench(Bench::Soak(args)) => bench::soak::run(&args),
         Command::Cluster(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?

@@ -9,6 +9,7 @@
 mod probe;
 pub mod query;
 pub mod shelf;
+pub mod soak;
 mod stack;
 pub mod store;
 mod table;

@@ -59,6 +59,8 @@ pub struct BenchStack {
     /// The `logs` database as the api and workers are given it: with the standby, a
     /// multi-host URL naming both.
     services_database_url: String,
+    /// Each worker's settings, to start it again.
+    worker_envs: Vec<Env>,
 }
 
 impl BenchStack {
@@ -127,6 +129,7 @@ impl BenchStack {
         ]);
         worker_env.extend(settings.worker_env.clone());
         let mut workers = Vec::new();
+        let mut worker_envs = Vec::new();
         for index in 0..settings.workers {
             let mut env = worker_env.clone();
             env.insert("LOGPIPELINE_CONSUMER_NAME".into(), format!("bench{index}"));
@@ -135,6 +138,7 @@ impl BenchStack {
                 &services_database_url,
                 &env,
             )?);
+            worker_envs.push(env);
         }
         // The workers apply the schema as they start.
         wait_until(
@@ -152,7 +156,43 @@ impl BenchStack {
             standby,
             database_url,
             services_database_url,
+            worker_envs,
         })
+    }
+
+    /// The `logs` database as the api and workers are given it (a multi-host URL with
+    /// the standby), which follows a promotion.
+    pub fn services_database_url(&self) -> &str {
+        &self.services_database_url
+    }
+
+    /// Kills worker `index` at once (SIGKILL), mid-batch.
+    pub fn kill_worker(&mut self, index: usize) -> Result<()> {
+        self.workers[index]
+            .process()
+            .stop_with(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(20))?;
+        Ok(())
+    }
+
+    /// Starts worker `index` again, under its consumer name: it resumes the entries it
+    /// had read and not acknowledged.
+    pub fn start_worker_again(&mut self, index: usize) -> Result<()> {
+        self.workers[index] = WorkerProcess::start_on(
+            self.workers[index].metrics_port(),
+            &self.redis.url(),
+            &self.services_database_url,
+            &self.worker_envs[index],
+        )?;
+        Ok(())
+    }
+
+    /// Switches PostgreSQL over to its standby: the primary stops (a fast shutdown,
+    /// which sends the standby all it wrote) and the standby is promoted; the services
+    /// follow it through their multi-host URL. Fails without a standby.
+    pub fn switch_postgres_over(&mut self) -> Result<()> {
+        let standby = self.standby.as_ref().context("PostgreSQL has no standby")?;
+        self.postgres.stop()?;
+        standby.promote()
     }
 
     /// Replaces the api with one started with `api_env` beside the settings' own, on the
@@ -254,6 +294,29 @@ impl BenchRedis {
     /// Whether it is a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
+    }
+
+    /// Kills the master that holds `key` at once (SIGKILL): the one server, or on a
+    /// cluster the master of the key's slot, whose replica then takes over. Returns the
+    /// node, for [`start_again`](Self::start_again).
+    pub fn kill_master_of(&mut self, key: &str) -> Result<usize> {
+        match self {
+            Self::Single(servers) => servers[0].kill().map(|()| 0),
+            Self::Cluster(cluster) => {
+                let index = cluster.master_of(key)?;
+                cluster.kill(index)?;
+                Ok(index)
+            }
+        }
+    }
+
+    /// Starts node `index` again after [`kill_master_of`](Self::kill_master_of), from
+    /// its append-only file; a cluster's node rejoins as a replica.
+    pub fn start_again(&mut self, index: usize) -> Result<()> {
+        match self {
+            Self::Single(servers) => servers[index].start_again(),
+            Self::Cluster(cluster) => cluster.restart(index),
+        }
     }
 
     /// Every server: masters and replicas.
