@@ -239,6 +239,20 @@ impl Stack {
         .await
     }
 
+    /// Waits until a worker reads the stream: a consumer has joined the group. A worker
+    /// still starting (its schema run, its connections) on a busy machine may take
+    /// longer than a test's wait for one batch should; the error ends with the worker's
+    /// last lines.
+    pub async fn wait_until_a_worker_reads(&self, timeout: Duration) -> Result<()> {
+        let redis = self.redis().await?;
+        eventually("the worker reads the stream", timeout, || {
+            let mut redis = redis.clone();
+            async move { Ok(crate::stream::consumer_count(&mut redis).await > 0) }
+        })
+        .await
+        .map_err(|error| anyhow::anyhow!("{error}{}", self.worker_log()))
+    }
+
     /// A connection to Redis, for assertions.
     pub async fn redis(&self) -> Result<redis::aio::MultiplexedConnection> {
         let client = redis::Client::open(self.redis.url())?;

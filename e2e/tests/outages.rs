@@ -12,7 +12,7 @@ use std::time::Duration;
 use logpipeline_e2e::devices::{self, Plan};
 use logpipeline_e2e::runs::{assert_exactly_once, count_query};
 use logpipeline_e2e::stack::{Stack, eventually, wait_for_count, wait_for_schema};
-use logpipeline_e2e::stream::{consumer_count, pending_count};
+use logpipeline_e2e::stream::pending_count;
 use logpipeline_local::redis::RedisOptions;
 use logpipeline_local::services::Env;
 use redis::AsyncCommands;
@@ -150,17 +150,11 @@ async fn a_worker_finishes_its_unacknowledged_entries_once_redis_is_back() {
     stack.start_worker(&Env::new()).unwrap();
     let pool = stack.pool().await.unwrap();
     wait_for_schema(&pool).await.unwrap();
+    stack
+        .wait_until_a_worker_reads(Duration::from_secs(60))
+        .await
+        .unwrap();
     let redis = stack.redis().await.unwrap();
-    eventually(
-        "the worker reads the stream",
-        Duration::from_secs(60),
-        || {
-            let mut redis = redis.clone();
-            async move { Ok(consumer_count(&mut redis).await > 0) }
-        },
-    )
-    .await
-    .unwrap();
     // The worker's insert waits on this lock while Redis goes away.
     let mut lock = pool.begin().await.unwrap();
     sqlx::query("lock table logs in exclusive mode")
@@ -256,17 +250,11 @@ async fn a_postgres_that_refuses_every_write_is_an_outage_and_dead_letters_nothi
     };
     // The worker's start-up writes (the partitions ahead) must not meet the read-only
     // server: a worker that cannot start exits, which is not what this test is about.
+    stack
+        .wait_until_a_worker_reads(Duration::from_secs(120))
+        .await
+        .unwrap();
     let mut redis = stack.redis().await.unwrap();
-    eventually(
-        "the worker reads the stream",
-        Duration::from_secs(120),
-        || {
-            let mut redis = redis.clone();
-            async move { Ok(consumer_count(&mut redis).await > 0) }
-        },
-    )
-    .await
-    .unwrap_or_else(|error| panic!("{error}{}", stack.worker_log()));
     read_only(true).await;
 
     let client = logpipeline_e2e::http_client(|builder| builder).unwrap();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use logpipeline_e2e::devices::{self, Plan};
 use logpipeline_e2e::runs::{assert_exactly_once, count_query};
 use logpipeline_e2e::stack::{Stack, eventually, wait_for_count, wait_for_schema};
-use logpipeline_e2e::stream::{consumer_count, holds_pending, pending_count};
+use logpipeline_e2e::stream::{holds_pending, pending_count};
 use logpipeline_local::services::Env;
 use nix::sys::signal::Signal;
 use redis::AsyncCommands;
@@ -318,20 +318,12 @@ async fn a_worker_dying_between_commit_and_acknowledgement_causes_no_duplicate()
     stack.start_worker(&Env::new()).unwrap();
     let pool = stack.pool().await.unwrap();
     wait_for_schema(&pool).await.unwrap();
-    // The lock below must come once the worker reads: a worker still starting (its
-    // schema run, its connections) on a busy machine may take longer than any wait
-    // for the batch should.
+    // The lock below must come once the worker reads.
+    stack
+        .wait_until_a_worker_reads(Duration::from_secs(60))
+        .await
+        .unwrap();
     let mut redis = stack.redis().await.unwrap();
-    eventually(
-        "the worker reads the stream",
-        Duration::from_secs(60),
-        || {
-            let mut redis = redis.clone();
-            async move { Ok(consumer_count(&mut redis).await > 0) }
-        },
-    )
-    .await
-    .unwrap();
     // Hold the insert until Redis refuses writes, so the commit lands and the XACK cannot.
     let mut lock = pool.begin().await.unwrap();
     sqlx::query("lock table logs in exclusive mode")

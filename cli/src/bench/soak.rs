@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 
 use super::PostgresStandby;
 use super::stack::{BenchStack, StackSettings};
-use crate::load::{self, LoadOptions, Protocol, Report};
+use crate::load::{self, LoadOptions, Phase, Protocol, Report};
 use crate::logs::{Connection, request};
 use logpipeline_core::stream::Shards;
 use logpipeline_local::auth::{ApiKey, keys_file};
@@ -44,8 +44,8 @@ pub struct SoakArgs {
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=1440))]
     pub minutes: u64,
 
-    /// Seconds of each phase. A phase's fault comes a quarter of the way in; the reads
-    /// last from a quarter to three quarters.
+    /// Seconds of each phase (even). Its first half is calm, the baseline its second
+    /// half is held to; the fault comes at half time, and the reads last to its end.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(20..=3600))]
     pub phase_secs: u64,
 
@@ -86,6 +86,11 @@ pub struct SoakArgs {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=1_000))]
     pub stuck_subscribers: u32,
 
+    /// The workers' hot window (`LOGPIPELINE_HOT_WINDOW`): older rows are compacted into
+    /// chunks as the soak goes, and the final check reads both.
+    #[arg(long, default_value = "2m")]
+    pub hot_window: String,
+
     /// Write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -117,6 +122,10 @@ pub enum Fault {
 pub struct SoakPhase {
     /// The fault it had.
     pub fault: Fault,
+    /// The writer's figures of its first half, before the fault.
+    pub before: Option<Phase>,
+    /// The writer's figures of its second half, from the fault on.
+    pub during: Option<Phase>,
     /// What was done, with seconds since the start.
     pub events: Vec<String>,
     /// The storm's and flood's figures, in a reads phase.
@@ -131,6 +140,8 @@ pub struct SoakReport {
     pub load: Report,
     /// The phases' faults, in the order of the report's phases.
     pub phases: Vec<SoakPhase>,
+    /// Logs in chunks at the end, of both tenants (the rest are rows).
+    pub compacted_logs: u64,
 }
 
 /// The writer's and the readers' API keys, in two tenants.
@@ -157,6 +168,10 @@ impl SoakKeys {
 /// Starts the stack, fills the storm's tenant, runs the writer through the faults, and
 /// prints what each phase saw; `false` when an accepted log was lost or stored twice.
 pub fn run(args: &SoakArgs) -> Result<bool> {
+    anyhow::ensure!(
+        args.phase_secs.is_multiple_of(2),
+        "--phase-secs must be even: each phase is a calm half and a half with its fault"
+    );
     logpipeline_local::packages::ensure_installed(true)?;
     let keys = SoakKeys::new()?;
     let durability = if args.redis_cluster {
@@ -191,8 +206,17 @@ pub fn run(args: &SoakArgs) -> Result<bool> {
                 "LOGPIPELINE_TAIL_MAX_SUBSCRIBERS".into(),
                 (args.flood_subscribers + args.stuck_subscribers + 100).to_string(),
             ),
+            // Every client of the soak comes from 127.0.0.1.
+            (
+                "LOGPIPELINE_MAX_CONNECTIONS_PER_ADDRESS".into(),
+                (args.flood_subscribers + args.stuck_subscribers + args.storm_searches + 1_000)
+                    .to_string(),
+            ),
         ]),
-        worker_env: Env::from([("LOGPIPELINE_REDIS_DURABILITY".into(), durability.into())]),
+        worker_env: Env::from([
+            ("LOGPIPELINE_REDIS_DURABILITY".into(), durability.into()),
+            ("LOGPIPELINE_HOT_WINDOW".into(), args.hot_window.clone()),
+        ]),
     };
     println!(
         "starting Redis{}, PostgreSQL{}, 2 workers and the api…",
@@ -258,8 +282,7 @@ pub fn run(args: &SoakArgs) -> Result<bool> {
             fault = Fault::None;
         }
         let began = start + phase * index as u32;
-        let at = |share: u32| began + phase * share / 4;
-        sleep_until(at(1));
+        sleep_until(began + phase / 2);
         let mut events = Vec::new();
         let mut note = |what: String| {
             let line = format!("{:.1} s: {what}", start.elapsed().as_secs_f64());
@@ -296,7 +319,7 @@ pub fn run(args: &SoakArgs) -> Result<bool> {
                     "{} searches and {} + {} idle tail subscribers of the other tenant started",
                     args.storm_searches, args.flood_subscribers, args.stuck_subscribers
                 ));
-                sleep_until(at(3));
+                sleep_until(began + phase);
                 reads = Some(readers_runtime.block_on(readers.finish())?);
                 note("the reads stopped".into());
             }
@@ -308,15 +331,26 @@ pub fn run(args: &SoakArgs) -> Result<bool> {
         }
         soak_phases.push(SoakPhase {
             fault,
+            before: None,
+            during: None,
             events,
             reads,
         });
     }
     let report = writer_runtime.block_on(writer)??;
     print!("{}", report.render());
+    for (index, phase) in soak_phases.iter_mut().enumerate() {
+        phase.before = report.phases.get(2 * index).cloned();
+        phase.during = report.phases.get(2 * index + 1).cloned();
+    }
+    let compacted_logs = stack
+        .psql_logs("select coalesce(sum(rows), 0) from log_chunks")?
+        .parse()
+        .context("counting the logs in chunks")?;
     let soak = SoakReport {
         load: report,
         phases: soak_phases,
+        compacted_logs,
     };
     print!("{}", render(&soak));
     if let Some(path) = &args.json {
@@ -362,7 +396,7 @@ fn writer_options(
         api_key: Some(key.secret.clone()),
         retry: true,
         retry_for_secs: 300,
-        phase_secs: Some(args.phase_secs),
+        phase_secs: Some(args.phase_secs / 2),
         tenant: key.tenant.clone(),
     }
 }
@@ -480,7 +514,7 @@ impl Readers {
         self.stop.send_replace(true);
         let mut searches = BTreeMap::new();
         let mut search_failures = 0;
-        let mut latencies = Histogram::<u64>::new(3)?;
+        let mut latencies = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
         while let Some(tally) = self.searchers.join_next().await {
             let tally = tally??;
             for (status, count) in tally.answers {
@@ -515,7 +549,7 @@ async fn search(
     let mut tally = SearchTally {
         answers: BTreeMap::new(),
         failures: 0,
-        latencies: Histogram::new(3)?,
+        latencies: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
     };
     let mut turn = searcher;
     while !*stopped.borrow() {
@@ -573,46 +607,53 @@ async fn search(
     Ok(tally)
 }
 
-/// The phases as a table, each fault's p99 beside the calm phases' median.
+/// The phases as a table: each half's figures, and each fault's p99 beside the calm
+/// halves' median.
 fn render(soak: &SoakReport) -> String {
     use std::fmt::Write as _;
     let mut out = String::from(
-        "\nphase  seconds      fault                accepted  failed  retries    p50 ms    p99 ms    max ms\n",
+        "\nphase  seconds      fault                half     accepted  failed  retries    p50 ms    p99 ms    max ms\n",
     );
-    let phases = &soak.load.phases;
-    for (figures, phase) in phases.iter().zip(&soak.phases) {
-        let l = &figures.latency_ms;
-        // Writing into a String cannot fail.
-        let _ = writeln!(
-            out,
-            "{:>5}  {:>5.0}–{:<5.0}  {:<19}  {:>8}  {:>6}  {:>7}  {:>8.2}  {:>8.2}  {:>8.2}",
-            figures.index,
-            figures.from_secs,
-            figures.to_secs,
-            fault_name(phase.fault),
-            figures.accepted_logs,
-            figures.failed,
-            figures.retries,
-            l.p50,
-            l.p99,
-            l.max
-        );
-        if !figures.shards.is_empty() {
-            let shards: Vec<String> = figures
-                .shards
-                .iter()
-                .enumerate()
-                .map(|(shard, figures)| {
-                    format!(
-                        "shard {shard} p99 {:.2} ms ({} failed)",
-                        figures.latency_ms.p99, figures.failed
-                    )
-                })
-                .collect();
-            let _ = writeln!(out, "       {}", shards.join(", "));
+    let mut calm = Vec::new();
+    for (index, phase) in soak.phases.iter().enumerate() {
+        let halves = [("before", &phase.before), ("during", &phase.during)];
+        for (half, figures) in halves {
+            let Some(figures) = figures else { continue };
+            let l = &figures.latency_ms;
+            if half == "before" || phase.fault == Fault::None {
+                calm.push(l.p99);
+            }
+            // Writing into a String cannot fail.
+            let _ = writeln!(
+                out,
+                "{index:>5}  {:>5.0}–{:<5.0}  {:<19}  {half:<6}  {:>9}  {:>6}  {:>7}  {:>8.2}  {:>8.2}  {:>8.2}",
+                figures.from_secs,
+                figures.to_secs,
+                fault_name(phase.fault),
+                figures.accepted_logs,
+                figures.failed,
+                figures.retries,
+                l.p50,
+                l.p99,
+                l.max
+            );
+            if !figures.shards.is_empty() {
+                let shards: Vec<String> = figures
+                    .shards
+                    .iter()
+                    .enumerate()
+                    .map(|(shard, figures)| {
+                        format!(
+                            "shard {shard} p99 {:.2} ms ({} failed)",
+                            figures.latency_ms.p99, figures.failed
+                        )
+                    })
+                    .collect();
+                let _ = writeln!(out, "{:41}{}", "", shards.join(", "));
+            }
         }
         for event in &phase.events {
-            let _ = writeln!(out, "       {event}");
+            let _ = writeln!(out, "{:41}{event}", "");
         }
         if let Some(reads) = &phase.reads {
             let answers: Vec<String> = reads
@@ -622,7 +663,8 @@ fn render(soak: &SoakReport) -> String {
                 .collect();
             let _ = writeln!(
                 out,
-                "       searches {} (no answer {}), answered p50 {:.1} ms p99 {:.1} ms; {} subscribed, {} refused",
+                "{:41}searches {} (no answer {}), answered p50 {:.1} ms p99 {:.1} ms; {} subscribed, {} refused",
+                "",
                 answers.join(", "),
                 reads.search_failures,
                 reads.search_p50_ms,
@@ -632,44 +674,53 @@ fn render(soak: &SoakReport) -> String {
             );
         }
     }
-    let mut calm: Vec<f64> = phases
-        .iter()
-        .zip(&soak.phases)
-        .filter(|(_, phase)| phase.fault == Fault::None)
-        .map(|(figures, _)| figures.latency_ms.p99)
-        .collect();
     calm.sort_by(f64::total_cmp);
-    if let Some(&median) = calm.get(calm.len() / 2) {
-        let _ = writeln!(out, "\ncalm phases' median p99: {median:.2} ms");
-        for (figures, phase) in phases.iter().zip(&soak.phases) {
-            if phase.fault != Fault::None && median > 0.0 {
-                let others = figures
-                    .shards
-                    .iter()
-                    .skip(1)
-                    .map(|shard| shard.latency_ms.p99)
-                    .fold(None, |most: Option<f64>, p99| {
-                        Some(most.map_or(p99, |m| m.max(p99)))
-                    });
-                let others = others.map_or_else(String::new, |p99| {
-                    format!(", shards 1+ {:.1}×", p99 / median)
+    if let Some(&median) = calm.get(calm.len() / 2)
+        && median > 0.0
+    {
+        let _ = writeln!(
+            out,
+            "\ncalm halves' median p99: {median:.2} ms; each fault's half beside it:"
+        );
+        for (index, phase) in soak.phases.iter().enumerate() {
+            let Some(during) = phase.during.as_ref().filter(|_| phase.fault != Fault::None) else {
+                continue;
+            };
+            // On a cluster the fault is shard 0's: the others are held to the baseline.
+            let others = during
+                .shards
+                .iter()
+                .skip(1)
+                .map(|shard| shard.latency_ms.p99)
+                .reduce(f64::max)
+                .map_or_else(String::new, |p99| {
+                    format!(", the other shards' p99 {:.1}×", p99 / median)
                 });
-                let _ = writeln!(
-                    out,
-                    "phase {} ({}): p99 {:.1}× calm{others}",
-                    figures.index,
-                    fault_name(phase.fault),
-                    figures.latency_ms.p99 / median
-                );
-            }
+            let own = phase
+                .before
+                .as_ref()
+                .filter(|before| before.latency_ms.p99 > 0.0)
+                .map_or_else(String::new, |before| {
+                    format!(
+                        " ({:.1}× its own calm half)",
+                        during.latency_ms.p99 / before.latency_ms.p99
+                    )
+                });
+            let _ = writeln!(
+                out,
+                "  phase {index} ({}): p99 {:.1}×{own}{others}",
+                fault_name(phase.fault),
+                during.latency_ms.p99 / median
+            );
         }
     }
     if let Some(e2e) = &soak.load.end_to_end {
         let _ = writeln!(
             out,
-            "every log: {} stored of {} accepted, {} lost, {} duplicated{}",
+            "every log: {} stored of {} accepted ({} logs of both tenants in chunks), {} lost, {} duplicated{}",
             e2e.persisted_logs,
             soak.load.accepted_logs,
+            soak.compacted_logs,
             e2e.lost,
             e2e.duplicated,
             if e2e.exactly_once() {

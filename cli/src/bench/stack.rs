@@ -166,6 +166,14 @@ impl BenchStack {
         &self.services_database_url
     }
 
+    /// `sql`'s output in the `logs` database of whichever server is the primary now.
+    pub fn psql_logs(&self, sql: &str) -> Result<String> {
+        match (self.postgres.psql("logs", sql), &self.standby) {
+            (Err(_), Some(standby)) => standby.psql("logs", sql),
+            (answer, _) => answer,
+        }
+    }
+
     /// Kills worker `index` at once (SIGKILL), mid-batch.
     pub fn kill_worker(&mut self, index: usize) -> Result<()> {
         self.workers[index]
