@@ -1,19 +1,34 @@
 //! A real browser for the explorer's tests: Debian's Chromium, headless, driven over
 //! WebDriver by its chromedriver, both started here and stopped with the [`Browser`].
+//!
+//! Chromium is chromedriver's child, not ours, so killing chromedriver alone would leave
+//! the browser's processes running. Chromedriver therefore leads a process group of its
+//! own, which Chromium and its helpers join, and the whole group is killed with the
+//! [`Browser`], also when a test fails before it could close its session.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use logpipeline_local::process::{ChildProcess, find_on_path, free_port, scratch_dir, wait_until};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 use serde_json::{Value, json};
 
 /// Chromium under chromedriver, with one WebDriver session.
 pub struct Browser {
     /// The session.
     pub client: fantoccini::Client,
-    _driver: ChildProcess,
+    driver: ChildProcess,
     _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // Chromedriver leads its group: its process id is the group's.
+        let _ = killpg(Pid::from_raw(self.driver.pid() as i32), Signal::SIGKILL);
+    }
 }
 
 impl Browser {
@@ -33,7 +48,8 @@ impl Browser {
         // Chromium's own temporary files go with the profile.
         command
             .arg(format!("--port={port}"))
-            .env("TMPDIR", profile.path());
+            .env("TMPDIR", profile.path())
+            .process_group(0);
         let mut driver = ChildProcess::spawn(
             "chromedriver",
             command,
@@ -67,9 +83,14 @@ impl Browser {
         .context("starting a Chromium session")?;
         Ok(Self {
             client,
-            _driver: driver,
+            driver,
             _profile: profile,
         })
+    }
+
+    /// The process id of chromedriver, whose descendants are the browser's processes.
+    pub fn driver_pid(&self) -> u32 {
+        self.driver.pid()
     }
 
     /// The value of JavaScript expression `expression` in the page.

@@ -2,7 +2,8 @@
 //! shows exactly what the API returns for a search, expands a log, zooms by dragging on
 //! the histogram, follows new logs live, shows the API's own error for a bad query, shows
 //! hostile logs as text without running any of them, and shows a tenant only its own.
-//! Each main state is saved as a screenshot in `target/explorer-screenshots`.
+//! Each main state is saved as a screenshot in `target/explorer-screenshots`, and no browser
+//! process outlives its test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
 
@@ -556,4 +557,27 @@ async fn the_explorer_shows_hostile_logs_as_text_and_each_tenant_only_its_own() 
     assert_eq!(shown.as_array().unwrap().len(), 1);
     assert_eq!(shown[0][3], "globex's own log");
     browser.screenshot("8-another-tenant").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_browser_leaves_no_process_behind() {
+    let browser = Browser::start().await.unwrap();
+    browser.client.goto("about:blank").await.unwrap();
+    let processes = logpipeline_local::process::descendants_of(browser.driver_pid());
+    assert!(
+        !processes.is_empty(),
+        "chromedriver started no browser process"
+    );
+    drop(browser);
+    // A killed process is gone from /proc once its parent (or init) has reaped it.
+    logpipeline_local::process::wait_until(
+        "every browser process is gone",
+        Duration::from_secs(60),
+        || {
+            Ok(processes
+                .iter()
+                .all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()))
+        },
+    )
+    .unwrap();
 }

@@ -280,14 +280,21 @@ pub fn run_visibly(mut command: Command) -> Result<()> {
 
 /// Sends `signal` to every process descended from this one (children, their children…).
 pub fn signal_descendants(signal: Signal) {
-    let own = std::process::id() as i32;
-    // (pid, parent pid) of every process, from /proc/<pid>/stat.
-    let processes: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+    for pid in descendants_of(std::process::id()) {
+        let _ = signal::kill(Pid::from_raw(pid as i32), signal);
+    }
+}
+
+/// The processes descended from `ancestor` (children, their children…), read from
+/// `/proc/<pid>/stat`, children before their own children.
+pub fn descendants_of(ancestor: u32) -> Vec<u32> {
+    // (pid, parent pid) of every process.
+    let processes: Vec<(u32, u32)> = std::fs::read_dir("/proc")
         .map(|entries| {
             entries
                 .flatten()
                 .filter_map(|entry| {
-                    let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+                    let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
                     let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
                     // The command name may hold spaces and parentheses: skip past its end.
                     let after_name = &stat[stat.rfind(')')? + 1..];
@@ -297,7 +304,7 @@ pub fn signal_descendants(signal: Signal) {
                 .collect()
         })
         .unwrap_or_default();
-    let mut descendants = vec![own];
+    let mut descendants = vec![ancestor];
     let mut index = 0;
     while index < descendants.len() {
         let parent = descendants[index];
@@ -309,9 +316,8 @@ pub fn signal_descendants(signal: Signal) {
         );
         index += 1;
     }
-    for pid in descendants.into_iter().skip(1) {
-        let _ = signal::kill(Pid::from_raw(pid), signal);
-    }
+    descendants.remove(0);
+    descendants
 }
 
 /// The ports [`free_port`] hands out: below the kernel's ephemeral range (32768 and up on
