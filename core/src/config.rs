@@ -35,6 +35,17 @@ pub struct RedisArgs {
 }
 
 impl RedisArgs {
+    /// Redis (or a Redis Cluster, known by one or more of its nodes) at `url`, with
+    /// every other setting unset.
+    pub fn of_url(url: impl Into<String>, cluster: bool) -> Self {
+        Self {
+            redis_url: Some(url.into()),
+            redis_host: None,
+            redis_port: None,
+            redis_cluster: cluster,
+        }
+    }
+
     /// The connection settings: `REDIS_URL` if set; else `REDIS_HOST` and `REDIS_PORT`
     /// (either may be missing); else Redis on this host.
     pub fn connection_info(&self) -> Result<redis::ConnectionInfo, ConfigError> {
@@ -207,6 +218,20 @@ pub struct DatabaseArgs {
 }
 
 impl DatabaseArgs {
+    /// PostgreSQL at `url` (a primary and its standbys named together, or one server),
+    /// with at most `max_connections` connections and every other setting unset.
+    pub fn of_url(url: impl Into<String>, max_connections: u32) -> Self {
+        Self {
+            database_url: Some(url.into()),
+            postgres_host: None,
+            postgres_port: None,
+            postgres_user: None,
+            postgres_password: None,
+            postgres_db: None,
+            db_max_connections: max_connections,
+        }
+    }
+
     /// Where PostgreSQL is: `DATABASE_URL` if set; else the `POSTGRES_*` settings with
     /// the seed's defaults for those missing; else PostgreSQL on this host.
     pub fn targets(&self) -> Result<DatabaseTargets, ConfigError> {

@@ -37,15 +37,7 @@ async fn a_pool_uses_only_the_primary_and_follows_a_promoted_standby() {
     let database = url.rsplit('/').next().unwrap();
     let standby = PostgresServer::start_standby_of(&primary).unwrap();
     // The standby first: a pool taking the first host that answers would read from it.
-    let args = DatabaseArgs {
-        database_url: Some(postgres::multi_host_url(&[&standby, &primary], database)),
-        postgres_host: None,
-        postgres_port: None,
-        postgres_user: None,
-        postgres_password: None,
-        postgres_db: None,
-        db_max_connections: 2,
-    };
+    let args = DatabaseArgs::of_url(postgres::multi_host_url(&[&standby, &primary], database), 2);
     let pool = db::lazy_pool(&args).unwrap();
     for _ in 0..20 {
         assert_eq!(answering_port(&pool).await, primary.port());

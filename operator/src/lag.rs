@@ -39,12 +39,7 @@ pub fn target(url: &str, namespace: &str, cluster: bool) -> Result<RedisTarget> 
         .split(',')
         .map(|node| resolve_in_namespace(node.trim(), namespace))
         .collect();
-    let args = RedisArgs {
-        redis_url: Some(resolved.join(",")),
-        redis_host: None,
-        redis_port: None,
-        redis_cluster: cluster,
-    };
+    let args = RedisArgs::of_url(resolved.join(","), cluster);
     RedisTarget::from_args(&args).map_err(|error| Error::RedisUrl(error.to_string()))
 }
 

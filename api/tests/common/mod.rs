@@ -105,15 +105,7 @@ impl TestApi {
             .await
             .unwrap();
         let reachability = Reachability::watch(
-            &DatabaseArgs {
-                database_url: Some(url.clone()),
-                postgres_host: None,
-                postgres_port: None,
-                postgres_user: None,
-                postgres_password: None,
-                postgres_db: None,
-                db_max_connections: 1,
-            },
+            &DatabaseArgs::of_url(url.clone(), 1),
             CancellationToken::new(),
         )
         .unwrap();
@@ -166,13 +158,7 @@ impl TestApi {
             query_cache_ttl: Duration::from_secs(300),
             search_timeout: options.search_timeout,
             tail: Tail::start(
-                &RedisTarget::from_args(&RedisArgs {
-                    redis_url: Some(redis.url()),
-                    redis_host: None,
-                    redis_port: None,
-                    redis_cluster: false,
-                })
-                .unwrap(),
+                &RedisTarget::from_args(&RedisArgs::of_url(redis.url(), false)).unwrap(),
                 &Shards::new(STREAM, options.shards),
                 1000,
                 tokio_util::sync::CancellationToken::new(),

@@ -116,25 +116,9 @@ impl Watch {
     ) -> Result<Self> {
         // A primary and its standby named together are followed across a promotion, as
         // the services follow them.
-        let pool = logpipeline_core::db::lazy_pool_of(
-            &DatabaseArgs {
-                database_url: Some(database_url.to_owned()),
-                postgres_host: None,
-                postgres_port: None,
-                postgres_user: None,
-                postgres_password: None,
-                postgres_db: None,
-                db_max_connections: 2,
-            },
-            2,
-        )
-        .context("the database URL")?;
-        let target = RedisTarget::from_args(&RedisArgs {
-            redis_url: Some(redis_url.to_owned()),
-            redis_host: None,
-            redis_port: None,
-            redis_cluster: stream.cluster,
-        })?;
+        let pool = logpipeline_core::db::lazy_pool_of(&DatabaseArgs::of_url(database_url, 2), 2)
+            .context("the database URL")?;
+        let target = RedisTarget::from_args(&RedisArgs::of_url(redis_url, stream.cluster))?;
         let redis = target
             .connect(Duration::from_secs(10))
             .await
