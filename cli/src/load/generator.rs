@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
@@ -324,6 +325,7 @@ async fn connection(shared: Arc<Shared>) -> Vec<(u64, Fate)> {
             .retry_for
             .map(|_| format!("{}-{n}", shared.plan.run));
         let mut retries = 0;
+        let mut backoff = backoff();
         let outcome = loop {
             let outcome = attempt(
                 &shared,
@@ -336,7 +338,7 @@ async fn connection(shared: Arc<Shared>) -> Vec<(u64, Fate)> {
             let again = shared
                 .plan
                 .retry_for
-                .zip(retry_delay(outcome, retries))
+                .zip(retry_delay(outcome, &mut backoff))
                 .filter(|&(window, delay)| Instant::now() + delay < due + window);
             let Some((_, delay)) = again else {
                 break outcome;
@@ -409,12 +411,22 @@ async fn attempt(
     outcome
 }
 
-/// How long a careful client waits before sending again what `outcome` answered, on
-/// its `retries`-th retry: the `Retry-After` of a 5xx or 429 (at most 5 s), else a
-/// backoff from 100 ms to 800 ms; `None` when it must not (accepted, or refused for
-/// good).
-fn retry_delay(outcome: Outcome, retries: u64) -> Option<Duration> {
-    let backoff = Duration::from_millis(100 << retries.min(3));
+/// A careful client's waits between one request's tries when the api names none:
+/// exponential from 100 ms to 800 ms, each plus up to as much again at random (so that
+/// clients refused together do not come back together), for as long as it retries.
+fn backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_millis(800))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// How long a careful client waits before sending again what `outcome` answered: the
+/// `Retry-After` of a 5xx or 429 (at most 5 s), else the next of `backoff`; `None` when
+/// it must not (accepted, or refused for good).
+fn retry_delay(outcome: Outcome, backoff: &mut impl Iterator<Item = Duration>) -> Option<Duration> {
     match outcome {
         Outcome::Accepted => None,
         Outcome::Answered {
@@ -424,7 +436,7 @@ fn retry_delay(outcome: Outcome, retries: u64) -> Option<Duration> {
             Some(Duration::from_secs(u64::from(secs)).min(Duration::from_secs(5)))
         }
         Outcome::Answered { status, .. } if !status.is_server_error() => None,
-        Outcome::Answered { .. } | Outcome::Failed(_) => Some(backoff),
+        Outcome::Answered { .. } | Outcome::Failed(_) => backoff.next(),
     }
 }
 
@@ -614,31 +626,54 @@ mod tests {
             status,
             retry_after,
         };
-        assert_eq!(retry_delay(Outcome::Accepted, 0), None);
+        let backoff = || [Duration::from_millis(150)].into_iter();
+        assert_eq!(retry_delay(Outcome::Accepted, &mut backoff()), None);
         assert_eq!(
-            retry_delay(answered(StatusCode::UNPROCESSABLE_ENTITY, None), 0),
+            retry_delay(
+                answered(StatusCode::UNPROCESSABLE_ENTITY, None),
+                &mut backoff()
+            ),
             None
         );
         assert_eq!(
-            retry_delay(answered(StatusCode::TOO_MANY_REQUESTS, None), 0),
+            retry_delay(
+                answered(StatusCode::TOO_MANY_REQUESTS, None),
+                &mut backoff()
+            ),
             None
         );
         assert_eq!(
-            retry_delay(answered(StatusCode::TOO_MANY_REQUESTS, Some(1)), 0),
+            retry_delay(
+                answered(StatusCode::TOO_MANY_REQUESTS, Some(1)),
+                &mut backoff()
+            ),
             Some(Duration::from_secs(1))
         );
         assert_eq!(
-            retry_delay(answered(StatusCode::SERVICE_UNAVAILABLE, Some(2)), 0),
-            Some(Duration::from_secs(2))
+            retry_delay(
+                answered(StatusCode::SERVICE_UNAVAILABLE, Some(60)),
+                &mut backoff()
+            ),
+            Some(Duration::from_secs(5))
         );
         assert_eq!(
-            retry_delay(answered(StatusCode::GATEWAY_TIMEOUT, None), 1),
-            Some(Duration::from_millis(200))
+            retry_delay(answered(StatusCode::GATEWAY_TIMEOUT, None), &mut backoff()),
+            Some(Duration::from_millis(150))
         );
         assert_eq!(
-            retry_delay(Outcome::Failed(TIMEOUT), 9),
-            Some(Duration::from_millis(800))
+            retry_delay(Outcome::Failed(TIMEOUT), &mut backoff()),
+            Some(Duration::from_millis(150))
         );
+    }
+
+    #[test]
+    fn a_careful_clients_backoff_grows_to_its_bound_and_never_ends() {
+        let delays: Vec<Duration> = backoff().take(50).collect();
+        assert_eq!(delays.len(), 50);
+        assert!(delays[0] >= Duration::from_millis(100) && delays[0] < Duration::from_millis(200));
+        for delay in &delays[3..] {
+            assert!(*delay >= Duration::from_millis(800) && *delay < Duration::from_millis(1600));
+        }
     }
 
     #[test]
