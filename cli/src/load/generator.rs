@@ -1,6 +1,11 @@
 //! Sending the requests: one task per connection, each a raw HTTP/1.1 client
 //! connection (hyper, no pool) or a gRPC channel of its own (one HTTP/2 connection),
-//! taking the next request number from a shared counter.
+//! taking the next request number from a counter shared with the others.
+//!
+//! With several stream shards in open loop, the connections are split into one lane a
+//! shard, and each takes only the requests of its shard's devices (as devices, each on a
+//! connection of its own, would send): a shard whose requests wait, or are retried, holds
+//! only its own lane's connections, and the others' latency still measures their shards.
 //!
 //! In open loop a request waits for its intended send time; its latency is measured
 //! from that time, so requests delayed because every connection was busy count the
@@ -235,7 +240,7 @@ struct Shared {
     plan: Plan,
     schedule: Schedule,
     bodies: Bodies,
-    next: AtomicU64,
+    lanes: Vec<Lane>,
     counters: Arc<Counters>,
     latencies: Arc<Latencies>,
     phases: Option<Arc<Phases>>,
@@ -268,14 +273,14 @@ impl Generator {
             plan: plan.clone(),
             schedule: Schedule::new(Instant::now(), plan.stop, plan.requests_per_sec),
             bodies: Bodies::new(&plan.run, plan.logs_per_request, plan.message_bytes),
-            next: AtomicU64::new(0),
+            lanes: Lane::of(plan),
             counters: counters.clone(),
             latencies: latencies.clone(),
             phases: phases.clone(),
         });
         let mut tasks = JoinSet::new();
-        for _ in 0..plan.connections {
-            tasks.spawn(connection(shared.clone()));
+        for index in 0..plan.connections as usize {
+            tasks.spawn(connection(shared.clone(), index % shared.lanes.len()));
         }
         Ok(Self {
             tasks,
@@ -291,15 +296,78 @@ impl Generator {
         self.shared.schedule.start()
     }
 
-    /// Request numbers handed out so far: every request of the run is below it.
+    /// Once every connection has ended, a bound on the requests of the run: every
+    /// request below it was sent or has a fate, and none at or above it was sent.
     pub fn issued(&self) -> u64 {
-        self.shared.next.load(Ordering::Relaxed)
+        match self.shared.lanes.as_slice() {
+            // Every number below the counter was handed out; those past the end have
+            // the fate `NotSent`.
+            [all] => all.taken.load(Ordering::Relaxed),
+            // A lane sends its requests in order up to the first past the end, and in
+            // open loop whether a request is past the end depends on its number only:
+            // the first any lane found past the end is the first of the run.
+            lanes => lanes
+                .iter()
+                .map(|lane| lane.ended.load(Ordering::Relaxed))
+                .min()
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// The requests some of the connections take in turn, each number once.
+struct Lane {
+    /// The devices whose requests the lane sends, in order; empty for every device.
+    devices: Vec<u64>,
+    /// The run's devices.
+    of: u64,
+    /// Numbers taken so far.
+    taken: AtomicU64,
+    /// The least request found past the end of the run.
+    ended: AtomicU64,
+}
+
+impl Lane {
+    /// One lane of every request; or, with several shards in open loop and a connection
+    /// at least for each, a lane a shard that has devices.
+    fn of(plan: &Plan) -> Vec<Self> {
+        let lane = |devices| Self {
+            devices,
+            of: plan.devices,
+            taken: AtomicU64::new(0),
+            ended: AtomicU64::new(u64::MAX),
+        };
+        let by_shard: Vec<Vec<u64>> = (0..plan.shards())
+            .map(|shard| {
+                (0..plan.devices)
+                    .filter(|&device| plan.device_shards.get(device as usize) == Some(&shard))
+                    .collect()
+            })
+            .filter(|devices: &Vec<u64>| !devices.is_empty())
+            .collect();
+        let open_loop = plan.requests_per_sec.is_some();
+        if open_loop && by_shard.len() > 1 && by_shard.len() <= plan.connections as usize {
+            by_shard.into_iter().map(lane).collect()
+        } else {
+            vec![lane(Vec::new())]
+        }
+    }
+
+    /// The lane's next request number.
+    fn take(&self) -> u64 {
+        let taken = self.taken.fetch_add(1, Ordering::Relaxed);
+        if self.devices.is_empty() {
+            return taken;
+        }
+        let per_round = self.devices.len() as u64;
+        taken / per_round * self.of + self.devices[(taken % per_round) as usize]
     }
 }
 
 /// Sends requests on one connection until the schedule ends; returns the fates of the
 /// requests that were not accepted.
-async fn connection(shared: Arc<Shared>) -> Vec<(u64, Fate)> {
+async fn connection(shared: Arc<Shared>, lane: usize) -> Vec<(u64, Fate)> {
+    let lane = &shared.lanes[lane];
     let mut fates = Vec::new();
     let mut sender = match shared.plan.target.protocol {
         Protocol::Http | Protocol::Otlp => Sender::Http(None),
@@ -309,8 +377,9 @@ async fn connection(shared: Arc<Shared>) -> Vec<(u64, Fate)> {
         },
     };
     loop {
-        let n = shared.next.fetch_add(1, Ordering::Relaxed);
+        let n = lane.take();
         let Some(due) = shared.schedule.due(n, Instant::now()) else {
+            lane.ended.fetch_min(n, Ordering::Relaxed);
             fates.push((n, Fate::NotSent));
             return fates;
         };
@@ -664,6 +733,58 @@ mod tests {
             retry_delay(Outcome::Failed(TIMEOUT), &mut backoff()),
             Some(Duration::from_millis(150))
         );
+    }
+
+    #[test]
+    fn lanes_take_each_request_of_their_shards_devices_once_in_order() {
+        let args = [
+            "--devices",
+            "8",
+            "--stream-shards",
+            "3",
+            "--connections",
+            "6",
+        ];
+        let open =
+            crate::load::plan::tests::plan(&[&args[..], &["--rate", "1000"]].concat()).unwrap();
+        let lanes = Lane::of(&open);
+        let shards: std::collections::BTreeSet<usize> =
+            open.device_shards.iter().copied().collect();
+        assert!(shards.len() > 1, "{:?}", open.device_shards);
+        assert_eq!(lanes.len(), shards.len());
+        let mut taken = std::collections::BTreeSet::new();
+        for lane in &lanes {
+            let numbers: Vec<u64> = (0..40).map(|_| lane.take()).collect();
+            assert!(numbers.is_sorted(), "{numbers:?}");
+            let lane_shards: std::collections::BTreeSet<usize> = numbers
+                .iter()
+                .map(|&n| open.device_shards[open.logs_of(n).0 as usize])
+                .collect();
+            assert_eq!(lane_shards.len(), 1, "{numbers:?}");
+            taken.extend(numbers);
+        }
+        assert_eq!(taken.len(), 40 * lanes.len(), "a number taken twice");
+        // Below the least number any lane reached, every number was taken.
+        let reached = lanes.iter().map(|lane| lane.take()).min().unwrap();
+        assert!((0..reached).all(|n| taken.contains(&n)));
+        assert!(reached >= 40);
+
+        // In closed loop the time a request is past the end does not follow its number:
+        // one lane.
+        let closed = crate::load::plan::tests::plan(&args).unwrap();
+        assert_eq!(Lane::of(&closed).len(), 1);
+        let few_connections = crate::load::plan::tests::plan(&[
+            "--devices",
+            "8",
+            "--stream-shards",
+            "3",
+            "--connections",
+            "1",
+            "--rate",
+            "1000",
+        ])
+        .unwrap();
+        assert_eq!(Lane::of(&few_connections).len(), 1);
     }
 
     #[test]

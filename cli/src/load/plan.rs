@@ -90,7 +90,9 @@ pub struct LoadOptions {
     pub stream: String,
 
     /// End-to-end mode: the streams the logs are spread over (the pipeline's
-    /// `LOGPIPELINE_STREAM_SHARDS`); the backlog is their sum.
+    /// `LOGPIPELINE_STREAM_SHARDS`); the backlog is their sum. In open loop the
+    /// connections are then split by shard, each sending only its shard's devices' logs,
+    /// and latency is reported per shard too.
     #[arg(long, default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SHARDS)))]
     pub stream_shards: u32,
@@ -330,7 +332,7 @@ pub fn device_id(device: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use clap::Parser;
 
@@ -340,7 +342,8 @@ mod tests {
         load: LoadOptions,
     }
 
-    fn plan(args: &[&str]) -> Result<Plan> {
+    /// The plan of `logpipeline load` with `args`.
+    pub(crate) fn plan(args: &[&str]) -> Result<Plan> {
         let cli = Cli::try_parse_from(std::iter::once("load").chain(args.iter().copied()))?;
         Plan::new(&cli.load)
     }
