@@ -78,7 +78,9 @@ impl Shelf {
     }
 
     /// A snapshot of the store; with `budget`, the read is stopped once it has run that
-    /// long (and answered `search_too_broad`).
+    /// long (and answered `search_too_broad`), and runs in its own PostgreSQL backend
+    /// only, without parallel workers: the search limits then bound the CPU that
+    /// searches take, not only their connections.
     pub async fn snapshot(&self, budget: Option<Duration>) -> Result<Snapshot, Error> {
         if !self.reachability.is_up() {
             return Err(Error::DatabaseDown);
@@ -97,7 +99,8 @@ impl Shelf {
         let stopped = Arc::new(AtomicBool::new(false));
         if let Some(budget) = budget {
             let backend: i32 = sqlx::query_scalar(
-                "select pg_backend_pid() from set_config('statement_timeout', $1, true)",
+                "select pg_backend_pid() from set_config('statement_timeout', $1, true) as timeout, \
+                 set_config('max_parallel_workers_per_gather', '0', true) as workers",
             )
             .bind(backstop(budget).as_millis().to_string())
             .fetch_one(&mut *transaction)
