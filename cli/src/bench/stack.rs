@@ -140,11 +140,21 @@ impl BenchStack {
             )?);
             worker_envs.push(env);
         }
-        // The workers apply the schema as they start.
+        // The workers apply the schema as they start, one migration after another: the
+        // `logs` table comes long before the last of them.
+        let migrations = logpipeline_core::db::MIGRATOR.iter().count();
         wait_until(
-            "the workers create the logs table",
+            "the workers apply every migration",
             Duration::from_secs(60),
-            || Ok(postgres.psql("logs", "select to_regclass('logs') is not null")? == "t"),
+            || {
+                let applied = postgres
+                    .psql(
+                        "logs",
+                        "select count(*) from _sqlx_migrations where success",
+                    )
+                    .ok();
+                Ok(applied.and_then(|count| count.parse::<usize>().ok()) == Some(migrations))
+            },
         )?;
         let api_env = Self::api_env(settings, &settings.api_env);
         let api = ApiProcess::start(&redis.url(), &services_database_url, &api_env)?;
