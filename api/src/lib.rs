@@ -183,6 +183,13 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> Result<()
     stream::check_eviction_policy(&mut setup)
         .await
         .map_err(Error::RedisSetup)?;
+    if target.is_cluster() && stream::requires_full_coverage(&mut setup).await == Some(true) {
+        warn!(
+            "the Redis Cluster has cluster-require-full-coverage yes: while one master is down, \
+             every shard refuses logs until its replica takes over; set it to no so that \
+             only the failed master's shard does"
+        );
+    }
     let replication = config.durability.replication();
     // `WAIT` holds up the connection it is sent on: with replication each writer has its own.
     let mut writers = Vec::with_capacity(queue::WRITERS);

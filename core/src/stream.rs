@@ -144,6 +144,20 @@ pub async fn check_eviction_policy<C: ConnectionLike>(con: &mut C) -> RedisResul
     }
 }
 
+/// Whether a Redis Cluster refuses every command while any of its slots has no master
+/// (`cluster-require-full-coverage yes`, Redis' default): then one master's failure stops
+/// every shard for the seconds until its replica takes over. `None` when Redis does not
+/// allow `CONFIG`.
+pub async fn requires_full_coverage<C: ConnectionLike>(con: &mut C) -> Option<bool> {
+    let answer: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("cluster-require-full-coverage")
+        .query_async(con)
+        .await
+        .ok()?;
+    answer.get(1).map(|value| value == "yes")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! cluster client: three shards spread over the masters store every log once and in
 //! each device's order, and `admin` reads each of them; with replicated acceptance a
 //! master SIGKILLed mid-load, whose replica the cluster promotes, loses nothing and
-//! duplicates nothing.
+//! duplicates nothing; and a master that fails stops only its own shards.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // A failed step is a failed test.
 
@@ -263,6 +263,30 @@ async fn with_the_default_acceptance_a_killed_master_loses_at_most_its_last_mome
     );
 }
 
+/// A master that holds some shards and not all of them, a device whose logs go to one
+/// of its shards, and one whose logs go to another master's.
+fn a_master_and_devices_on_and_off_it(cluster: &RedisCluster) -> (usize, usize, usize) {
+    let shards = Shards::on_cluster("logs:stream", 3);
+    let masters: Vec<usize> = shards
+        .keys()
+        .iter()
+        .map(|key| cluster.master_of(key).unwrap())
+        .collect();
+    let master = *masters
+        .iter()
+        .find(|master| masters.iter().any(|other| other != *master))
+        .expect("the shards' keys are on more than one master");
+    let device_where = |on: bool| {
+        (0..1000)
+            .find(|device| {
+                let shard = shards.of("default", &format!("device-{device:03}"));
+                (masters[shard] == master) == on
+            })
+            .unwrap()
+    };
+    (master, device_where(true), device_where(false))
+}
+
 /// A shard whose master stops answering holds up only the requests that go to it: with
 /// more of them in flight than the api has writers, the other shards' devices are still
 /// answered at once, while the frozen shard's requests wait; once the master thaws,
@@ -275,26 +299,7 @@ async fn a_frozen_master_holds_up_only_its_own_shard() {
     // A long Redis timeout: the frozen shard's requests wait as long as the test looks.
     let env = on_cluster(&[("LOGPIPELINE_REDIS_TIMEOUT_SECS", "120")]);
     let api = ApiProcess::start(&cluster.url(), &database, &env).unwrap();
-    let shards = Shards::on_cluster("logs:stream", 3);
-    let masters: Vec<usize> = shards
-        .keys()
-        .iter()
-        .map(|key| cluster.master_of(key).unwrap())
-        .collect();
-    // Freeze a master that holds some shard and not all of them.
-    let frozen = *masters
-        .iter()
-        .find(|master| masters.iter().any(|other| other != *master))
-        .expect("the shards' keys are on more than one master");
-    let device_of = |on_frozen: bool| {
-        (0..1000)
-            .find(|device| {
-                let shard = shards.of("default", &format!("device-{device:03}"));
-                (masters[shard] == frozen) == on_frozen
-            })
-            .unwrap()
-    };
-    let (held_device, healthy_device) = (device_of(true), device_of(false));
+    let (frozen, held_device, healthy_device) = a_master_and_devices_on_and_off_it(&cluster);
     let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
     let post = |device: usize, seq: usize| {
         client
@@ -342,4 +347,44 @@ async fn a_frozen_master_holds_up_only_its_own_shard() {
         let status = request.await.unwrap().unwrap().status();
         assert_eq!(status, 200, "the frozen shard's requests, once it thaws");
     }
+}
+
+/// A master that has failed for good (no replica to take over; the cluster holds it
+/// failed) stops only its own shards: the others' devices are still answered, since the
+/// cluster does not refuse every command while some slots have no master
+/// (`cluster-require-full-coverage no`), and its own shard's devices are told to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_master_stops_only_its_own_shard() {
+    let mut cluster = RedisCluster::start(3, 0).unwrap();
+    let postgres = PostgresServer::start().unwrap();
+    let database = postgres.create_database().unwrap();
+    let api = ApiProcess::start(&cluster.url(), &database, &on_cluster(&[])).unwrap();
+    let (failed, lost_device, healthy_device) = a_master_and_devices_on_and_off_it(&cluster);
+    let client = logpipeline_e2e::http_client(|builder| builder).unwrap();
+    let post = |device: usize, seq: usize| {
+        client
+            .post(format!("{}/api/log", api.url()))
+            .json(&devices::log("failed-shard", device, seq))
+            .send()
+    };
+    assert_eq!(post(healthy_device, 0).await.unwrap().status(), 200);
+    assert_eq!(post(lost_device, 0).await.unwrap().status(), 200);
+
+    cluster.kill(failed).unwrap();
+    cluster.wait_until_failed(failed).unwrap();
+    for seq in 1..=5 {
+        let answer = post(healthy_device, seq).await.unwrap();
+        let status = answer.status();
+        assert_eq!(
+            status,
+            200,
+            "a healthy shard's device: {}",
+            answer.text().await.unwrap()
+        );
+    }
+    let status = post(lost_device, 1).await.unwrap().status();
+    assert!(
+        [503, 504].contains(&status.as_u16()),
+        "the failed shard's device is answered {status}"
+    );
 }

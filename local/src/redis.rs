@@ -219,6 +219,10 @@ impl RedisCluster {
                 "nodes.conf",
                 "--cluster-node-timeout",
                 "2000",
+                // A master's failure stops its own slots only, not the whole cluster
+                // until its replica takes over (docs/operations.md, "Redis Cluster").
+                "--cluster-require-full-coverage",
+                "no",
             ]
             .map(str::to_owned),
         );
@@ -318,6 +322,34 @@ impl RedisCluster {
             }
         }
         anyhow::bail!("no master serves slot {slot}")
+    }
+
+    /// Waits until every running node holds node `index` failed (`fail` in `CLUSTER
+    /// NODES`, agreed by the masters, not a single node's `fail?`).
+    pub fn wait_until_failed(&self, index: usize) -> Result<()> {
+        let cli = find_on_path("redis-cli").context("redis-cli is not installed")?;
+        let port = format!("127.0.0.1:{}@", self.nodes[index].port);
+        wait_until(
+            "the cluster holds the node failed",
+            Duration::from_secs(60),
+            || {
+                for node in self.nodes.iter().filter(|node| node.process.is_some()) {
+                    let mut nodes = Command::new(&cli);
+                    nodes.args(["-p", &node.port.to_string(), "CLUSTER", "NODES"]);
+                    let table = crate::process::output_of(nodes)?;
+                    let failed = table.lines().any(|line| {
+                        let fields: Vec<&str> = line.split_whitespace().collect();
+                        fields.len() > 2
+                            && fields[1].starts_with(&port)
+                            && fields[2].split(',').any(|flag| flag == "fail")
+                    });
+                    if !failed {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            },
+        )
     }
 
     /// Starts node `index` again after [`kill`](Self::kill), with its data and cluster
